@@ -1,0 +1,25 @@
+# Two entry points: `make run` (the main job) and `make test` (the whole test suite).
+# Both create .venv when missing; torch is installed first and pinned exactly, because any
+# other spelling can pull a multi-GB CUDA build instead of the CPU wheel.
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+
+.PHONY: run test lint bench venv
+
+venv: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+run: venv
+	$(PY) -m refimpl.demo
+
+test: venv
+	$(PY) -m pytest -q
+	.venv/bin/ruff check .
+
+bench: venv
+	$(PY) benchmarks/bench_autograd.py

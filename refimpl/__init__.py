@@ -1,0 +1,109 @@
+"""refimpl: autograd, nn and SGD reimplemented over numpy, to be checked bit by bit against torch.
+
+Importing refimpl never imports torch. The API mirrors torch's where refimpl covers it:
+
+    import refimpl
+    x = refimpl.tensor([1.0, -2.0], requires_grad=True)
+    (x * x).sum().backward()      # x.grad == [2, -4]
+"""
+
+from refimpl.autograd import enable_grad, is_grad_enabled, no_grad
+from refimpl.tensor import (
+    Tensor,
+    arange,
+    bool_,
+    cat,
+    clamp,
+    float32,
+    float64,
+    from_numpy,
+    full,
+    int64,
+    matmul,
+    ones,
+    ones_like,
+    pow,
+    result_type,
+    stack,
+    tensor,
+    where,
+    zeros,
+    zeros_like,
+)
+
+bool = bool_  # noqa: A001 - torch's name for the dtype
+
+
+def _unary(name: str):  # noqa: ANN202
+    def function(x: Tensor) -> Tensor:
+        return getattr(x, name)()
+
+    function.__name__ = name
+    function.__doc__ = f"torch.{name}"
+    return function
+
+
+exp = _unary("exp")
+log = _unary("log")
+sqrt = _unary("sqrt")
+abs = _unary("abs")  # noqa: A001
+tanh = _unary("tanh")
+sigmoid = _unary("sigmoid")
+relu = _unary("relu")
+
+
+def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001, ANN001
+    return x.sum(dim, keepdim)
+
+
+def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: ANN001
+    return x.mean(dim, keepdim)
+
+
+def amax(x: Tensor, dim=(), keepdim: bool = False) -> Tensor:  # noqa: ANN001
+    return x.amax(dim, keepdim)
+
+
+def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001, ANN001, ANN201
+    return x.max(dim, keepdim)
+
+
+def reshape(x: Tensor, shape) -> Tensor:  # noqa: ANN001
+    return x.reshape(shape)
+
+
+def flatten(x: Tensor, start_dim: int = 0, end_dim: int = -1) -> Tensor:
+    return x.flatten(start_dim, end_dim)
+
+
+def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
+    return x.transpose(dim0, dim1)
+
+
+def permute(x: Tensor, dims) -> Tensor:  # noqa: ANN001
+    return x.permute(dims)
+
+
+def unsqueeze(x: Tensor, dim: int) -> Tensor:
+    return x.unsqueeze(dim)
+
+
+def squeeze(x: Tensor, dim=None) -> Tensor:  # noqa: ANN001
+    return x.squeeze(dim)
+
+
+def softmax(x: Tensor, dim: int) -> Tensor:
+    return x.softmax(dim)
+
+
+def log_softmax(x: Tensor, dim: int) -> Tensor:
+    return x.log_softmax(dim)
+
+
+__all__ = [
+    "Tensor", "abs", "amax", "arange", "bool", "cat", "clamp", "enable_grad", "exp", "flatten",
+    "float32", "float64", "from_numpy", "full", "int64", "is_grad_enabled", "log", "log_softmax",
+    "matmul", "max", "mean", "no_grad", "ones", "ones_like", "permute", "pow", "relu", "reshape",
+    "result_type", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "tensor",
+    "transpose", "unsqueeze", "where", "zeros", "zeros_like",
+]

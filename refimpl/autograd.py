@@ -1,0 +1,308 @@
+"""Reverse-mode automatic differentiation over numpy arrays, with torch's semantics.
+
+What `loss.backward()` does, in the order torch does it:
+
+1. Every operation on tensors that require grad records a `Node` (the tensor's `grad_fn`): the
+   op's table row, the input tensors, and the arrays its derivative needs ("saved tensors").
+2. `backward()` seeds the output's gradient (1 for a scalar), then visits the nodes in the order
+   torch's engine does: a node runs once every consumer has sent it its gradient; among ready
+   nodes, the most recently created runs first. Gradients arriving at a node are summed in
+   arrival order, so a tensor used several times receives the sum of its uses.
+3. Each node applies its row's derivative rules (one per input), and the gradient is summed
+   back to the input's shape where broadcasting expanded it (`unbroadcast`, the only place).
+4. Leaves accumulate: the first backward stores a new `.grad`, later ones add in place — until
+   `zero_grad()` clears it. Non-leaf tensors keep no `.grad` unless `retain_grad()` was called.
+5. Unless `retain_graph=True`, the saved arrays are freed; a second backward through a node that
+   needed them raises torch's error.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from refimpl.ops import Op
+    from refimpl.tensor import Tensor
+
+
+class _GradMode(threading.local):
+    enabled: bool = True
+
+
+_grad_mode = _GradMode()
+
+
+def is_grad_enabled() -> bool:
+    """True unless inside `no_grad()` (thread-local, as in torch)."""
+    return _grad_mode.enabled
+
+
+class _GradModeSwitch:
+    """Context manager and decorator (with or without parentheses) that sets grad mode."""
+
+    mode: bool
+
+    def __new__(cls, func: Callable[..., Any] | None = None) -> Any:
+        self = super().__new__(cls)
+        if func is None:
+            return self
+        return self(func)
+
+    def __enter__(self) -> None:
+        self._previous = _grad_mode.enabled
+        _grad_mode.enabled = self.mode
+
+    def __exit__(self, *exc: object) -> None:
+        _grad_mode.enabled = self._previous
+
+    def __call__(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        mode_type = type(self)
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with mode_type():
+                return func(*args, **kwargs)
+
+        return wrapper
+
+
+class no_grad(_GradModeSwitch):  # noqa: N801 - torch's spelling
+    """Operations inside record no graph: results do not require grad."""
+
+    mode = False
+
+
+class enable_grad(_GradModeSwitch):  # noqa: N801 - torch's spelling
+    """Re-enables graph recording inside a `no_grad` region."""
+
+    mode = True
+
+
+FREED_GRAPH_MESSAGE = (
+    "Trying to backward through the graph a second time (or directly access saved tensors "
+    "after they have already been freed). Saved intermediate values of the graph are freed "
+    "when you call .backward() or autograd.grad(). Specify retain_graph=True if you need to "
+    "backward through the graph a second time or if you need to access saved tensors after "
+    "calling backward."
+)
+
+
+class _Freed:
+    """Stands in for a freed saved array; keeps only what shape-only derivatives use."""
+
+    __slots__ = ("dtype", "ndim", "shape", "size")
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.shape = array.shape
+        self.dtype = array.dtype
+        self.ndim = array.ndim
+        self.size = array.size
+
+
+_sequence = itertools.count()
+
+
+class Node:
+    """One recorded operation: the `grad_fn` of the tensor it produced."""
+
+    __slots__ = (
+        "__weakref__",
+        "freed",
+        "inputs",
+        "op",
+        "output",
+        "params",
+        "retained",
+        "saved",
+        "sequence_nr",
+    )
+
+    def __init__(
+        self,
+        op: Op,
+        inputs: tuple[Tensor | None, ...],
+        arrays: tuple[Any, ...],
+        output: np.ndarray,
+        params: dict[str, Any],
+    ) -> None:
+        self.op = op
+        # inputs[i] is the tensor that receives gradient i, or None when input i needs none.
+        self.inputs = inputs
+        # The forward's input arrays (or Python scalars), as the derivative rules take them.
+        self.saved = arrays
+        self.output = output
+        self.params = params
+        self.freed = False
+        self.retained: weakref.ref[Tensor] | None = None
+        self.sequence_nr = next(_sequence)
+
+    def name(self) -> str:
+        return self.op.node_name
+
+    @property
+    def next_functions(self) -> tuple[tuple[Node | str | None, int], ...]:
+        return tuple(
+            (None if t is None else (t.grad_fn if t.grad_fn is not None else "AccumulateGrad"), 0)
+            for t in self.inputs
+        )
+
+    def apply(self, grad: np.ndarray) -> list[np.ndarray | None]:
+        """The gradient for each input (None where the input needs none)."""
+        op = self.op
+        if self.freed and op.saves:
+            raise RuntimeError(FREED_GRAPH_MESSAGE)
+        grads: list[np.ndarray | None] = []
+        for i, tensor in enumerate(self.inputs):
+            if tensor is None:
+                grads.append(None)
+                continue
+            if op.variadic:
+                g = op.derivatives[0](i, grad, self.output, *self.saved, **self.params)
+            else:
+                rule = op.derivatives[i] if i < len(op.derivatives) else None
+                if rule is None:
+                    raise RuntimeError(f"the derivative for input {i} of {op.name} is not implemented.")
+                g = rule(grad, self.output, *self.saved, **self.params)
+            grads.append(_conform(np.asarray(g), self.saved[i], tensor.data.dtype))
+        return grads
+
+    def release(self) -> None:
+        """Frees the saved arrays, keeping their shapes for rules that need nothing else."""
+        self.freed = True
+        self.saved = tuple(_Freed(a) if isinstance(a, np.ndarray) else a for a in self.saved)
+        self.output = _Freed(self.output)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<{self.name()} object>"
+
+
+def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Sums `grad` back to `shape`, undoing numpy/torch broadcasting (the only place it is done)."""
+    if grad.shape == shape:
+        return grad
+    lead = grad.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1
+    )
+    summed = grad.sum(axis=axes, keepdims=True) if axes else grad
+    return summed.reshape(shape)
+
+
+def _conform(grad: np.ndarray, saved: Any, dtype: np.dtype) -> np.ndarray:
+    shape = getattr(saved, "shape", None)
+    if shape is not None and grad.shape != shape:
+        grad = unbroadcast(grad, shape)
+    if grad.dtype != dtype:
+        grad = grad.astype(dtype)
+    return grad
+
+
+def _topological_dependencies(root: Node) -> dict[Node, int]:
+    """How many gradients each node waits for before it can run."""
+    dependencies: dict[Node, int] = {root: 0}
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        for tensor in node.inputs:
+            if tensor is None or tensor.grad_fn is None:
+                continue
+            parent = tensor.grad_fn
+            if parent in dependencies:
+                dependencies[parent] += 1
+            else:
+                dependencies[parent] = 1
+                stack.append(parent)
+    return dependencies
+
+
+def _size(shape: tuple[int, ...]) -> str:
+    return "torch.Size([" + ", ".join(str(n) for n in shape) + "])"
+
+
+def run_backward(
+    root: Tensor, gradient: Tensor | None = None, retain_graph: bool | None = None
+) -> None:
+    """`root.backward(gradient, retain_graph)` — see the module docstring for the steps."""
+    from refimpl.tensor import Tensor
+
+    if not root.requires_grad:
+        raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    if gradient is None:
+        if root.data.size != 1:
+            raise RuntimeError("grad can be implicitly created only for scalar outputs")
+        seed = np.ones(root.data.shape, dtype=root.data.dtype)
+    else:
+        seed = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+        if seed.shape != root.data.shape:
+            raise RuntimeError(
+                f"Mismatch in shape: grad_output[0] has a shape of {_size(seed.shape)} and "
+                f"output[0] has a shape of {_size(root.data.shape)}."
+            )
+        if seed.dtype != root.data.dtype:
+            seed = seed.astype(root.data.dtype)
+
+    if root.grad_fn is None:
+        _accumulate(root, seed)
+        return
+
+    keep = bool(retain_graph)
+    dependencies = _topological_dependencies(root.grad_fn)
+    buffers: dict[Node, np.ndarray] = {root.grad_fn: seed}
+    leaf_grads: dict[int, tuple[Tensor, np.ndarray]] = {}
+    ready: list[tuple[int, Node]] = [(-root.grad_fn.sequence_nr, root.grad_fn)]
+    while ready:
+        _, node = heapq.heappop(ready)
+        grad = buffers.pop(node)
+        retained = node.retained() if node.retained is not None else None
+        if retained is not None:
+            _accumulate(retained, grad)
+        grads = node.apply(grad)
+        if not keep:
+            node.release()
+        for tensor, g in zip(node.inputs, grads, strict=True):
+            if tensor is None or g is None:
+                continue
+            parent = tensor.grad_fn
+            if parent is None:
+                key = id(tensor)
+                previous = leaf_grads.get(key)
+                leaf_grads[key] = (tensor, g if previous is None else previous[1] + g)
+                continue
+            buffers[parent] = g if parent not in buffers else buffers[parent] + g
+            dependencies[parent] -= 1
+            if dependencies[parent] == 0:
+                heapq.heappush(ready, (-parent.sequence_nr, parent))
+    for tensor, g in leaf_grads.values():
+        _accumulate(tensor, g)
+
+
+def _accumulate(tensor: Tensor, grad: np.ndarray) -> None:
+    """AccumulateGrad: store a fresh tensor the first time, add in place afterwards."""
+    from refimpl.tensor import Tensor
+
+    if tensor.grad is None:
+        tensor.grad = Tensor._wrap(np.array(grad, dtype=tensor.data.dtype, copy=True))
+    else:
+        np.add(tensor.grad.data, grad, out=tensor.grad.data, casting="unsafe")
+        tensor.grad._version += 1
+
+
+def walk(root: Node) -> Iterator[Node]:
+    """Every node reachable from `root` (each once)."""
+    seen = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        yield node
+        stack.extend(t.grad_fn for t in node.inputs if t is not None and t.grad_fn is not None)

@@ -1,0 +1,477 @@
+"""numpy kernels behind the larger rows of `refimpl.ops`: forwards and derivative rules.
+
+Arguments arrive already validated and normalised by `refimpl.functional` (dims are
+non-negative, pads are (before, after) pairs). Where torch's CPU kernel fixes an order of
+operations or of accumulation, the kernel here follows it, and says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+Pairs = tuple[tuple[int, int], ...]
+
+
+def axes(dim: Any, ndim: int) -> tuple[int, ...]:
+    """The reduced axes: all for None, else the given ones made non-negative."""
+    if dim is None:
+        return tuple(range(ndim))
+    dims = (dim,) if isinstance(dim, int) else tuple(dim)
+    if not dims:
+        return tuple(range(ndim))
+    return tuple(sorted(d % max(ndim, 1) for d in dims)) if ndim else ()
+
+
+def reduced_count(shape: tuple[int, ...], dim: Any) -> int:
+    return math.prod(shape[a] for a in axes(dim, len(shape)))
+
+
+# Elementwise --------------------------------------------------------------------------------
+
+_erf_object = np.frompyfunc(math.erf, 1, 1)
+
+
+def erf(x: np.ndarray) -> np.ndarray:
+    """The error function through libm's erf in double precision, rounded to x's dtype."""
+    return np.asarray(_erf_object(x.astype(np.float64)), dtype=np.float64).astype(x.dtype)
+
+
+def clamp(x: np.ndarray, min: Any, max: Any) -> np.ndarray:
+    # torch: min(max(x, lo), hi), propagating NaN; with lo > hi every element becomes hi.
+    out = x if min is None else np.maximum(x, min)
+    return out if max is None else np.minimum(out, max)
+
+
+def where(condition: np.ndarray, a: Any, b: Any) -> np.ndarray:
+    return np.where(condition, a, b)
+
+
+def relu(x: np.ndarray) -> np.ndarray:
+    # clamp_min(x, 0): NaN stays NaN and -0.0 stays -0.0, as in torch.
+    return np.where(x < 0, x.dtype.type(0), x)
+
+
+def leaky_relu(x: np.ndarray, negative_slope: float) -> np.ndarray:
+    return np.where(x > 0, x, x * negative_slope)
+
+
+def elu(x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x <= 0, np.expm1(x) * alpha, x)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+def softplus(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
+    scaled = x * beta
+    return np.where(scaled > threshold, x, np.log1p(np.exp(scaled)) / beta)
+
+
+def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    t = x.dtype.type
+    if approximate == "tanh":
+        beta, kappa = t(math.sqrt(2) * (2 / math.sqrt(math.pi)) * 0.5), t(0.044715)
+        return t(0.5) * x * (t(1) + np.tanh(beta * (x + kappa * (x * x * x))))
+    return x * t(0.5) * (t(1) + erf(x * t(math.sqrt(0.5))))
+
+
+def log_sigmoid(x: np.ndarray) -> np.ndarray:
+    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+
+
+# Reductions ---------------------------------------------------------------------------------
+
+
+def sum(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:  # noqa: A001 - torch's name
+    return np.sum(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+
+
+def mean(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
+    return np.mean(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+
+
+def amax(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
+    return np.amax(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+
+
+def max_all(x: np.ndarray) -> np.ndarray:
+    return np.max(x)
+
+
+def argmax_first(x: np.ndarray, dim: int) -> np.ndarray:
+    """torch.max(x, dim)'s index: the first maximal element, or the first NaN."""
+    return np.expand_dims(np.argmax(x, axis=dim), dim)
+
+
+def max_dim(x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
+    values = np.take_along_axis(x, argmax_first(x, dim), axis=dim)
+    return values if keepdim else np.squeeze(values, dim)
+
+
+def softmax(x: np.ndarray, dim: int) -> np.ndarray:
+    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
+    return e / e.sum(axis=dim, keepdims=True)
+
+
+def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
+    shifted = x - np.amax(x, axis=dim, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+
+
+# Linear -------------------------------------------------------------------------------------
+
+
+def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    y = np.matmul(x, w.T)
+    return y if b is None else y + b
+
+
+def linear_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+    return np.matmul(g, w)
+
+
+def linear_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+    return np.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+
+
+def linear_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
+    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+
+
+# Convolution (1-D is lifted to 2-D with a height of one) ------------------------------------
+
+
+def _lift(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs,
+          dilation: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple, Pairs, tuple]:
+    if x.ndim == 3:
+        return x[:, :, None], w[:, :, None], (1, *stride), ((0, 0), *padding), (1, *dilation)
+    return x, w, stride, padding, dilation
+
+
+def _windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple, dilation: tuple) -> np.ndarray:
+    """(N, C, H, W) → the view (N, C, OH, OW, KH, KW) of every kernel window."""
+    extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
+    view = sliding_window_view(xp, extent, axis=(2, 3))
+    return view[:, :, :: stride[0], :: stride[1], :: dilation[0], :: dilation[1]]
+
+
+def _columns(x, w, stride, padding, dilation, groups):
+    x4, w4, stride, padding, dilation = _lift(x, w, stride, padding, dilation)
+    xp = np.pad(x4, ((0, 0), (0, 0), *padding))
+    win = _windows(xp, w4.shape[2:], stride, dilation)
+    n, c, oh, ow, kh, kw = win.shape
+    cols = win.reshape(n, groups, c // groups, oh, ow, kh, kw).transpose(0, 1, 3, 4, 2, 5, 6)
+    cols = cols.reshape(n, groups, oh * ow, (c // groups) * kh * kw)
+    weights = w4.reshape(groups, w4.shape[0] // groups, -1)  # (G, O/G, C/G·KH·KW)
+    return cols, weights, (n, oh, ow), xp.shape, (stride, padding, dilation, w4.shape)
+
+
+def convolution(x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+    cols, weights, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
+    out = np.matmul(cols, weights.transpose(0, 2, 1))  # (N, G, OH·OW, O/G)
+    out = out.transpose(0, 1, 3, 2).reshape(n, w.shape[0], oh, ow)
+    if b is not None:
+        out = out + b[:, None, None]
+    return out.reshape(out.shape[:2] + (ow,)) if x.ndim == 3 else out
+
+
+def _grouped_output_grad(g: np.ndarray, groups: int) -> np.ndarray:
+    g4 = g[:, :, None] if g.ndim == 3 else g
+    n, o, oh, ow = g4.shape
+    return g4.reshape(n, groups, o // groups, oh * ow).transpose(0, 1, 3, 2)  # (N, G, P, O/G)
+
+
+def convolution_grad_input(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+    _, weights, (n, oh, ow), padded, (stride, pads, dilation, w4shape) = _columns(
+        x, w, stride, padding, dilation, groups)
+    gcols = np.matmul(_grouped_output_grad(g, groups), weights)  # (N, G, P, C/G·KH·KW)
+    kh, kw = w4shape[2:]
+    cg = w4shape[1]
+    gcols = gcols.reshape(n, groups, oh, ow, cg, kh, kw).transpose(0, 1, 4, 2, 3, 5, 6)
+    gcols = gcols.reshape(n, groups * cg, oh, ow, kh, kw)
+    gxp = np.zeros(padded, dtype=g.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            rows = slice(i * dilation[0], i * dilation[0] + stride[0] * (oh - 1) + 1, stride[0])
+            cols = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
+            gxp[:, :, rows, cols] += gcols[..., i, j]
+    (top, _), (left, _) = pads
+    gx = gxp[:, :, top : top + padded[2] - pads[0][0] - pads[0][1],
+             left : left + padded[3] - pads[1][0] - pads[1][1]]
+    return gx.reshape(x.shape)
+
+
+def convolution_grad_weight(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+    cols, _, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
+    go = _grouped_output_grad(g, groups)  # (N, G, P, O/G)
+    k = cols.shape[-1]
+    cols2 = cols.transpose(1, 3, 0, 2).reshape(groups, k, n * oh * ow)
+    go2 = go.transpose(1, 0, 2, 3).reshape(groups, n * oh * ow, -1)
+    gw = np.matmul(cols2, go2).transpose(0, 2, 1)  # (G, O/G, K)
+    return gw.reshape(w.shape)
+
+
+def convolution_grad_bias(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+    return g.sum(axis=(0, *range(2, g.ndim)))
+
+
+# Pooling (on (N, C, H, W); functional lifts the unbatched (C, H, W)) --------------------------
+
+
+def pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int,
+                     ceil_mode: bool) -> int:
+    """torch's pooling_output_shape."""
+    numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = numerator // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode):
+    outs = tuple(
+        pool_output_size(x.shape[2 + i], kernel[i], padding[i], stride[i], dilation[i], ceil_mode)
+        for i in range(2)
+    )
+    pads = tuple(
+        (padding[i], max(padding[i], (outs[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1)
+                         + 1 - x.shape[2 + i] - padding[i]))
+        for i in range(2)
+    )
+    return outs, pads
+
+
+def _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode):
+    """Per output, the flat index (in the padded plane) of the element torch selects."""
+    outs, pads = _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)
+    xp = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=-np.inf)
+    win = _windows(xp, kernel, stride, dilation)[:, :, : outs[0], : outs[1]]
+    flat = win.reshape(*win.shape[:4], -1)
+    # torch keeps the first maximum, but a NaN replaces the current pick whenever it is seen,
+    # so the last NaN of a window wins.
+    choice = np.argmax(flat, axis=-1)
+    nan = np.isnan(flat)
+    last_nan = flat.shape[-1] - 1 - np.argmax(nan[..., ::-1], axis=-1)
+    choice = np.where(nan.any(axis=-1), last_nan, choice)
+    ki, kj = np.divmod(choice, kernel[1])
+    oi = np.arange(outs[0])[:, None] * stride[0]
+    oj = np.arange(outs[1])[None, :] * stride[1]
+    rows, cols = oi + ki * dilation[0], oj + kj * dilation[1]
+    return rows * xp.shape[3] + cols, xp.shape, pads
+
+
+def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
+    index, padded, _ = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
+    xp = np.pad(x, ((0, 0), (0, 0), *_pool_geometry(x, kernel, stride, padding, dilation,
+                                                     ceil_mode)[1]), constant_values=-np.inf)
+    planes = xp.reshape(x.shape[0], x.shape[1], -1)
+    return np.take_along_axis(planes, index.reshape(*index.shape[:2], -1), axis=2).reshape(
+        index.shape)
+
+
+def max_pool2d_grad(g, y, x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
+    index, padded, pads = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
+    n, c = x.shape[:2]
+    gxp = np.zeros((n * c, padded[2] * padded[3]), dtype=g.dtype)
+    # torch adds each output's gradient to its input in output order; np.add.at does the same.
+    planes = np.arange(n * c)[:, None]
+    np.add.at(gxp, (planes, index.reshape(n * c, -1)), g.reshape(n * c, -1))
+    gxp = gxp.reshape(n, c, padded[2], padded[3])
+    (top, _), (left, _) = pads
+    return gxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
+
+
+def _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override):
+    """torch's divide_factor per output position, shape (OH, OW)."""
+    sizes = []
+    for i in range(2):
+        start = np.arange(outs[i]) * stride[i] - padding[i]
+        end = np.minimum(start + kernel[i], x.shape[2 + i] + padding[i])
+        full = end - start
+        clipped = np.minimum(end, x.shape[2 + i]) - np.maximum(start, 0)
+        sizes.append(full if count_include_pad else clipped)
+    if divisor_override:
+        return np.full(outs, divisor_override)
+    return sizes[0][:, None] * sizes[1][None, :]
+
+
+def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
+    xp = np.pad(x, ((0, 0), (0, 0), *pads))
+    win = _windows(xp, kernel, stride, (1, 1))[:, :, : outs[0], : outs[1]]
+    # torch sums each window element by element in row-major order, starting from zero.
+    total = np.zeros(win.shape[:4], dtype=x.dtype)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            total += win[..., i, j]
+    divisor = _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override)
+    return total / divisor.astype(x.dtype)
+
+
+def avg_pool2d_grad(g, y, x, kernel, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override) -> np.ndarray:
+    outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
+    divisor = _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override)
+    share = g / divisor.astype(g.dtype)
+    padded = (x.shape[2] + pads[0][0] + pads[0][1], x.shape[3] + pads[1][0] + pads[1][1])
+    gxp = np.zeros((*x.shape[:2], *padded), dtype=g.dtype)
+    # torch visits outputs in row-major order; an input element meets them in reverse kernel
+    # order, so walking the kernel backwards adds the shares in torch's order.
+    for i in reversed(range(kernel[0])):
+        for j in reversed(range(kernel[1])):
+            rows = slice(i, i + stride[0] * (outs[0] - 1) + 1, stride[0])
+            cols = slice(j, j + stride[1] * (outs[1] - 1) + 1, stride[1])
+            gxp[:, :, rows, cols] += share
+    return gxp[:, :, pads[0][0] : pads[0][0] + x.shape[2], pads[1][0] : pads[1][0] + x.shape[3]]
+
+
+# Normalisation and embedding ----------------------------------------------------------------
+
+
+def _moments(x: np.ndarray, ndim: int, eps: float):
+    dims = tuple(range(x.ndim - ndim, x.ndim))
+    mu = x.mean(axis=dims, keepdims=True)
+    var = ((x - mu) * (x - mu)).mean(axis=dims, keepdims=True)
+    return dims, mu, 1 / np.sqrt(var + eps)
+
+
+def layer_norm(x, w, b, normalized_shape, eps) -> np.ndarray:
+    _, mu, rstd = _moments(x, len(normalized_shape), eps)
+    # torch's CPU kernel: (x * rstd + (-rstd * mean)) * gamma + beta
+    y = x * rstd + (-rstd * mu)
+    if w is not None:
+        y = y * w
+    return y if b is None else y + b
+
+
+def layer_norm_grad_input(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
+    dims, mu, rstd = _moments(x, len(normalized_shape), eps)
+    n = math.prod(normalized_shape)
+    gw = g if w is None else g * w
+    ds = (gw * x).sum(axis=dims, keepdims=True)
+    db = gw.sum(axis=dims, keepdims=True)
+    scale = 1 / x.dtype.type(n) if n else x.dtype.type(0)
+    bb = (db * mu - ds) * rstd * rstd * rstd * scale
+    c = -bb * mu - db * rstd * scale
+    return rstd * gw + bb * x + c
+
+
+def layer_norm_grad_weight(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
+    dims, mu, rstd = _moments(x, len(normalized_shape), eps)
+    lead = tuple(range(x.ndim - len(normalized_shape)))
+    return (g * ((x - mu) * rstd)).sum(axis=lead)
+
+
+def layer_norm_grad_bias(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
+    return g.sum(axis=tuple(range(x.ndim - len(normalized_shape))))
+
+
+def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None) -> np.ndarray:
+    return weight[indices]
+
+
+def embedding_grad_weight(g, y, indices, weight, padding_idx) -> np.ndarray:
+    grad = np.zeros(weight.shape, dtype=g.dtype)
+    np.add.at(grad, indices.reshape(-1), g.reshape(-1, weight.shape[1]))
+    if padding_idx is not None:
+        grad[padding_idx] = 0
+    return grad
+
+
+# Losses -------------------------------------------------------------------------------------
+
+
+def reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
+    if reduction == "none":
+        return loss
+    return loss.sum() if reduction == "sum" else loss.mean()
+
+
+def mse_loss(x, t, reduction) -> np.ndarray:
+    d = x - t
+    return reduce(d * d, reduction)
+
+
+def smooth_l1_loss(x, t, reduction, beta) -> np.ndarray:
+    z = np.abs(x - t)
+    return reduce(np.where(z < beta, 0.5 * z * z / beta, z - 0.5 * beta), reduction)
+
+
+def huber_loss(x, t, reduction, delta) -> np.ndarray:
+    z = np.abs(x - t)
+    return reduce(np.where(z < delta, 0.5 * z * z, delta * (z - 0.5 * delta)), reduction)
+
+
+def _nll_pick(x, target, weight, ignore_index):
+    """Moves classes last; returns the picked log-probabilities, their weights and the mask."""
+    classes_last = np.moveaxis(x, 1, -1) if x.ndim > 1 else x[None]
+    t = target if x.ndim > 1 else target.reshape(1)
+    keep = t != ignore_index
+    safe = np.where(keep, t, 0)
+    picked = np.take_along_axis(classes_last, safe[..., None], axis=-1)[..., 0]
+    w = np.ones((), x.dtype) if weight is None else weight[safe]
+    return picked, np.where(keep, w, x.dtype.type(0)), keep
+
+
+def nll_loss(x, target, weight, ignore_index, reduction) -> np.ndarray:
+    picked, w, keep = _nll_pick(x, target, weight, ignore_index)
+    losses = np.where(keep, -(picked * w), x.dtype.type(0))
+    if reduction == "none":
+        return losses if x.ndim > 1 else losses.reshape(())
+    if reduction == "sum":
+        return losses.sum()
+    return losses.sum() / np.broadcast_to(w, losses.shape).sum()
+
+
+def nll_loss_grad(g, y, x, target, weight, ignore_index, reduction) -> np.ndarray:
+    picked, w, keep = _nll_pick(x, target, weight, ignore_index)
+    if reduction == "mean":
+        g = g / np.broadcast_to(w, picked.shape).sum()
+    share = np.where(keep, -(g if reduction != "none" or x.ndim > 1 else g.reshape(1)) * w,
+                     x.dtype.type(0))
+    t = target if x.ndim > 1 else target.reshape(1)
+    classes_last = np.zeros(picked.shape + (x.shape[1 if x.ndim > 1 else 0],), dtype=x.dtype)
+    np.put_along_axis(classes_last, np.where(keep, t, 0)[..., None],
+                      np.broadcast_to(share, picked.shape)[..., None], axis=-1)
+    return np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
+
+
+def bce_with_logits(x, t, weight, pos_weight, reduction) -> np.ndarray:
+    log_sig = log_sigmoid(x)
+    if pos_weight is not None:
+        log_sig = log_sig * ((pos_weight - 1) * t + 1)
+    loss = (1 - t) * x - log_sig
+    if weight is not None:
+        loss = loss * weight
+    return reduce(loss, reduction)
+
+
+def bce_with_logits_grad_input(g, y, x, t, weight, pos_weight, reduction) -> np.ndarray:
+    if pos_weight is not None:
+        pt = pos_weight * t
+        grad = (pt + 1 - t) * sigmoid(x) - pt
+    else:
+        grad = sigmoid(x) - t
+    grad = grad * g
+    if weight is not None:
+        grad = grad * weight
+    return grad / x.dtype.type(x.size) if reduction == "mean" else grad
+
+
+def bce_with_logits_grad_target(g, y, x, t, weight, pos_weight, reduction) -> np.ndarray:
+    if pos_weight is not None:
+        grad = (log_sigmoid(-x) - log_sigmoid(x) * pos_weight) * g
+    else:
+        grad = -x * g
+    if weight is not None:
+        grad = grad * weight
+    return grad / t.dtype.type(t.size) if reduction == "mean" else grad

@@ -1,0 +1,342 @@
+"""The table of operations: one row per op, its forward and the derivative for each input.
+
+Every row is read the same way (HIPS-autograd style, torch's ``derivatives.yaml`` in spirit):
+
+    Op(name, forward, derivatives, ...)
+
+* ``forward(*inputs, **params)`` computes the result from numpy arrays (or Python scalars).
+* ``derivatives[i](g, y, *inputs, **params)`` is the vector-Jacobian product for input ``i``:
+  the gradient flowing into that input, given the output gradient ``g`` and the output ``y``.
+  It may return a gradient of the broadcast shape; the engine sums it back to the input's shape
+  (``refimpl.autograd.unbroadcast``), so no row undoes broadcasting itself. Variadic rows
+  (``cat``, ``stack``) take the input's position first: ``rule(i, g, y, *inputs, **params)``.
+* The formulas follow torch 2.13's derivative rules term by term, in the same order of
+  operations, because the order decides the rounding: where torch computes ``-g * ((a / b) / b)``
+  so does this table. At points where the derivative is not defined the value is torch's (relu and
+  abs at 0 give 0, clamp passes the gradient at its bounds, max ties share it evenly, ...).
+* ``ulp`` is the budget: the largest distance to torch, in units in the last place, that the tests
+  accept for forward and backward. 0 means bitwise. ``reduces`` marks rows that sum many terms,
+  whose error is measured against the magnitude of the terms (see ``tests/ulp.py``).
+* ``saves`` is False for rows whose derivative needs only shapes: like torch, a second backward
+  through them works even after the graph was freed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from refimpl import kernels as K
+
+Rule = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    forward: Callable[..., np.ndarray]
+    derivatives: tuple[Rule, ...]
+    ulp: int = 0
+    reduces: bool = False
+    saves: bool = True
+    variadic: bool = False
+    promotes: bool = False  # inputs are cast to torch's result type before the forward
+    node_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.node_name:
+            camel = "".join(part.capitalize() for part in self.name.split("_"))
+            object.__setattr__(self, "node_name", f"{camel}Backward0")
+
+
+def _sign(x: np.ndarray) -> np.ndarray:
+    """torch.sign: 0 at ±0 and at NaN (numpy's sign gives NaN there)."""
+    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+
+
+def _zeros(like: Any) -> np.ndarray:
+    return np.zeros(like.shape, dtype=like.dtype)
+
+
+def _expand_reduced(g: np.ndarray, shape: tuple[int, ...], dim: Any, keepdim: bool) -> np.ndarray:
+    """Re-inserts the reduced axes of `g` so it broadcasts against an input of `shape`."""
+    if not keepdim and dim is not None and len(shape) > 0:
+        g = np.expand_dims(g, K.axes(dim, len(shape)))
+    return np.broadcast_to(g, shape)
+
+
+def _swap(a: np.ndarray) -> np.ndarray:
+    return np.swapaxes(a, -1, -2)
+
+
+def _matmul_grad_a(g: np.ndarray, y: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.ndim == 1 and b.ndim == 1:
+        return g * b
+    if a.ndim == 1:
+        return np.matmul(b, g[..., None])[..., 0]
+    if b.ndim == 1:
+        return g[..., None] * b
+    return np.matmul(g, _swap(b))
+
+
+def _matmul_grad_b(g: np.ndarray, y: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.ndim == 1 and b.ndim == 1:
+        return g * a
+    if a.ndim == 1:
+        return a[:, None] * g[..., None, :]
+    if b.ndim == 1:
+        return np.matmul(_swap(a), g[..., None])[..., 0]
+    return np.matmul(_swap(a), g)
+
+
+def _pow_forward(x: Any, e: Any) -> np.ndarray:
+    """torch.pow, with torch's exact shortcuts for the common scalar exponents."""
+    if isinstance(e, (int, float)) and isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        if e == 2:
+            return x * x
+        if e == 3:
+            return x * x * x
+        if e == 0.5:
+            return np.sqrt(x)
+        if e == -0.5:
+            return 1 / np.sqrt(x)
+        if e == -1:
+            return 1 / x
+        if e == -2:
+            return 1 / (x * x)
+    return np.power(x, e)
+
+
+def _pow_grad_base(g: np.ndarray, y: Any, x: Any, e: Any) -> np.ndarray:
+    if isinstance(e, (int, float)):
+        if e == 0:
+            return np.zeros_like(x)
+        return g * (e * _pow_forward(x, e - 1))
+    return np.where(e == 0, g.dtype.type(0), g * (e * np.power(x, e - 1)))
+
+
+def _pow_grad_exponent(g: np.ndarray, y: np.ndarray, x: Any, e: np.ndarray) -> np.ndarray:
+    if isinstance(x, (int, float)):  # a Python base: torch takes the log in double precision
+        log_x = math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
+        return g * np.where(e >= 0, g.dtype.type(0), y * log_x) if x == 0 else g * (y * log_x)
+    return g * np.where((x == 0) & (e >= 0), g.dtype.type(0), y * np.log(x))
+
+
+def _softmax_grad(g: np.ndarray, y: np.ndarray, x: Any, dim: int) -> np.ndarray:
+    gy = g * y
+    return gy - y * gy.sum(axis=dim, keepdims=True)
+
+
+def _log_softmax_grad(g: np.ndarray, y: np.ndarray, x: Any, dim: int) -> np.ndarray:
+    return g - np.exp(y) * g.sum(axis=dim, keepdims=True)
+
+
+def _getitem_grad(g: np.ndarray, y: Any, x: Any, key: Any) -> np.ndarray:
+    grad = np.zeros(x.shape, dtype=g.dtype)
+    grad[key] = g
+    return grad
+
+
+def _index_grad(g: np.ndarray, y: Any, x: np.ndarray, key: Any) -> np.ndarray:
+    grad = np.zeros(x.shape, dtype=g.dtype)
+    np.add.at(grad, key, g)
+    return grad
+
+
+def _cat_grad(i: int, g: np.ndarray, y: Any, *xs: Any, dim: int) -> np.ndarray:
+    start = sum(x.shape[dim] for x in xs[:i])
+    index = [slice(None)] * g.ndim
+    index[dim] = slice(start, start + xs[i].shape[dim])
+    return g[tuple(index)]
+
+
+def _where_grad_a(g: np.ndarray, y: Any, c: np.ndarray, a: Any, b: Any) -> np.ndarray:
+    return np.where(c, g, g.dtype.type(0))
+
+
+def _where_grad_b(g: np.ndarray, y: Any, c: np.ndarray, a: Any, b: Any) -> np.ndarray:
+    return np.where(c, g.dtype.type(0), g)
+
+
+def _clamp_grad(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.ndarray:
+    if min is not None and max is not None:
+        mask = (x >= min) & (x <= max)
+    elif min is not None:
+        mask = x >= min
+    else:
+        mask = x <= max
+    return np.where(mask, g, g.dtype.type(0))
+
+
+def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool):
+    mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
+    count = mask.sum(axis=K.axes(dim, x.ndim), keepdims=True)
+    return (_expand_reduced(g, x.shape, dim, keepdim) / count) * mask
+
+
+def _max_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    mask = (np.isnan(x) if np.isnan(y) else x == y).astype(x.dtype)
+    return mask * (g / mask.sum())
+
+
+def _max_dim_grad(g: np.ndarray, y: Any, x: np.ndarray, dim: int, keepdim: bool):
+    index = K.argmax_first(x, dim)
+    grad = np.zeros(x.shape, dtype=g.dtype)
+    g_kept = g if keepdim else np.expand_dims(g, dim)
+    np.put_along_axis(grad, index, g_kept, axis=dim)
+    return grad
+
+
+def _gelu_grad(g: np.ndarray, y: Any, x: np.ndarray, approximate: str) -> np.ndarray:
+    t = x.dtype.type
+    if approximate == "tanh":
+        beta, kappa = t(math.sqrt(2) * (2 / math.sqrt(math.pi)) * 0.5), t(0.044715)
+        x_sq = x * x
+        tanh_inner = np.tanh(beta * (x + kappa * (x_sq * x)))
+        left, right = t(0.5) * x, t(1) + tanh_inner
+        right_derivative = left * (t(1) - tanh_inner * tanh_inner) * (beta * (t(1) + t(3) * kappa * x_sq))
+        return g * (t(0.5) * right + right_derivative)
+    cdf = t(0.5) * (t(1) + K.erf(x * t(math.sqrt(0.5))))
+    pdf = t((2 / math.sqrt(math.pi)) * math.sqrt(0.5) * 0.5) * np.exp(x * x * t(-0.5))
+    return g * (cdf + x * pdf)
+
+
+def _softplus_grad(g: np.ndarray, y: Any, x: np.ndarray, beta: float, threshold: float):
+    z = np.exp(x * beta)
+    return np.where(x * beta > threshold, g, g * z / (z + 1))
+
+
+def _silu_grad(g: np.ndarray, y: Any, x: np.ndarray) -> np.ndarray:
+    sigmoid = 1 / (1 + np.exp(-x))
+    return g * sigmoid * (1 + x * (1 - sigmoid))
+
+
+def _elu_grad(g: np.ndarray, y: Any, x: np.ndarray, alpha: float) -> np.ndarray:
+    return np.where(x <= 0, g * alpha * np.exp(x), g)
+
+
+def _loss_norm(x: np.ndarray, reduction: str) -> float:
+    return 1.0 / x.size if reduction == "mean" else 1.0
+
+
+def _reduced_grad(g: np.ndarray, reduction: str) -> np.ndarray:
+    return g if reduction == "none" else g.reshape(())
+
+
+def _mse_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str):
+    return 2 * _loss_norm(x, reduction) * (x - t) * _reduced_grad(g, reduction)
+
+
+def _smooth_l1_grad(g, y, x, t, reduction: str, beta: float) -> np.ndarray:
+    norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inside = norm * d * gr / beta
+    return np.where(d <= -beta, -norm * gr, np.where(d >= beta, norm * gr, inside))
+
+
+def _huber_grad(g, y, x, t, reduction: str, delta: float) -> np.ndarray:
+    norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
+    return np.where(
+        d <= -delta, -norm * gr * delta, np.where(d >= delta, norm * gr * delta, norm * d * gr)
+    )
+
+
+def _swapped(rule: Rule) -> Rule:
+    """The target's derivative: torch calls the input's rule with input and target swapped."""
+    return lambda g, y, x, t, *rest, **kw: rule(g, y, t, x, *rest, **kw)
+
+
+def _same(g: np.ndarray, *_: Any, **__: Any) -> np.ndarray:
+    return g
+
+
+def _reshape_back(g: np.ndarray, y: Any, x: Any, *_: Any, **__: Any) -> np.ndarray:
+    return g.reshape(x.shape)
+
+
+OPS: dict[str, Op] = {
+    op.name: op
+    for op in [
+        # Elementwise arithmetic: exactly rounded in numpy and torch alike, hence bitwise.
+        Op("add", np.add, (_same, _same), saves=False, promotes=True),
+        Op("sub", np.subtract, (_same, lambda g, *_: -g), saves=False, promotes=True),
+        Op("mul", np.multiply, (lambda g, y, a, b: g * b, lambda g, y, a, b: g * a),
+           promotes=True),
+        Op("div", np.divide,
+           (lambda g, y, a, b: g / b, lambda g, y, a, b: -g * ((a / b) / b)), promotes=True),
+        Op("neg", np.negative, (lambda g, *_: -g,), saves=False),
+        Op("pow", _pow_forward, (_pow_grad_base, _pow_grad_exponent), ulp=1, promotes=True),
+        Op("sqrt", np.sqrt, (lambda g, y, x: g / (2 * y),)),
+        Op("abs", np.abs, (lambda g, y, x: g * _sign(x),)),
+        Op("clamp", K.clamp, (_clamp_grad,)),
+        Op("where", K.where, (None, _where_grad_a, _where_grad_b)),
+        Op("to_dtype", lambda x, dtype: x.astype(dtype), (_same,), saves=False,
+           node_name="ToCopyBackward0"),
+        Op("clone", np.copy, (_same,), saves=False),
+        # Transcendental functions: numpy's libm and torch's vectorised ones differ by an ulp.
+        Op("exp", np.exp, (lambda g, y, x: g * y,), ulp=1),
+        Op("log", np.log, (lambda g, y, x: g / x,), ulp=1),
+        Op("tanh", np.tanh, (lambda g, y, x: g * (1 - y * y),), ulp=2),
+        Op("sigmoid", K.sigmoid, (lambda g, y, x: g * (y * (1 - y)),), ulp=2),
+        # Activations.
+        Op("relu", K.relu, (lambda g, y, x: np.where(y <= 0, g.dtype.type(0), g),)),
+        Op("leaky_relu", K.leaky_relu,
+           (lambda g, y, x, negative_slope: np.where(x > 0, g, g * negative_slope),)),
+        Op("elu", K.elu, (_elu_grad,), ulp=2),
+        Op("gelu", K.gelu, (_gelu_grad,), ulp=4),
+        Op("softplus", K.softplus, (_softplus_grad,), ulp=2),
+        Op("silu", K.silu, (_silu_grad,), ulp=2),
+        Op("softmax", K.softmax, (_softmax_grad,), ulp=4, reduces=True),
+        Op("log_softmax", K.log_softmax, (_log_softmax_grad,), ulp=4, reduces=True),
+        # Reductions: the summation order differs (numpy pairwise, torch cascaded/vectorised).
+        Op("sum", K.sum, (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim),),
+           ulp=2, reduces=True, saves=False),
+        Op("mean", K.mean,
+           (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim)
+            / K.reduced_count(x.shape, dim),),
+           ulp=2, reduces=True, saves=False),
+        Op("amax", K.amax, (_amax_grad,)),
+        Op("max", K.max_all, (_max_grad,)),
+        Op("max_dim", K.max_dim, (_max_dim_grad,), node_name="MaxBackward0"),
+        Op("matmul", np.matmul, (_matmul_grad_a, _matmul_grad_b), ulp=4, reduces=True,
+           promotes=True, node_name="MmBackward0"),
+        Op("linear", K.linear, (K.linear_grad_input, K.linear_grad_weight, K.linear_grad_bias),
+           ulp=4, reduces=True, node_name="AddmmBackward0"),
+        # Shape and indexing: pure data movement, bitwise.
+        Op("reshape", lambda x, shape: np.reshape(x, shape), (_reshape_back,), saves=False,
+           node_name="ViewBackward0"),
+        Op("permute", lambda x, dims: np.transpose(x, dims),
+           (lambda g, y, x, dims: np.transpose(g, np.argsort(dims)),), saves=False),
+        Op("expand", lambda x, shape: np.broadcast_to(x, shape), (_same,), saves=False),
+        Op("getitem", lambda x, key: x[key], (_getitem_grad,), saves=False,
+           node_name="SliceBackward0"),
+        Op("index", lambda x, key: x[key], (_index_grad,), ulp=0),
+        Op("cat", lambda *xs, dim: np.concatenate(xs, axis=dim), (_cat_grad,), saves=False,
+           variadic=True, promotes=True),
+        Op("stack", lambda *xs, dim: np.stack(xs, axis=dim),
+           (lambda i, g, y, *xs, dim: np.take(g, i, axis=dim),), saves=False, variadic=True,
+           promotes=True),
+        # Neural-network layers.
+        Op("convolution", K.convolution,
+           (K.convolution_grad_input, K.convolution_grad_weight, K.convolution_grad_bias),
+           ulp=4, reduces=True),
+        Op("max_pool2d", K.max_pool2d, (K.max_pool2d_grad,), node_name="MaxPool2DWithIndicesBackward0"),
+        Op("avg_pool2d", K.avg_pool2d, (K.avg_pool2d_grad,), ulp=2, reduces=True),
+        Op("layer_norm", K.layer_norm,
+           (K.layer_norm_grad_input, K.layer_norm_grad_weight, K.layer_norm_grad_bias),
+           ulp=8, reduces=True, node_name="NativeLayerNormBackward0"),
+        Op("embedding", K.embedding, (None, K.embedding_grad_weight)),
+        # Losses with their own derivative in torch (l1_loss and cross_entropy are composites).
+        Op("mse_loss", K.mse_loss, (_mse_grad, _swapped(_mse_grad)), ulp=2, reduces=True),
+        Op("smooth_l1_loss", K.smooth_l1_loss, (_smooth_l1_grad, _swapped(_smooth_l1_grad)),
+           ulp=2, reduces=True),
+        Op("huber_loss", K.huber_loss, (_huber_grad, _swapped(_huber_grad)), ulp=2, reduces=True),
+        Op("nll_loss", K.nll_loss, (K.nll_loss_grad,), ulp=2, reduces=True),
+        Op("binary_cross_entropy_with_logits", K.bce_with_logits,
+           (K.bce_with_logits_grad_input, K.bce_with_logits_grad_target), ulp=4, reduces=True),
+    ]
+}
