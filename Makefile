@@ -15,7 +15,7 @@ venv: .venv/.installed
 	touch $@
 
 run: venv
-	$(PY) -m refimpl.demo
+	$(PY) -m conformance.demo
 
 test: venv
 	$(PY) -m pytest -q

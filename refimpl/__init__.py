@@ -8,6 +8,7 @@ Importing refimpl never imports torch. The API mirrors torch's where refimpl cov
 """
 
 from refimpl.autograd import enable_grad, is_grad_enabled, no_grad
+from refimpl.nn.init import manual_seed
 from refimpl.tensor import (
     Tensor,
     arange,
@@ -103,7 +104,7 @@ def log_softmax(x: Tensor, dim: int) -> Tensor:
 __all__ = [
     "Tensor", "abs", "amax", "arange", "bool", "cat", "clamp", "enable_grad", "exp", "flatten",
     "float32", "float64", "from_numpy", "full", "int64", "is_grad_enabled", "log", "log_softmax",
-    "matmul", "max", "mean", "no_grad", "ones", "ones_like", "permute", "pow", "relu", "reshape",
-    "result_type", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum", "tanh", "tensor",
-    "transpose", "unsqueeze", "where", "zeros", "zeros_like",
+    "manual_seed", "matmul", "max", "mean", "no_grad", "ones", "ones_like", "permute", "pow",
+    "relu", "reshape", "result_type", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum",
+    "tanh", "tensor", "transpose", "unsqueeze", "where", "zeros", "zeros_like",
 ]

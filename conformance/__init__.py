@@ -1,0 +1,1 @@
+"""Checks refimpl and optimizers against torch; this package may import torch."""
