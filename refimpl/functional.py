@@ -247,6 +247,8 @@ def mse_loss(x: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
 def smooth_l1_loss(x: Tensor, target: Tensor, reduction: str = "mean", beta: float = 1.0) -> Tensor:
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    if beta == 0.0:  # as torch.nn.functional does: then the derivative at 0 is abs's, 0
+        return l1_loss(x, target, reduction)
     return _pointwise_loss("smooth_l1_loss", x, target, reduction, beta=beta)
 
 

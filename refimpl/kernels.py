@@ -41,9 +41,10 @@ def erf(x: np.ndarray) -> np.ndarray:
 
 
 def clamp(x: np.ndarray, min: Any, max: Any) -> np.ndarray:
-    # torch: min(max(x, lo), hi), propagating NaN; with lo > hi every element becomes hi.
-    out = x if min is None else np.maximum(x, min)
-    return out if max is None else np.minimum(out, max)
+    # torch replaces only what lies strictly outside: NaN and a -0.0 on a 0.0 bound stay as they
+    # are; with lo > hi every element becomes hi.
+    out = x if min is None else np.where(x < min, min, x)
+    return out if max is None else np.where(out > max, max, out)
 
 
 def where(condition: np.ndarray, a: Any, b: Any) -> np.ndarray:
@@ -117,13 +118,17 @@ def max_dim(x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
     return values if keepdim else np.squeeze(values, dim)
 
 
+def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
+    return np.amax(x, axis=dim, keepdims=True, initial=-np.inf)
+
+
 def softmax(x: np.ndarray, dim: int) -> np.ndarray:
-    e = np.exp(x - np.amax(x, axis=dim, keepdims=True))
+    e = np.exp(x - _row_max(x, dim))
     return e / e.sum(axis=dim, keepdims=True)
 
 
 def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
-    shifted = x - np.amax(x, axis=dim, keepdims=True)
+    shifted = x - _row_max(x, dim)
     return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
 
 
@@ -411,37 +416,46 @@ def huber_loss(x, t, reduction, delta) -> np.ndarray:
     return reduce(np.where(z < delta, 0.5 * z * z, delta * (z - 0.5 * delta)), reduction)
 
 
-def _nll_pick(x, target, weight, ignore_index):
-    """Moves classes last; returns the picked log-probabilities, their weights and the mask."""
-    classes_last = np.moveaxis(x, 1, -1) if x.ndim > 1 else x[None]
+def _nll_targets(x, target, weight, ignore_index):
+    """Per sample: the target class (0 where ignored), its weight (0 where ignored), the mask."""
     t = target if x.ndim > 1 else target.reshape(1)
     keep = t != ignore_index
     safe = np.where(keep, t, 0)
-    picked = np.take_along_axis(classes_last, safe[..., None], axis=-1)[..., 0]
-    w = np.ones((), x.dtype) if weight is None else weight[safe]
-    return picked, np.where(keep, w, x.dtype.type(0)), keep
+    if weight is None:
+        w = keep.astype(x.dtype)  # 1 where kept, 0 where ignored
+    else:
+        w = np.where(keep, weight[safe], x.dtype.type(0))
+    return safe, w, keep
 
 
 def nll_loss(x, target, weight, ignore_index, reduction) -> np.ndarray:
-    picked, w, keep = _nll_pick(x, target, weight, ignore_index)
+    safe, w, keep = _nll_targets(x, target, weight, ignore_index)
+    if x.ndim == 2:  # (N, C): a plain gather, much cheaper than moveaxis + take_along_axis
+        picked = x[np.arange(x.shape[0]), safe]
+    else:  # classes moved last; a 1-D input is one sample
+        classes_last = np.moveaxis(x, 1, -1) if x.ndim > 1 else x[None]
+        picked = np.take_along_axis(classes_last, safe[..., None], axis=-1)[..., 0]
     losses = np.where(keep, -(picked * w), x.dtype.type(0))
     if reduction == "none":
         return losses if x.ndim > 1 else losses.reshape(())
     if reduction == "sum":
         return losses.sum()
-    return losses.sum() / np.broadcast_to(w, losses.shape).sum()
+    return losses.sum() / w.sum()  # w has the losses' shape
 
 
 def nll_loss_grad(g, y, x, target, weight, ignore_index, reduction) -> np.ndarray:
-    picked, w, keep = _nll_pick(x, target, weight, ignore_index)
+    safe, w, keep = _nll_targets(x, target, weight, ignore_index)
     if reduction == "mean":
-        g = g / np.broadcast_to(w, picked.shape).sum()
+        g = g / w.sum()
     share = np.where(keep, -(g if reduction != "none" or x.ndim > 1 else g.reshape(1)) * w,
                      x.dtype.type(0))
-    t = target if x.ndim > 1 else target.reshape(1)
-    classes_last = np.zeros(picked.shape + (x.shape[1 if x.ndim > 1 else 0],), dtype=x.dtype)
-    np.put_along_axis(classes_last, np.where(keep, t, 0)[..., None],
-                      np.broadcast_to(share, picked.shape)[..., None], axis=-1)
+    if x.ndim == 2:  # (N, C): a plain scatter, as in nll_loss
+        grad = np.zeros(x.shape, dtype=x.dtype)
+        grad[np.arange(x.shape[0]), safe] = share
+        return grad
+    classes_last = np.zeros(safe.shape + (x.shape[1 if x.ndim > 1 else 0],), dtype=x.dtype)
+    np.put_along_axis(classes_last, safe[..., None], np.broadcast_to(share, safe.shape)[..., None],
+                      axis=-1)
     return np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
 
 

@@ -15,8 +15,9 @@ Every row is read the same way (HIPS-autograd style, torch's ``derivatives.yaml`
   so does this table. At points where the derivative is not defined the value is torch's (relu and
   abs at 0 give 0, clamp passes the gradient at its bounds, max ties share it evenly, ...).
 * ``ulp`` is the budget: the largest distance to torch, in units in the last place, that the tests
-  accept for forward and backward. 0 means bitwise. ``reduces`` marks rows that sum many terms,
-  whose error is measured against the magnitude of the terms (see ``tests/ulp.py``).
+  accept for forward and backward. 0 means bitwise. ``sums`` marks rows whose result sums terms
+  that may cancel (reductions, matmul, ``1 + erf`` in gelu): their error is measured against the
+  magnitude of the terms, not of the result (see ``tests/ulp.py``).
 * ``saves`` is False for rows whose derivative needs only shapes: like torch, a second backward
   through them works even after the graph was freed.
 """
@@ -41,7 +42,7 @@ class Op:
     forward: Callable[..., np.ndarray]
     derivatives: tuple[Rule, ...]
     ulp: int = 0
-    reduces: bool = False
+    sums: bool = False  # the result sums terms that may cancel (see the docstring)
     saves: bool = True
     variadic: bool = False
     promotes: bool = False  # inputs are cast to torch's result type before the forward
@@ -108,6 +109,8 @@ def _pow_forward(x: Any, e: Any) -> np.ndarray:
             return 1 / x
         if e == -2:
             return 1 / (x * x)
+        if x.dtype == np.float32:  # numpy's powf strays 2 ulp; the rounded double does not
+            return np.power(x.astype(np.float64), e).astype(np.float32)
     return np.power(x, e)
 
 
@@ -173,14 +176,19 @@ def _clamp_grad(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.
 
 
 def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool):
+    if x.ndim == 0 and dim:  # torch restores a dim of size 1, then sums it away from +0.0
+        return g + g.dtype.type(0)
     mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
     count = mask.sum(axis=K.axes(dim, x.ndim), keepdims=True)
     return (_expand_reduced(g, x.shape, dim, keepdim) / count) * mask
 
 
 def _max_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    mask = (np.isnan(x) if np.isnan(y) else x == y).astype(x.dtype)
-    return mask * (g / mask.sum())
+    """Evenly shared among the maxima, written into zeros (so the rest are +0.0)."""
+    mask = np.isnan(x) if np.isnan(y) else x == y
+    grad = np.zeros(x.shape, dtype=g.dtype)
+    grad[mask] = g / g.dtype.type(mask.sum())
+    return grad
 
 
 def _max_dim_grad(g: np.ndarray, y: Any, x: np.ndarray, dim: int, keepdim: bool):
@@ -220,7 +228,9 @@ def _elu_grad(g: np.ndarray, y: Any, x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def _loss_norm(x: np.ndarray, reduction: str) -> float:
-    return 1.0 / x.size if reduction == "mean" else 1.0
+    if reduction != "mean":
+        return 1.0
+    return 1.0 / x.size if x.size else math.nan
 
 
 def _reduced_grad(g: np.ndarray, reduction: str) -> np.ndarray:
@@ -254,6 +264,11 @@ def _same(g: np.ndarray, *_: Any, **__: Any) -> np.ndarray:
     return g
 
 
+def _expand_grad(g: np.ndarray, y: Any, x: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """torch's sum_to: the engine sums over expanded dims; a 0-dim input takes g.sum()."""
+    return np.add.reduce(g, axis=None, initial=0) if x.ndim == 0 else g
+
+
 def _reshape_back(g: np.ndarray, y: Any, x: Any, *_: Any, **__: Any) -> np.ndarray:
     return g.reshape(x.shape)
 
@@ -269,8 +284,11 @@ OPS: dict[str, Op] = {
         Op("div", np.divide,
            (lambda g, y, a, b: g / b, lambda g, y, a, b: -g * ((a / b) / b)), promotes=True),
         Op("neg", np.negative, (lambda g, *_: -g,), saves=False),
-        Op("pow", _pow_forward, (_pow_grad_base, _pow_grad_exponent), ulp=1, promotes=True),
-        Op("sqrt", np.sqrt, (lambda g, y, x: g / (2 * y),)),
+        Op("reciprocal", lambda x: 1 / x, (lambda g, y, x: -g * (y * y),)),
+        Op("pow", _pow_forward, (_pow_grad_base, _pow_grad_exponent), ulp=2, promotes=True),
+        # torch 2.13's vectorised float32 sqrt is not correctly rounded (measured: about 17% of
+        # values are one ulp off the exact root, which numpy returns); float64 is bitwise.
+        Op("sqrt", np.sqrt, (lambda g, y, x: g / (2 * y),), ulp=1),
         Op("abs", np.abs, (lambda g, y, x: g * _sign(x),)),
         Op("clamp", K.clamp, (_clamp_grad,)),
         Op("where", K.where, (None, _where_grad_a, _where_grad_b)),
@@ -278,8 +296,8 @@ OPS: dict[str, Op] = {
            node_name="ToCopyBackward0"),
         Op("clone", np.copy, (_same,), saves=False),
         # Transcendental functions: numpy's libm and torch's vectorised ones differ by an ulp.
-        Op("exp", np.exp, (lambda g, y, x: g * y,), ulp=1),
-        Op("log", np.log, (lambda g, y, x: g / x,), ulp=1),
+        Op("exp", np.exp, (lambda g, y, x: g * y,), ulp=2),
+        Op("log", np.log, (lambda g, y, x: g / x,), ulp=2),
         Op("tanh", np.tanh, (lambda g, y, x: g * (1 - y * y),), ulp=2),
         Op("sigmoid", K.sigmoid, (lambda g, y, x: g * (y * (1 - y)),), ulp=2),
         # Activations.
@@ -287,31 +305,31 @@ OPS: dict[str, Op] = {
         Op("leaky_relu", K.leaky_relu,
            (lambda g, y, x, negative_slope: np.where(x > 0, g, g * negative_slope),)),
         Op("elu", K.elu, (_elu_grad,), ulp=2),
-        Op("gelu", K.gelu, (_gelu_grad,), ulp=4),
+        Op("gelu", K.gelu, (_gelu_grad,), ulp=8, sums=True),
         Op("softplus", K.softplus, (_softplus_grad,), ulp=2),
         Op("silu", K.silu, (_silu_grad,), ulp=2),
-        Op("softmax", K.softmax, (_softmax_grad,), ulp=4, reduces=True),
-        Op("log_softmax", K.log_softmax, (_log_softmax_grad,), ulp=4, reduces=True),
+        Op("softmax", K.softmax, (_softmax_grad,), ulp=4, sums=True),
+        Op("log_softmax", K.log_softmax, (_log_softmax_grad,), ulp=4, sums=True),
         # Reductions: the summation order differs (numpy pairwise, torch cascaded/vectorised).
         Op("sum", K.sum, (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim),),
-           ulp=2, reduces=True, saves=False),
+           ulp=2, sums=True, saves=False),
         Op("mean", K.mean,
            (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim)
             / K.reduced_count(x.shape, dim),),
-           ulp=2, reduces=True, saves=False),
+           ulp=2, sums=True, saves=False),
         Op("amax", K.amax, (_amax_grad,)),
         Op("max", K.max_all, (_max_grad,)),
         Op("max_dim", K.max_dim, (_max_dim_grad,), node_name="MaxBackward0"),
-        Op("matmul", np.matmul, (_matmul_grad_a, _matmul_grad_b), ulp=4, reduces=True,
+        Op("matmul", np.matmul, (_matmul_grad_a, _matmul_grad_b), ulp=4, sums=True,
            promotes=True, node_name="MmBackward0"),
         Op("linear", K.linear, (K.linear_grad_input, K.linear_grad_weight, K.linear_grad_bias),
-           ulp=4, reduces=True, node_name="AddmmBackward0"),
+           ulp=4, sums=True, node_name="AddmmBackward0"),
         # Shape and indexing: pure data movement, bitwise.
         Op("reshape", lambda x, shape: np.reshape(x, shape), (_reshape_back,), saves=False,
            node_name="ViewBackward0"),
         Op("permute", lambda x, dims: np.transpose(x, dims),
            (lambda g, y, x, dims: np.transpose(g, np.argsort(dims)),), saves=False),
-        Op("expand", lambda x, shape: np.broadcast_to(x, shape), (_same,), saves=False),
+        Op("expand", lambda x, shape: np.broadcast_to(x, shape), (_expand_grad,), saves=False),
         Op("getitem", lambda x, key: x[key], (_getitem_grad,), saves=False,
            node_name="SliceBackward0"),
         Op("index", lambda x, key: x[key], (_index_grad,), ulp=0),
@@ -323,20 +341,20 @@ OPS: dict[str, Op] = {
         # Neural-network layers.
         Op("convolution", K.convolution,
            (K.convolution_grad_input, K.convolution_grad_weight, K.convolution_grad_bias),
-           ulp=4, reduces=True),
+           ulp=4, sums=True),
         Op("max_pool2d", K.max_pool2d, (K.max_pool2d_grad,), node_name="MaxPool2DWithIndicesBackward0"),
-        Op("avg_pool2d", K.avg_pool2d, (K.avg_pool2d_grad,), ulp=2, reduces=True),
+        Op("avg_pool2d", K.avg_pool2d, (K.avg_pool2d_grad,), ulp=2, sums=True),
         Op("layer_norm", K.layer_norm,
            (K.layer_norm_grad_input, K.layer_norm_grad_weight, K.layer_norm_grad_bias),
-           ulp=8, reduces=True, node_name="NativeLayerNormBackward0"),
+           ulp=8, sums=True, node_name="NativeLayerNormBackward0"),
         Op("embedding", K.embedding, (None, K.embedding_grad_weight)),
         # Losses with their own derivative in torch (l1_loss and cross_entropy are composites).
-        Op("mse_loss", K.mse_loss, (_mse_grad, _swapped(_mse_grad)), ulp=2, reduces=True),
+        Op("mse_loss", K.mse_loss, (_mse_grad, _swapped(_mse_grad)), ulp=2, sums=True),
         Op("smooth_l1_loss", K.smooth_l1_loss, (_smooth_l1_grad, _swapped(_smooth_l1_grad)),
-           ulp=2, reduces=True),
-        Op("huber_loss", K.huber_loss, (_huber_grad, _swapped(_huber_grad)), ulp=2, reduces=True),
-        Op("nll_loss", K.nll_loss, (K.nll_loss_grad,), ulp=2, reduces=True),
+           ulp=2, sums=True),
+        Op("huber_loss", K.huber_loss, (_huber_grad, _swapped(_huber_grad)), ulp=2, sums=True),
+        Op("nll_loss", K.nll_loss, (K.nll_loss_grad,), ulp=2, sums=True),
         Op("binary_cross_entropy_with_logits", K.bce_with_logits,
-           (K.bce_with_logits_grad_input, K.bce_with_logits_grad_target), ulp=4, reduces=True),
+           (K.bce_with_logits_grad_input, K.bce_with_logits_grad_target), ulp=4, sums=True),
     ]
 }

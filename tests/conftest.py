@@ -1,0 +1,38 @@
+"""Shared pytest configuration: Hypothesis profiles and the ULP table printed at the end."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from hypothesis import settings
+
+settings.register_profile("dev", max_examples=10)
+settings.register_profile("ci", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    module = sys.modules.get("tests.test_ops")
+    table = getattr(module, "ULP_TABLE", None)
+    if not table:
+        return
+    from refimpl.ops import OPS
+
+    budgets = {case.name: case.budget for case in module.CASES}
+    terminalreporter.section("largest ULP error vs torch (case, dtype: forward / grads; budget)")
+    for name in dict.fromkeys(key[0] for key in table):
+        cells = []
+        for dtype in ("float32", "float64"):
+            fwd = table.get((name, dtype, "forward"))
+            grad = table.get((name, dtype, "grad"))
+            cells.append(f"{dtype} {_fmt(fwd)} / {_fmt(grad)}")
+        terminalreporter.write_line(f"{name:26s} {'   '.join(cells)}   budget {budgets[name]}")
+    del OPS
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if value else "0"
