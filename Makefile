@@ -17,8 +17,9 @@ venv: .venv/.installed
 run: venv
 	$(PY) -m conformance.demo
 
+# pytest exits 5 when it collected nothing: that is a failure, never a pass.
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 	.venv/bin/ruff check .
 
 bench: venv
