@@ -171,7 +171,7 @@ def advanced_index(data: st.DataObject, dtype: np.dtype):
     arrays, _ = nonempty()(data, dtype)
     n = arrays[0].shape[0]
     index = np.array(data.draw(st.lists(st.integers(-n, n - 1), min_size=0, max_size=6)), np.int64)
-    return arrays + [index], {}
+    return [*arrays, index], {}
 
 
 def concat_parts(data: st.DataObject, dtype: np.dtype):
@@ -278,7 +278,7 @@ def layer_norm_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
     n = int(np.prod(kwargs["normalized_shape"]))
     dims = tuple(range(x.ndim - len(kwargs["normalized_shape"]), x.ndim))
     rstd = float((1 / np.sqrt(x.var(axis=dims) + kwargs["eps"])).max(initial=0.0))
-    top = lambda a: float(np.abs(a).max(initial=0.0))  # noqa: E731
+    top = lambda a: float(np.abs(a).max(initial=0.0))
     w = max(1.0, top(arrays[1])) if len(arrays) > 1 else 1.0
     b = top(arrays[2]) if len(arrays) > 2 else 0.0
     g, rows = top(cotangent), x.size // max(n, 1)
@@ -309,6 +309,18 @@ def classification_magnitude(case_name: str) -> Callable[..., tuple[float, list[
         return forward, [max(grads[0], g), *grads[1:]]
 
     return magnitude
+
+
+def bce_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
+                  cotangent: np.ndarray) -> tuple[float, list[float]]:
+    """The gradient sigmoid(x) - t cancels; weights scale both of its terms."""
+    case = next(c for c in CASES if c.name == "bce_with_logits")
+    forward, grads = _magnitude(case, arrays, kwargs, cotangent)
+    top = lambda a: float(np.abs(a).max(initial=1.0)) if a is not None else 1.0
+    scale = top(cotangent) * top(kwargs.get("weight_array")) * top(kwargs.get("pos_weight_array"))
+    if kwargs["reduction"] == "mean":
+        scale /= max(arrays[0].size, 1)
+    return forward, [max(grads[0], 2 * scale), *grads[1:]]
 
 
 def embedding_inputs(data: st.DataObject, dtype: np.dtype):
@@ -479,7 +491,8 @@ CASES = [
              L, x, t, weight, label_smoothing=0.25, **k),
          classification(), ("log_softmax", "nll_loss", "sum", "sum", "mul", "where", "add"),
          magnitude=classification_magnitude("cross_entropy_smoothing")),
-    Case("bce_with_logits", _bce, bce_inputs, ("binary_cross_entropy_with_logits",)),
+    Case("bce_with_logits", _bce, bce_inputs, ("binary_cross_entropy_with_logits",),
+         magnitude=bce_magnitude),
 ]
 
 
