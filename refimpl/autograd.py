@@ -115,6 +115,7 @@ class Node:
 
     __slots__ = (
         "__weakref__",
+        "edges",
         "freed",
         "inputs",
         "op",
@@ -136,6 +137,10 @@ class Node:
         self.op = op
         # inputs[i] is the tensor that receives gradient i, or None when input i needs none.
         self.inputs = inputs
+        # edges[i]: the node gradient i flows to, bound now as in torch (None: inputs[i] is a
+        # leaf). An in-place op or detach_() that later rewrites inputs[i].grad_fn does not
+        # reroute this node's gradient (nor make the in-place node its own input).
+        self.edges = tuple(None if t is None else t.grad_fn for t in inputs)
         # The forward's input arrays (or Python scalars), as the derivative rules take them.
         self.saved = arrays
         self.output = output
@@ -150,8 +155,8 @@ class Node:
     @property
     def next_functions(self) -> tuple[tuple[Node | str | None, int], ...]:
         return tuple(
-            (None if t is None else (t.grad_fn if t.grad_fn is not None else "AccumulateGrad"), 0)
-            for t in self.inputs
+            (None if t is None else (e if e is not None else "AccumulateGrad"), 0)
+            for t, e in zip(self.inputs, self.edges, strict=True)
         )
 
     def apply(self, grad: np.ndarray) -> list[np.ndarray | None]:
@@ -211,10 +216,9 @@ def _topological_dependencies(root: Node) -> dict[Node, int]:
     stack = [root]
     while stack:
         node = stack.pop()
-        for tensor in node.inputs:
-            if tensor is None or tensor.grad_fn is None:
+        for parent in node.edges:
+            if parent is None:
                 continue
-            parent = tensor.grad_fn
             if parent in dependencies:
                 dependencies[parent] += 1
             else:
@@ -263,14 +267,13 @@ def run_backward(
         grad = buffers.pop(node)
         retained = node.retained() if node.retained is not None else None
         if retained is not None:
-            _accumulate(retained, grad)
+            _retain(retained, grad)
         grads = node.apply(grad)
         if not keep:
             node.release()
-        for tensor, g in zip(node.inputs, grads, strict=True):
+        for tensor, parent, g in zip(node.inputs, node.edges, grads, strict=True):
             if tensor is None or g is None:
                 continue
-            parent = tensor.grad_fn
             if parent is None:
                 key = id(tensor)
                 previous = leaf_grads.get(key)
@@ -295,6 +298,15 @@ def _accumulate(tensor: Tensor, grad: np.ndarray) -> None:
         tensor.grad._version += 1
 
 
+def _retain(tensor: Tensor, grad: np.ndarray) -> None:
+    """retain_grad's hook: unlike a leaf's, a non-leaf's .grad is replaced, not updated in place
+    (torch: `grad = grad.clone()` the first time, `grad = grad + new` afterwards)."""
+    from refimpl.tensor import Tensor
+
+    total = np.array(grad, copy=True) if tensor.grad is None else tensor.grad.data + grad
+    tensor.grad = Tensor._wrap(total)
+
+
 def walk(root: Node) -> Iterator[Node]:
     """Every node reachable from `root` (each once)."""
     seen = set()
@@ -305,4 +317,4 @@ def walk(root: Node) -> Iterator[Node]:
             continue
         seen.add(node)
         yield node
-        stack.extend(t.grad_fn for t in node.inputs if t is not None and t.grad_fn is not None)
+        stack.extend(e for e in node.edges if e is not None)

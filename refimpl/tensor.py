@@ -96,9 +96,14 @@ def apply(op: Op, *inputs: Any, **params: Any) -> Tensor:
     return result
 
 
-def _check_requires_grad(dtype: np.dtype) -> None:
+def _check_requires_grad(dtype: np.dtype, factory: builtins.bool = False) -> None:
+    # torch words it differently for factories (`tensor(..., requires_grad=True)`) and for
+    # `requires_grad_()`.
     if dtype.kind != "f":
-        raise RuntimeError("only Tensors of floating point and complex dtype can require gradients")
+        raise RuntimeError(
+            "Only Tensors of floating point and complex dtype can require gradients" if factory
+            else "only Tensors of floating point dtype can require gradients"
+        )
 
 
 class Tensor:
@@ -172,10 +177,15 @@ class Tensor:
         return self.data
 
     def __float__(self) -> float:
-        return float(self.item())
+        return float(self._python_scalar())
 
     def __int__(self) -> int:
-        return int(self.item())
+        return int(self._python_scalar())
+
+    def _python_scalar(self) -> Scalar:
+        if self.data.size != 1:  # torch's message here is not item()'s
+            raise ValueError("only one element tensors can be converted to Python scalars")
+        return self.item()
 
     def __bool__(self) -> builtins.bool:
         if self.data.size != 1:
@@ -260,6 +270,9 @@ class Tensor:
         history and a fresh array (the old one may be saved by the graph)."""
         if result.grad_fn is not None:
             self.data = result.data.astype(self.data.dtype, copy=False)
+            if self.grad_fn is not None and self.grad_fn.retained is not None:
+                # retain_grad follows the tensor to its new version, as in torch.
+                result.grad_fn.retained, self.grad_fn.retained = self.grad_fn.retained, None
             self.grad_fn, self.requires_grad = result.grad_fn, True
         else:
             np.copyto(self.data, result.data, casting="same_kind")
@@ -280,6 +293,7 @@ class Tensor:
         return self._inplace_op("add", other if alpha == 1 else other * alpha)
 
     def sub_(self, other: Any, *, alpha: Scalar = 1) -> Tensor:
+        _check_sub(self, other)
         return self._inplace_op("sub", other if alpha == 1 else other * alpha)
 
     def mul_(self, other: Any) -> Tensor:
@@ -317,9 +331,11 @@ class Tensor:
         return apply(OPS["add"], other, self)
 
     def __sub__(self, other: Any) -> Tensor:
+        _check_sub(self, other)
         return apply(OPS["sub"], self, other)
 
     def __rsub__(self, other: Any) -> Tensor:
+        _check_sub(other, self)
         return apply(OPS["sub"], other, self)
 
     def __mul__(self, other: Any) -> Tensor:
@@ -615,6 +631,24 @@ def _float_unary(name: str, x: Tensor) -> Tensor:
     return apply(OPS[name], _floating(x))
 
 
+def _check_sub(a: Any, b: Any) -> None:
+    """torch's sub_check: no bool operand (a Python bool counts as a bool tensor)."""
+    a_bool, b_bool = (
+        isinstance(x, builtins.bool) or (isinstance(x, Tensor) and x.data.dtype == bool_)
+        for x in (a, b)
+    )
+    if a_bool and b_bool:
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with two bool tensors is not supported. "
+            "Use the `^` or `logical_xor()` operator instead."
+        )
+    if a_bool or b_bool:
+        raise RuntimeError(
+            "Subtraction, the `-` operator, with a bool tensor is not supported. "
+            "If you are trying to invert a mask, use the `~` or `logical_not()` operator instead."
+        )
+
+
 def _true_divide(a: Any, b: Any) -> Tensor:
     # torch's `/` always divides in floating point: integer operands give float32.
     if result_type(a, b).kind != "f":
@@ -721,6 +755,7 @@ def tensor(data: Any, dtype: Any = None, requires_grad: builtins.bool = False) -
     """A new leaf tensor holding a copy of `data` (lists infer float32 / int64 / bool)."""
     t = Tensor._wrap(_to_array(data, None if dtype is None else np.dtype(dtype)))
     if requires_grad:
+        _check_requires_grad(t.data.dtype, factory=True)
         t.requires_grad_(True)
     return t
 
@@ -816,7 +851,9 @@ def where(condition: Tensor, input: Any, other: Any) -> Tensor:
         )
     # The condition selects; only `input` and `other` take part in type promotion.
     dtype = result_type(input, other)
-    input, other = (x.to(dtype) if isinstance(x, Tensor) else x for x in (input, other))
+    # Python scalars are cast too: numpy would make where(c, 1, 0.5) float64, torch float32.
+    input, other = (x.to(dtype) if isinstance(x, Tensor) else np.asarray(x, dtype=dtype)
+                    for x in (input, other))
     return apply(OPS["where"], condition, input, other)
 
 
