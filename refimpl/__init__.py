@@ -32,10 +32,10 @@ from refimpl.tensor import (
     zeros_like,
 )
 
-bool = bool_  # noqa: A001 - torch's name for the dtype
+bool = bool_
 
 
-def _unary(name: str):  # noqa: ANN202
+def _unary(name: str):
     def function(x: Tensor) -> Tensor:
         return getattr(x, name)()
 
@@ -47,29 +47,29 @@ def _unary(name: str):  # noqa: ANN202
 exp = _unary("exp")
 log = _unary("log")
 sqrt = _unary("sqrt")
-abs = _unary("abs")  # noqa: A001
+abs = _unary("abs")
 tanh = _unary("tanh")
 sigmoid = _unary("sigmoid")
 relu = _unary("relu")
 
 
-def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: A001, ANN001
+def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     return x.sum(dim, keepdim)
 
 
-def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:  # noqa: ANN001
+def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
     return x.mean(dim, keepdim)
 
 
-def amax(x: Tensor, dim=(), keepdim: bool = False) -> Tensor:  # noqa: ANN001
+def amax(x: Tensor, dim=(), keepdim: bool = False) -> Tensor:
     return x.amax(dim, keepdim)
 
 
-def max(x: Tensor, dim=None, keepdim: bool = False):  # noqa: A001, ANN001, ANN201
+def max(x: Tensor, dim=None, keepdim: bool = False):
     return x.max(dim, keepdim)
 
 
-def reshape(x: Tensor, shape) -> Tensor:  # noqa: ANN001
+def reshape(x: Tensor, shape) -> Tensor:
     return x.reshape(shape)
 
 
@@ -81,7 +81,7 @@ def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     return x.transpose(dim0, dim1)
 
 
-def permute(x: Tensor, dims) -> Tensor:  # noqa: ANN001
+def permute(x: Tensor, dims) -> Tensor:
     return x.permute(dims)
 
 
@@ -89,7 +89,7 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
     return x.unsqueeze(dim)
 
 
-def squeeze(x: Tensor, dim=None) -> Tensor:  # noqa: ANN001
+def squeeze(x: Tensor, dim=None) -> Tensor:
     return x.squeeze(dim)
 
 

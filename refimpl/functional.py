@@ -49,7 +49,7 @@ def elu(x: Tensor, alpha: float = 1.0) -> Tensor:
 
 def gelu(x: Tensor, approximate: str = "none") -> Tensor:
     if approximate not in ("none", "tanh"):
-        raise RuntimeError(f"approximate argument must be either none or tanh.")
+        raise RuntimeError("approximate argument must be either none or tanh.")
     return apply(OPS["gelu"], x, approximate=approximate)
 
 
@@ -144,7 +144,7 @@ def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padd
                dilation: IntOrPair, ceil_mode: bool, name: str) -> tuple[Tensor, bool, tuple, ...]:
     if x.ndim not in (3, 4):
         raise RuntimeError(
-            f"non-empty 3D or 4D (batch mode) tensor expected for input"
+            "non-empty 3D or 4D (batch mode) tensor expected for input"
         )
     kernel = _pair(kernel_size)
     strides = _pair(stride) if stride not in (None, ()) else kernel
