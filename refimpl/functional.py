@@ -140,8 +140,12 @@ def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrP
     return _convolution(x, weight, bias, stride, padding, dilation, groups, 2)
 
 
+PoolArgs = tuple[Tensor, bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
 def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair,
-               dilation: IntOrPair, ceil_mode: bool, name: str) -> tuple[Tensor, bool, tuple, ...]:
+               dilation: IntOrPair, ceil_mode: bool) -> PoolArgs:
+    """Batched (N, C, H, W) input, whether it was batched, kernel, stride, padding, dilation."""
     if x.ndim not in (3, 4):
         raise RuntimeError(
             "non-empty 3D or 4D (batch mode) tensor expected for input"
@@ -171,7 +175,7 @@ def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padd
 def max_pool2d(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None,
                padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False) -> Tensor:
     x4, batched, kernel, strides, pads, dilations = _pool_args(
-        x, kernel_size, stride, padding, dilation, ceil_mode, "max_pool2d")
+        x, kernel_size, stride, padding, dilation, ceil_mode)
     out = apply(OPS["max_pool2d"], x4, kernel=kernel, stride=strides, padding=pads,
                 dilation=dilations, ceil_mode=ceil_mode)
     return out if batched else out.squeeze(0)
@@ -183,7 +187,7 @@ def avg_pool2d(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = Non
     if divisor_override is not None and divisor_override == 0:
         raise RuntimeError("divisor must be not zero")
     x4, batched, kernel, strides, pads, _ = _pool_args(
-        x, kernel_size, stride, padding, 1, ceil_mode, "avg_pool2d")
+        x, kernel_size, stride, padding, 1, ceil_mode)
     out = apply(OPS["avg_pool2d"], x4, kernel=kernel, stride=strides, padding=pads,
                 ceil_mode=ceil_mode, count_include_pad=count_include_pad,
                 divisor_override=divisor_override)
