@@ -302,6 +302,19 @@ class Tensor:
     def div_(self, other: Any) -> Tensor:
         return self._inplace_op("div", other)
 
+    # `p -= lr * g` updates p in place, as in torch (without these Python would rebind p).
+    def __iadd__(self, other: Any) -> Tensor:
+        return self.add_(other)
+
+    def __isub__(self, other: Any) -> Tensor:
+        return self.sub_(other)
+
+    def __imul__(self, other: Any) -> Tensor:
+        return self.mul_(other)
+
+    def __itruediv__(self, other: Any) -> Tensor:
+        return self.div_(other)
+
     def zero_(self) -> Tensor:
         self._check_inplace()
         if self.grad_fn is not None and _grad_mode.enabled:
