@@ -10,8 +10,10 @@ What `loss.backward()` does, in the order torch does it:
    arrival order, so a tensor used several times receives the sum of its uses.
 3. Each node applies its row's derivative rules (one per input), and the gradient is summed
    back to the input's shape where broadcasting expanded it (`unbroadcast`, the only place).
-4. Leaves accumulate: the first backward stores a new `.grad`, later ones add in place — until
-   `zero_grad()` clears it. Non-leaf tensors keep no `.grad` unless `retain_grad()` was called.
+4. Leaves accumulate: the first backward stores a new `.grad` (the computed array itself when
+   nothing else refers to it, as torch's AccumulateGrad steals it, else a copy), later ones add
+   in place — until `zero_grad()` clears it. Non-leaf tensors keep no `.grad` unless
+   `retain_grad()` was called.
 5. Unless `retain_graph=True`, the saved arrays are freed; a second backward through a node that
    needed them raises torch's error.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -164,25 +167,30 @@ class Node:
         op = self.op
         if self.freed and op.saves:
             raise RuntimeError(FREED_GRAPH_MESSAGE)
+        output, saved, params = self.output, self.saved, self.params
         grads: list[np.ndarray | None] = []
         for i, tensor in enumerate(self.inputs):
             if tensor is None:
                 grads.append(None)
                 continue
             if op.variadic:
-                g = op.derivatives[0](i, grad, self.output, *self.saved, **self.params)
+                g = op.derivatives[0](i, grad, output, *saved, **params)
             else:
                 rule = op.derivatives[i] if i < len(op.derivatives) else None
                 if rule is None:
                     raise RuntimeError(f"the derivative for input {i} of {op.name} is not implemented.")
-                g = rule(grad, self.output, *self.saved, **self.params)
-            grads.append(_conform(np.asarray(g), self.saved[i], tensor.data.dtype))
+                g = rule(grad, output, *saved, **params)
+            grads.append(_conform(np.asarray(g), saved[i], tensor.data.dtype))
         return grads
 
     def release(self) -> None:
-        """Frees the saved arrays, keeping their shapes for rules that need nothing else."""
+        """Frees the saved arrays. A row whose rules need only shapes (`saves=False`) keeps them,
+        so that it can run again; any other row refuses to run once freed, so keeps nothing."""
         self.freed = True
-        self.saved = tuple(_Freed(a) if isinstance(a, np.ndarray) else a for a in self.saved)
+        if self.op.saves:
+            self.saved, self.output = (), None  # type: ignore[assignment]
+            return
+        self.saved = tuple([_Freed(a) if isinstance(a, np.ndarray) else a for a in self.saved])
         self.output = _Freed(self.output)  # type: ignore[assignment]
 
     def __repr__(self) -> str:
@@ -257,13 +265,24 @@ def run_backward(
         _accumulate(root, seed)
         return
 
-    keep = bool(retain_graph)
-    dependencies = _topological_dependencies(root.grad_fn)
-    buffers: dict[Node, np.ndarray] = {root.grad_fn: seed}
+    leaf_grads = _propagate(root.grad_fn, seed, keep=bool(retain_graph))
+    for key in list(leaf_grads):
+        tensor, g = leaf_grads.pop(key)
+        # Like torch's AccumulateGrad, a leaf may keep the array itself (no copy, no second
+        # buffer at the memory peak) when nothing else refers to it: the count is this local
+        # and getrefcount's argument. Shared arrays, views and the caller's gradient are copied.
+        owned = sys.getrefcount(g) == 2 and g.base is None and g.flags.writeable
+        _accumulate(tensor, g, owned)
+
+
+def _propagate(root: Node, seed: np.ndarray, keep: bool) -> dict[int, tuple[Tensor, np.ndarray]]:
+    """Runs the nodes in torch's order; returns each reached leaf with its summed gradient."""
+    dependencies = _topological_dependencies(root)
+    buffers: dict[Node, np.ndarray] = {root: seed}
     leaf_grads: dict[int, tuple[Tensor, np.ndarray]] = {}
-    ready: list[tuple[int, Node]] = [(-root.grad_fn.sequence_nr, root.grad_fn)]
+    ready: list[tuple[int, Node]] = [(-root.sequence_nr, root)]
     while ready:
-        _, node = heapq.heappop(ready)
+        node = heapq.heappop(ready)[1]
         grad = buffers.pop(node)
         retained = node.retained() if node.retained is not None else None
         if retained is not None:
@@ -272,7 +291,7 @@ def run_backward(
         if not keep:
             node.release()
         for tensor, parent, g in zip(node.inputs, node.edges, grads, strict=True):
-            if tensor is None or g is None:
+            if g is None:  # also where the input needs no gradient (tensor is None)
                 continue
             if parent is None:
                 key = id(tensor)
@@ -283,16 +302,18 @@ def run_backward(
             dependencies[parent] -= 1
             if dependencies[parent] == 0:
                 heapq.heappush(ready, (-parent.sequence_nr, parent))
-    for tensor, g in leaf_grads.values():
-        _accumulate(tensor, g)
+    return leaf_grads
 
 
-def _accumulate(tensor: Tensor, grad: np.ndarray) -> None:
-    """AccumulateGrad: store a fresh tensor the first time, add in place afterwards."""
+def _accumulate(tensor: Tensor, grad: np.ndarray, owned: bool = False) -> None:
+    """AccumulateGrad: the first time store a new tensor (holding `grad` itself when the caller
+    owns it and its dtype fits, else a copy); afterwards add in place."""
     from refimpl.tensor import Tensor
 
     if tensor.grad is None:
-        tensor.grad = Tensor._wrap(np.array(grad, dtype=tensor.data.dtype, copy=True))
+        keep_array = owned and grad.dtype == tensor.data.dtype
+        tensor.grad = Tensor._wrap(
+            grad if keep_array else np.array(grad, dtype=tensor.data.dtype, copy=True))
     else:
         np.add(tensor.grad.data, grad, out=tensor.grad.data, casting="unsafe")
         tensor.grad._version += 1

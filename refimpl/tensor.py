@@ -27,8 +27,11 @@ SUPPORTED_DTYPES = (float32, float64, int64, bool_)
 Scalar = builtins.bool | int | float
 
 
+_CATEGORY = {"b": 0, "i": 1, "u": 1, "f": 2}
+
+
 def _category(dtype: np.dtype) -> int:
-    return {"b": 0, "i": 1, "u": 1, "f": 2}[dtype.kind]
+    return _CATEGORY[dtype.kind]
 
 
 def _promote(a: np.dtype | None, b: np.dtype | None) -> np.dtype | None:
@@ -44,6 +47,18 @@ def result_type(*operands: Any) -> np.dtype:
     """torch's result type: dimensioned tensors outrank 0-dim ones, which outrank Python scalars,
     unless a lower-ranked operand is of a higher category (a float scalar makes an int tensor
     float32, the default dtype)."""
+    # Fast path: dimensioned floating tensors of one dtype, maybe with Python scalars.
+    common = None
+    for x in operands:
+        if isinstance(x, Tensor):
+            if not x.data.ndim or (common is not None and common != x.data.dtype):
+                break
+            common = x.data.dtype
+        elif not isinstance(x, (int, float)):
+            break
+    else:
+        if common is not None and common.kind == "f":
+            return common
     dim_result = zero_result = wrapped_result = None
     for x in operands:
         if isinstance(x, Tensor):
@@ -78,19 +93,40 @@ def _as_array(x: Any, dtype: np.dtype) -> Any:
     return x
 
 
+try:  # numpy >= 2 keeps its floating-point error settings in a context variable
+    from numpy._core._ufunc_config import _extobj_contextvar, _make_extobj
+
+    _IGNORE_ALL = _make_extobj(all="ignore")
+except ImportError:  # pragma: no cover - other numpy versions: the public, slower way
+    _extobj_contextvar = None
+
+
+def _quietly(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """`function(*args, **kwargs)` under `np.errstate(all="ignore")`: torch never warns about
+    inf or NaN. np.errstate rebuilds its settings at each entry (~0.9 µs, as long as a small op
+    takes); here they are built once and only numpy's context variable is set per call."""
+    if _extobj_contextvar is None:
+        with np.errstate(all="ignore"):
+            return function(*args, **kwargs)
+    token = _extobj_contextvar.set(_IGNORE_ALL)
+    try:
+        return function(*args, **kwargs)
+    finally:
+        _extobj_contextvar.reset(token)
+
+
 def apply(op: Op, *inputs: Any, **params: Any) -> Tensor:
     """Runs one table row on tensors (and Python scalars) and records it for backward."""
     if op.promotes:
         dtype = result_type(*inputs)
-        arrays = tuple(_as_array(x, dtype) for x in inputs)
+        arrays = tuple([_as_array(x, dtype) for x in inputs])
     else:
-        arrays = tuple(x.data if isinstance(x, Tensor) else x for x in inputs)
-    with np.errstate(all="ignore"):
-        output = np.asarray(op.forward(*arrays, **params))
+        arrays = tuple([x.data if isinstance(x, Tensor) else x for x in inputs])
+    output = np.asarray(_quietly(op.forward, arrays, params))
     result = Tensor._wrap(output)
     if _grad_mode.enabled:
-        needs = tuple(x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs)
-        if any(t is not None for t in needs):
+        needs = tuple([x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs])
+        if any([t is not None for t in needs]):
             result.requires_grad = True
             result.grad_fn = Node(op, needs, arrays, output, params)
     return result
@@ -282,12 +318,24 @@ class Tensor:
     def _inplace_op(self, name: str, other: Any) -> Tensor:
         self._check_inplace()
         other = other if isinstance(other, (Tensor, builtins.bool, int, float)) else tensor(other)
-        if (self.data.dtype.kind != "f" and result_type(self, other).kind == "f"):
+        dtype = result_type(self, other)
+        if (self.data.dtype.kind != "f" and dtype.kind == "f"):
             raise RuntimeError(
                 f"result type Float can't be cast to the desired output type "
                 f"{_torch_type_name(self.data.dtype)}"
             )
-        return self._inplace(apply(OPS[name], self, other))
+        op = OPS[name]
+        records = _grad_mode.enabled and (
+            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+        operand = _as_array(other, dtype)
+        if (not records and isinstance(op.forward, np.ufunc) and dtype == self.data.dtype
+                and getattr(operand, "shape", ()) in ((), self.data.shape)):
+            # Nothing to record (an optimizer step under no_grad): like torch's in-place kernel,
+            # the same ufunc writes straight into this tensor's array, with no temporary.
+            _quietly(op.forward, (self.data, operand), {"out": self.data})
+            self._version += 1
+            return self
+        return self._inplace(apply(op, self, other))
 
     def add_(self, other: Any, *, alpha: Scalar = 1) -> Tensor:
         return self._inplace_op("add", other if alpha == 1 else other * alpha)
