@@ -297,9 +297,11 @@ def nll_loss(x: Tensor, target: Tensor, weight: Tensor | None = None, ignore_ind
             f"weight tensor should be defined either for all {classes} classes or no classes "
             f"but got weight tensor of shape: [{', '.join(map(str, weight.shape))}]"
         )
-    bad = (target.data != ignore_index) & ((target.data < 0) | (target.data >= classes))
-    if bad.any():
-        raise IndexError(f"Target {int(target.data[bad].flat[0])} is out of bounds.")
+    t = target.data
+    if t.size and (t.min() < 0 or t.max() >= classes):  # cheap test first: the usual case passes
+        bad = (t != ignore_index) & ((t < 0) | (t >= classes))
+        if bad.any():
+            raise IndexError(f"Target {int(t[bad].flat[0])} is out of bounds.")
     return apply(OPS["nll_loss"], x, target, weight, ignore_index=ignore_index,
                  reduction=reduction)
 

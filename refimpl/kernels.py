@@ -119,7 +119,7 @@ def max_dim(x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
 
 
 def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
-    return np.amax(x, axis=dim, keepdims=True, initial=-np.inf)
+    return x.max(axis=dim, keepdims=True, initial=-np.inf)  # the method skips np.amax's wrapper
 
 
 def softmax(x: np.ndarray, dim: int) -> np.ndarray:
@@ -137,7 +137,12 @@ def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     y = np.matmul(x, w.T)
-    return y if b is None else y + b
+    if b is None:
+        return y
+    if b.dtype != y.dtype or b.shape != y.shape[-1:]:
+        return y + b
+    y += b  # y is the product's fresh array: adding in place saves an output-sized temporary
+    return y
 
 
 def linear_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
@@ -421,10 +426,8 @@ def _nll_targets(x, target, weight, ignore_index):
     t = target if x.ndim > 1 else target.reshape(1)
     keep = t != ignore_index
     safe = np.where(keep, t, 0)
-    if weight is None:
-        w = keep.astype(x.dtype)  # 1 where kept, 0 where ignored
-    else:
-        w = np.where(keep, weight[safe], x.dtype.type(0))
+    # Without weights, 1 where kept and 0 where ignored.
+    w = keep.astype(x.dtype) if weight is None else np.where(keep, weight[safe], x.dtype.type(0))
     return safe, w, keep
 
 
@@ -453,7 +456,7 @@ def nll_loss_grad(g, y, x, target, weight, ignore_index, reduction) -> np.ndarra
         grad = np.zeros(x.shape, dtype=x.dtype)
         grad[np.arange(x.shape[0]), safe] = share
         return grad
-    classes_last = np.zeros(safe.shape + (x.shape[1 if x.ndim > 1 else 0],), dtype=x.dtype)
+    classes_last = np.zeros((*safe.shape, x.shape[1 if x.ndim > 1 else 0]), dtype=x.dtype)
     np.put_along_axis(classes_last, safe[..., None], np.broadcast_to(share, safe.shape)[..., None],
                       axis=-1)
     return np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
