@@ -143,7 +143,7 @@ class Node:
         # edges[i]: the node gradient i flows to, bound now as in torch (None: inputs[i] is a
         # leaf). An in-place op or detach_() that later rewrites inputs[i].grad_fn does not
         # reroute this node's gradient (nor make the in-place node its own input).
-        self.edges = tuple(None if t is None else t.grad_fn for t in inputs)
+        self.edges = tuple([None if t is None else t.grad_fn for t in inputs])
         # The forward's input arrays (or Python scalars), as the derivative rules take them.
         self.saved = arrays
         self.output = output
