@@ -77,13 +77,13 @@ class _GradModeSwitch:
         return wrapper
 
 
-class no_grad(_GradModeSwitch):  # noqa: N801 - torch's spelling
+class no_grad(_GradModeSwitch):
     """Operations inside record no graph: results do not require grad."""
 
     mode = False
 
 
-class enable_grad(_GradModeSwitch):  # noqa: N801 - torch's spelling
+class enable_grad(_GradModeSwitch):
     """Re-enables graph recording inside a `no_grad` region."""
 
     mode = True
@@ -178,7 +178,9 @@ class Node:
             else:
                 rule = op.derivatives[i] if i < len(op.derivatives) else None
                 if rule is None:
-                    raise RuntimeError(f"the derivative for input {i} of {op.name} is not implemented.")
+                    raise RuntimeError(
+                        f"the derivative for input {i} of {op.name} is not implemented."
+                    )
                 g = rule(grad, output, *saved, **params)
             grads.append(_conform(np.asarray(g), saved[i], tensor.data.dtype))
         return grads
@@ -205,7 +207,8 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     axes = tuple(range(lead)) + tuple(
         lead + i for i, n in enumerate(shape) if n == 1 and grad.shape[lead + i] != 1
     )
-    summed = grad.sum(axis=axes, keepdims=True) if axes else grad
+    # Summed from +0.0 as torch's sum_to does, so a sum of -0.0s is +0.0.
+    summed = np.add.reduce(grad, axis=axes, keepdims=True, initial=0) if axes else grad
     return summed.reshape(shape)
 
 

@@ -92,7 +92,7 @@ def log_sigmoid(x: np.ndarray) -> np.ndarray:
 # Reductions ---------------------------------------------------------------------------------
 
 
-def sum(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:  # noqa: A001 - torch's name
+def sum(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
     return np.sum(x, axis=axes(dim, x.ndim), keepdims=keepdim)
 
 
@@ -280,7 +280,7 @@ def _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode):
 
 
 def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
-    index, padded, _ = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
+    index, _padded, _ = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *_pool_geometry(x, kernel, stride, padding, dilation,
                                                      ceil_mode)[1]), constant_values=-np.inf)
     planes = xp.reshape(x.shape[0], x.shape[1], -1)
@@ -376,7 +376,7 @@ def layer_norm_grad_input(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
 
 
 def layer_norm_grad_weight(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
-    dims, mu, rstd = _moments(x, len(normalized_shape), eps)
+    _dims, mu, rstd = _moments(x, len(normalized_shape), eps)
     lead = tuple(range(x.ndim - len(normalized_shape)))
     return (g * ((x - mu) * rstd)).sum(axis=lead)
 

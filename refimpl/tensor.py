@@ -122,7 +122,10 @@ def apply(op: Op, *inputs: Any, **params: Any) -> Tensor:
         arrays = tuple([_as_array(x, dtype) for x in inputs])
     else:
         arrays = tuple([x.data if isinstance(x, Tensor) else x for x in inputs])
-    output = np.asarray(_quietly(op.forward, arrays, params))
+    try:
+        output = np.asarray(_quietly(op.forward, arrays, params))
+    except ValueError as error:
+        raise _broadcast_error(arrays) or error from None
     result = Tensor._wrap(output)
     if _grad_mode.enabled:
         needs = tuple([x if isinstance(x, Tensor) and x.requires_grad else None for x in inputs])
@@ -130,6 +133,21 @@ def apply(op: Op, *inputs: Any, **params: Any) -> Tensor:
             result.requires_grad = True
             result.grad_fn = Node(op, needs, arrays, output, params)
     return result
+
+
+def _broadcast_error(arrays: tuple[Any, ...]) -> RuntimeError | None:
+    """torch's message for operands that do not broadcast, or None if they do."""
+    shapes = [a.shape for a in arrays if isinstance(a, np.ndarray)]
+    if len(shapes) < 2:
+        return None
+    a, b = shapes[0], shapes[1]
+    for i in range(1, min(len(a), len(b)) + 1):
+        if a[-i] != b[-i] and 1 not in (a[-i], b[-i]):
+            return RuntimeError(
+                f"The size of tensor a ({a[-i]}) must match the size of tensor b ({b[-i]}) "
+                f"at non-singleton dimension {max(len(a), len(b)) - i}"
+            )
+    return None
 
 
 def _check_requires_grad(dtype: np.dtype, factory: builtins.bool = False) -> None:
@@ -226,7 +244,7 @@ class Tensor:
     def __bool__(self) -> builtins.bool:
         if self.data.size != 1:
             raise RuntimeError(
-                f"Boolean value of Tensor with more than one value is ambiguous"
+                "Boolean value of Tensor with more than one value is ambiguous"
             )
         return builtins.bool(self.data.reshape(()).item())
 
@@ -534,6 +552,8 @@ class Tensor:
 
     def amax(self, dim: int | Sequence[int] = (), keepdim: builtins.bool = False) -> Tensor:
         dims = _dims(dim, self.ndim)
+        if self.ndim == 0 and dim not in ((), []):
+            dims = (0,)  # an explicit dim on a 0-dim tensor: see the amax row's derivative
         _check_nonempty_reduction(self, dims, "amax")
         return apply(OPS["amax"], self, dim=dims, keepdim=keepdim)
 
@@ -598,11 +618,13 @@ class Tensor:
 
     def t(self) -> Tensor:
         if self.ndim > 2:
-            raise RuntimeError(f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D")
+            raise RuntimeError(
+                f"t() expects a tensor with <= 2 dimensions, but self is {self.ndim}D"
+            )
         return self.transpose(0, 1) if self.ndim == 2 else self.reshape(self.shape)
 
     @property
-    def T(self) -> Tensor:  # noqa: N802 - torch's name
+    def T(self) -> Tensor:
         return self.permute(*reversed(range(self.ndim)))
 
     def unsqueeze(self, dim: int) -> Tensor:
@@ -645,7 +667,8 @@ class Tensor:
 
     def __getitem__(self, key: Any) -> Tensor:
         key = _index_key(key)
-        advanced = any(isinstance(k, np.ndarray) for k in (key if isinstance(key, tuple) else (key,)))
+        parts = key if isinstance(key, tuple) else (key,)
+        advanced = any(isinstance(k, np.ndarray) for k in parts)
         try:
             return apply(OPS["index" if advanced else "getitem"], self, key=key)
         except IndexError as error:
@@ -715,6 +738,9 @@ def _true_divide(a: Any, b: Any) -> Tensor:
     # torch's `/` always divides in floating point: integer operands give float32.
     if result_type(a, b).kind != "f":
         a = a.to(float32) if isinstance(a, Tensor) else float(a)
+    if not isinstance(a, Tensor):  # torch computes `scalar / t` as `t.reciprocal() * scalar`
+        b = b if b.data.dtype.kind == "f" else b.to(result_type(a, b))
+        return apply(OPS["reciprocal"], b) * a
     return apply(OPS["div"], a, b)
 
 
@@ -740,14 +766,16 @@ def _dims(dim: Any, ndim: int) -> tuple[int, ...] | None:
 
 
 def _check_nonempty_reduction(x: Tensor, dims: tuple[int, ...] | None, name: str) -> None:
-    reduced = range(x.ndim) if not dims else dims
+    reduced = dims if dims else range(x.ndim)
     for d in reduced:
         if x.ndim and x.shape[d] == 0:
             raise IndexError(
                 f"{name}(): Expected reduction dim {d} to have non-zero size."
             )
     if x.data.size == 0 and not x.ndim:
-        raise IndexError(f"{name}(): Expected reduction dim to be specified for input.numel() == 0.")
+        raise IndexError(
+            f"{name}(): Expected reduction dim to be specified for input.numel() == 0."
+        )
 
 
 def _shape_args(args: Sequence[Any]) -> tuple[int, ...]:
@@ -756,16 +784,20 @@ def _shape_args(args: Sequence[Any]) -> tuple[int, ...]:
     return tuple(int(n) for n in args)
 
 
+def _invalid_shape(shape: tuple[int, ...], size: int) -> str:
+    return f"shape '[{', '.join(map(str, shape))}]' is invalid for input of size {size}"
+
+
 def _infer_shape(shape: tuple[int, ...], size: int) -> tuple[int, ...]:
     if shape.count(-1) > 1:
         raise RuntimeError("only one dimension can be inferred")
     known = int(np.prod([n for n in shape if n != -1]))
     if -1 in shape:
         if known == 0 or size % known:
-            raise RuntimeError(f"shape '[{', '.join(map(str, shape))}]' is invalid for input of size {size}")
+            raise RuntimeError(_invalid_shape(shape, size))
         shape = tuple(size // known if n == -1 else n for n in shape)
     if int(np.prod(shape)) != size:
-        raise RuntimeError(f"shape '[{', '.join(map(str, shape))}]' is invalid for input of size {size}")
+        raise RuntimeError(_invalid_shape(shape, size))
     return shape
 
 
@@ -822,15 +854,6 @@ def tensor(data: Any, dtype: Any = None, requires_grad: builtins.bool = False) -
     return t
 
 
-def _filled(shape: tuple[Any, ...], value: Scalar, dtype: Any, requires_grad: builtins.bool):
-    dims = _shape_args(shape)
-    chosen = np.dtype(dtype) if dtype is not None else (
-        float32 if isinstance(value, float) or value in (0, 1) and not isinstance(value, builtins.bool)
-        else result_type(value)
-    )
-    return tensor(np.full(dims, value, dtype=chosen), requires_grad=requires_grad)
-
-
 def zeros(*shape: Any, dtype: Any = None, requires_grad: builtins.bool = False) -> Tensor:
     return tensor(np.zeros(_shape_args(shape), dtype=dtype or float32), requires_grad=requires_grad)
 
@@ -881,9 +904,9 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         rows_a = a.shape[-2] if a.ndim > 1 else 1
         if a.ndim == 1 and b.ndim == 1:
             raise RuntimeError(
-                "inconsistent tensor size, expected tensor [{}] and src [{}] to have the same "
-                "number of elements, but got {} and {} elements respectively".format(
-                    inner_a, inner_b, inner_a, inner_b)
+                f"inconsistent tensor size, expected tensor [{inner_a}] and src [{inner_b}] "
+                "to have the same "
+                f"number of elements, but got {inner_a} and {inner_b} elements respectively"
             )
         cols_b = b.shape[-1] if b.ndim > 1 else 1
         raise RuntimeError(
@@ -893,7 +916,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     return apply(OPS["matmul"], a, b)
 
 
-def pow(base: Any, exponent: Any) -> Tensor:  # noqa: A001 - torch's name
+def pow(base: Any, exponent: Any) -> Tensor:
     return apply(OPS["pow"], base, exponent)
 
 
@@ -928,7 +951,8 @@ def cat(tensors: Sequence[Tensor], dim: int = 0) -> Tensor:
     _joinable(tensors, "torch.cat")
     ndim = max(t.ndim for t in tensors)
     d = _dim(dim, ndim)
-    parts = [t for t in tensors if not (t.ndim == 1 and t.shape[0] == 0)] or list(tensors[:1])
+    # torch still skips legacy empty 1-D tensors when the others have more dimensions.
+    parts = [t for t in tensors if t.ndim == ndim or t.shape != (0,)]
     for i, t in enumerate(parts):
         if t.ndim != parts[0].ndim:
             raise RuntimeError(
