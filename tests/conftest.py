@@ -9,7 +9,10 @@ from typing import Any
 from hypothesis import settings
 
 settings.register_profile("dev", max_examples=10)
-settings.register_profile("ci", derandomize=False)
+# CI replays the same examples every run (a red CI is always reproducible); local runs
+# (HYPOTHESIS_PROFILE=explore) draw fresh ones to find new failures.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
