@@ -239,12 +239,16 @@ class Linear(Module):
 
 
 class _ConvNd(Module):
+    """Conv1d and Conv2d: the same layer over `_n` spatial dims, applied by `_convolve`."""
+
     _n: int
+    _convolve: Any
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
-                 stride: IntOrTuple, padding: str | IntOrTuple, dilation: IntOrTuple,
-                 groups: int, bias: bool, padding_mode: str, device: Any, dtype: Any,
-                 rng: np.random.Generator | None) -> None:
+                 stride: IntOrTuple = 1, padding: str | IntOrTuple = 0,
+                 dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None,
+                 rng: np.random.Generator | None = None) -> None:
         super().__init__()
         n = self._n
         if groups <= 0:
@@ -307,41 +311,23 @@ class _ConvNd(Module):
             s += ", bias=False"
         return s.format(**self.__dict__)
 
+    def forward(self, input: Tensor) -> Tensor:
+        return self._convolve(input, self.weight, self.bias, self.stride, self.padding,
+                              self.dilation, self.groups)
+
 
 class Conv1d(_ConvNd):
     """1-d convolution (cross-correlation) over (N, C, L) or (C, L) input."""
 
     _n = 1
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
-                 stride: IntOrTuple = 1, padding: str | IntOrTuple = 0,
-                 dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None,
-                 rng: np.random.Generator | None = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype, rng)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.conv1d(input, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+    _convolve = staticmethod(F.conv1d)
 
 
 class Conv2d(_ConvNd):
     """2-d convolution (cross-correlation) over (N, C, H, W) or (C, H, W) input."""
 
     _n = 2
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
-                 stride: IntOrTuple = 1, padding: str | IntOrTuple = 0,
-                 dilation: IntOrTuple = 1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", device: Any = None, dtype: Any = None,
-                 rng: np.random.Generator | None = None) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype, rng)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return F.conv2d(input, self.weight, self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+    _convolve = staticmethod(F.conv2d)
 
 
 class Embedding(Module):
