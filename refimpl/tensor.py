@@ -248,6 +248,12 @@ class Tensor:
             )
         return builtins.bool(self.data.reshape(()).item())
 
+    def __format__(self, format_spec: str) -> str:
+        # torch formats a plain 0-dim tensor as its Python number (as in f"{lr}").
+        if self.data.ndim == 0 and type(self) is Tensor:
+            return self.item().__format__(format_spec)
+        return object.__format__(self, format_spec)
+
     def __hash__(self) -> int:
         return id(self)
 

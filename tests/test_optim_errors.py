@@ -76,12 +76,7 @@ def ours() -> Lib:
 
 # Known differences from torch, each reported: strict, so a fix turns them into failures that
 # ask for the marker to go.
-_FORMAT = ("refimpl.Tensor has no __format__: torch formats a 0-dim tensor in an f-string as "
-           "its item() (-0.10000000149011612), refimpl writes its repr (tensor(-0.1))")
 KNOWN_DIFFERENCES = {
-    "lr_negative_tensor_float32": _FORMAT,
-    "lr_negative_tensor_float64": _FORMAT,
-    "weight_decay_negative_tensor": _FORMAT,
     "non_leaf_differentiable": "refimpl's SGD raises NotImplementedError for differentiable=True; "
                                "torch accepts it (and then accepts non-leaf tensors)",
 }
