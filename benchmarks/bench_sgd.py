@@ -90,7 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
-    print(f"torch CPU capability: {torch_capability()}; {args.elements:,} float32 elements per case")
+    print(f"torch CPU capability: {torch_capability()}; "
+          f"{args.elements:,} float32 elements per case")
     header = (f"{'params':>6} {'config':15} {'torch loop':>10} {'foreach':>9} {'refimpl':>9}"
               f" {'plain np':>9} {'ref/foreach':>11} {'exact/plain':>11}")
     print(header)
