@@ -1,9 +1,10 @@
 """refimpl's SGD step against torch's for-loop and foreach steps, in the same run.
 
 Cases: 10, 100 and 1,000 parameter tensors of mixed sizes (log-uniform, 10⁷ elements in total
-for every count), float32, with and without momentum / nesterov / weight decay. Each side runs
-one thread (set before numpy and torch are imported). A step's time is the median of several
-timed steps after a warm-up; the gradients are fixed, so every step does the same work.
+for every count), float32 and float64, with and without momentum / nesterov / weight decay.
+Each side runs one thread (set before numpy and torch are imported). A step's time is the
+median of several timed steps after a warm-up; the gradients are fixed, so every step does the
+same work.
 
 Also measured: refimpl's step with its exact rounding (`refimpl.rounding.add_scaled`) replaced
 by plain numpy arithmetic (`a + alpha * b`, two roundings, no emulation), so the cost of exact
@@ -12,7 +13,7 @@ rounding is visible on its own.
 Targets: refimpl ≤ 1.5× torch foreach on the largest case; exact rounding ≤ 3× the plain numpy
 update.
 
-Usage: python benchmarks/bench_sgd.py [--quick] [--elements N]
+Usage: python benchmarks/bench_sgd.py [--quick] [--elements N] [--dtype float32|float64|both]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import argparse  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
+from itertools import product  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -57,10 +59,11 @@ def timed(step: Callable[[], None], repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def measure(count: int, total: int, config: dict, repeats: int) -> dict[str, float]:
+def measure(count: int, total: int, config: dict, repeats: int, dtype: type
+            ) -> dict[str, float]:
     rng = np.random.default_rng(count)
-    arrays = [rng.standard_normal(n).astype(np.float32) for n in sizes(count, total, rng)]
-    grads = [rng.standard_normal(a.size).astype(np.float32) for a in arrays]
+    arrays = [rng.standard_normal(n).astype(dtype) for n in sizes(count, total, rng)]
+    grads = [rng.standard_normal(a.size).astype(dtype) for a in arrays]
     times = {}
     for path in ("for-loop", "foreach"):
         params = [torch.tensor(a, requires_grad=True) for a in arrays]
@@ -87,23 +90,23 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--elements", type=int, default=10_000_000,
                         help="total elements per case (default 10^7)")
+    parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
-    print(f"torch CPU capability: {torch_capability()}; "
-          f"{args.elements:,} float32 elements per case")
-    header = (f"{'params':>6} {'config':15} {'torch loop':>10} {'foreach':>9} {'refimpl':>9}"
-              f" {'plain np':>9} {'ref/foreach':>11} {'exact/plain':>11}")
+    print(f"torch CPU capability: {torch_capability()}; {args.elements:,} elements per case")
+    header = (f"{'dtype':7} {'params':>6} {'config':15} {'torch loop':>10} {'foreach':>9}"
+              f" {'refimpl':>9} {'plain np':>9} {'ref/foreach':>11} {'exact/plain':>11}")
     print(header)
     print("-" * len(header))
-    for count in (10, 100, 1000):
-        for name, config in CONFIGS.items():
-            t = measure(count, args.elements, config, repeats)
-            loop, foreach = t["torch for-loop"], t["torch foreach"]
-            print(f"{count:>6} {name:15} {loop:>10.1f} {foreach:>9.1f}"
-                  f" {t['refimpl']:>9.1f} {t['refimpl plain numpy']:>9.1f}"
-                  f" {t['refimpl'] / t['torch foreach']:>11.2f}"
-                  f" {t['refimpl'] / t['refimpl plain numpy']:>11.2f}")
+    dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
+    for dtype, count, (name, config) in product(dtypes, (10, 100, 1000), CONFIGS.items()):
+        t = measure(count, args.elements, config, repeats, getattr(np, dtype))
+        loop, foreach = t["torch for-loop"], t["torch foreach"]
+        print(f"{dtype:7} {count:>6} {name:15} {loop:>10.1f} {foreach:>9.1f}"
+              f" {t['refimpl']:>9.1f} {t['refimpl plain numpy']:>9.1f}"
+              f" {t['refimpl'] / t['torch foreach']:>11.2f}"
+              f" {t['refimpl'] / t['refimpl plain numpy']:>11.2f}")
     print("(ms per step, median; targets: ref/foreach <= 1.5 on the largest case, "
           "exact/plain <= 3)")
 

@@ -280,9 +280,10 @@ def _cast(param: Tensor, value: Any) -> Any:
 def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None, *,
                lr: float, momentum: float, dampening: float, weight_decay: float,
                nesterov: bool, maximize: bool, rounding: Rounding,
-               fused_lanes: int | None = None) -> np.ndarray | None:
+               fused_tail: np.ndarray | None = None) -> np.ndarray | None:
     """One parameter's step, in place on `param`; returns its momentum buffer (None without
-    momentum). Each line is a line of torch's documented algorithm, rounded as torch rounds it."""
+    momentum). Each line is a line of torch's documented algorithm, rounded as torch rounds it.
+    `fused_tail`: for torch's fused kernel, the flat indices of its scalar tail (see _momentum)."""
     g = -grad if maximize else grad
     if weight_decay != 0:
         g = add_scaled(g, param, weight_decay, rounding)  # g + λθ
@@ -291,26 +292,52 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray 
             momentum_buffer = np.array(g, copy=True)  # b₁ = g₁: the first step is not dampened
         else:
             momentum_buffer[...] = _momentum(momentum_buffer, g, momentum, dampening, rounding,
-                                             fused_lanes)  # μb + (1 − τ)g
+                                             fused_tail)  # μb + (1 − τ)g
         g = add_scaled(g, momentum_buffer, momentum, rounding) if nesterov else momentum_buffer
     param[...] = add_scaled(param, g, -lr, rounding)  # θ − γg
     return momentum_buffer
 
 
 def _momentum(buffer: np.ndarray, g: np.ndarray, momentum: float, dampening: float,
-              rounding: Rounding, fused_lanes: int | None) -> np.ndarray:
+              rounding: Rounding, fused_tail: np.ndarray | None) -> np.ndarray:
     """μb + (1 − τ)g. torch's fused kernel (`fused=True`) rounds it as
     fma(1 − τ, g, μ·b) over whole SIMD vectors, but as fma(b, μ, (1 − τ)·g) in the scalar tail
     of each tensor (the compiler's contraction of the tail's expression); the for-loop and
     foreach paths round it as the vector body does."""
     body = add_scaled(buffer * momentum, g, 1 - dampening, rounding)
-    if fused_lanes is None or rounding == "separate":
+    if fused_tail is None or rounding == "separate" or not fused_tail.size:
         return body
-    flat_body, start = body.reshape(-1), buffer.size - buffer.size % fused_lanes
-    tail = slice(start, None)
-    damped = g.reshape(-1)[tail] * (1 - dampening)
-    flat_body[tail] = add_scaled(damped, buffer.reshape(-1)[tail], momentum, rounding)
+    damped = g.reshape(-1)[fused_tail] * (1 - dampening)
+    body.reshape(-1)[fused_tail] = add_scaled(damped, buffer.reshape(-1)[fused_tail], momentum,
+                                              rounding)
     return body
+
+
+def _fused_tail(size: int, dtype: np.dtype) -> np.ndarray:
+    """The flat indices past the last whole vector of torch's fused kernel in a tensor."""
+    lanes = FUSED_KERNEL_VECTOR_BYTES // dtype.itemsize
+    return np.arange(size - size % lanes, size)
+
+
+# Tensors smaller than this are stepped together, gathered into one flat array per batch: the
+# exact rounding has a fixed cost per call (tens of numpy calls) that would otherwise dominate
+# models with many small parameters. Larger ones are stepped where they lie (no copies).
+BATCH_BELOW = 1 << 14
+
+
+def _batches(params: list[Tensor], buffers: list[Tensor | None]) -> list[list[int]]:
+    """Indices into `params`, in batches that can be stepped as one flat array: one dtype, all
+    with a buffer or all without, no parameter twice. A parameter listed twice in a group is
+    stepped twice, in order (its k-th entry goes into the k-th round), as torch's for-loop does."""
+    seen: dict[int, int] = defaultdict(int)
+    batches: dict[tuple[Any, ...], list[int]] = {}
+    for i, p in enumerate(params):
+        round_ = seen[id(p)]
+        seen[id(p)] += 1
+        key = (round_, p.dtype, buffers[i] is None,
+               i if p.data.size >= BATCH_BELOW else None)
+        batches.setdefault(key, []).append(i)
+    return [batches[key] for key in sorted(batches, key=lambda k: k[0])]  # stable within rounds
 
 
 def _scalar(value: Any) -> float:
@@ -357,28 +384,58 @@ class SGD(Optimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Runs `closure` (with grad enabled) if given, updates every parameter that has a
-        gradient, and returns the closure's loss."""
+        gradient, and returns the closure's loss. Like torch, a group's momentum buffers are
+        looked up before its update and stored after it."""
         loss = None
         if closure is not None:
             with enable_grad():
                 loss = closure()
         with no_grad():
             for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is None:
-                        continue
-                    buffer = self.state[p].get("momentum_buffer") if group["momentum"] else None
-                    new_buffer = sgd_update(
-                        p.data, p.grad.data, None if buffer is None else buffer.data,
-                        lr=_scalar(group["lr"]), momentum=group["momentum"],
-                        dampening=group["dampening"],
-                        weight_decay=_scalar(group["weight_decay"]),
-                        nesterov=group["nesterov"], maximize=group["maximize"],
-                        rounding=self.rounding,
-                        fused_lanes=FUSED_KERNEL_VECTOR_BYTES // p.dtype.itemsize
-                        if group["fused"] else None,
-                    )
-                    p._version += 1
-                    if group["momentum"] != 0 and buffer is None:
-                        self.state[p]["momentum_buffer"] = Tensor._wrap(new_buffer)
+                params = [p for p in group["params"] if p.grad is not None]
+                buffers: list[Tensor | None] = [None] * len(params)
+                if group["momentum"] != 0:
+                    buffers = [self.state[p].get("momentum_buffer") for p in params]
+                for batch in _batches(params, buffers):
+                    self._step_batch(group, params, buffers, batch)
+                if group["momentum"] != 0:
+                    for p, buffer in zip(params, buffers, strict=True):
+                        self.state[p]["momentum_buffer"] = buffer
         return loss
+
+    def _step_batch(self, group: dict[str, Any], params: list[Tensor],
+                    buffers: list[Tensor | None], batch: list[int]) -> None:
+        """sgd_update on the batch's parameters: in place for one, else on their flat
+        concatenation, scattered back afterwards. New buffers are stored into `buffers`."""
+        ps = [params[i] for i in batch]
+        old = [buffers[i] for i in batch]
+        flat = len(batch) > 1
+        sizes = [p.data.size for p in ps]
+        splits = np.cumsum(sizes[:-1])
+
+        def gather(arrays: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([a.reshape(-1) for a in arrays]) if flat else arrays[0]
+
+        tail = None
+        if group["fused"]:
+            tail = np.concatenate([start + _fused_tail(n, p.data.dtype)
+                                   for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
+        param = gather([p.data for p in ps])
+        buffer = sgd_update(
+            param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
+            None if old[0] is None else gather([b.data for b in old]),  # type: ignore[union-attr]
+            lr=_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
+            weight_decay=_scalar(group["weight_decay"]), nesterov=group["nesterov"],
+            maximize=group["maximize"], rounding=self.rounding, fused_tail=tail)
+        for p, piece in zip(ps, np.split(param.reshape(-1), splits), strict=True):
+            if flat:
+                p.data[...] = piece.reshape(p.data.shape)
+            p._version += 1
+        if buffer is None:
+            return
+        for i, p, piece in zip(batch, ps, np.split(buffer.reshape(-1), splits), strict=True):
+            value = piece.reshape(p.data.shape)
+            if buffers[i] is None:
+                buffers[i] = Tensor._wrap(value.copy() if flat else buffer)
+            elif flat:
+                buffers[i].data[...] = value  # type: ignore[union-attr]

@@ -42,6 +42,8 @@ _EXPONENT = _U64(0x7FF0000000000000)
 # its low 29 bits are 1000...0; below 2^-126 (float32's subnormals) the boundary sits higher
 _MID29 = _U64(1 << 28)
 _SUB32 = _U64((int(np.float64(2.0**-126).view(_U64)) << 1) - 1)  # see _fma32
+_INT64_MIN = np.iinfo(np.int64).min
+_MIN_NORMAL32 = np.float32(2.0**-126)
 # float64: Veltkamp's split into two 26-bit halves, and the bounds on |a|, |b| and |a*b| that
 # keep every piece of Dekker's product exact (no underflow of al*bl, no overflow of the split;
 # the margins are deliberate). Above them a piece overflows and the result is not finite.
@@ -186,14 +188,21 @@ def _exact_product(a: np.ndarray, b: np.floating, c: np.ndarray, out: np.ndarray
 # --- float32 -------------------------------------------------------------------------------------
 
 def _fma32(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray, out: np.ndarray) -> None:
-    """float32 fma through float64: exact product, one float64 rounding of the sum, then float32."""
+    """float32 fma through float64: exact product, one float64 rounding of the sum, then float32.
+
+    The last rounding is wrong only when the float64 sum s is a float32 rounding boundary: in
+    the normal range its low 29 bits are 1000...0 (s << 35 is then the int64 minimum, so one
+    min() finds it); below 2^-126 the boundaries sit higher, and |float32(s)| <= 2^-126 there,
+    so a min() of the float32 result screens the block before the exact test."""
     n = a.size
     size = min(n, _CHUNK)
     s_buf, t_buf, k_buf = np.empty(size), np.empty(size), np.empty(size, _U64)
+    m_buf = np.empty(size, np.float32)
     scalar = np.ndim(b) == 0
     redo: list[np.ndarray] = []
     for start, stop in _blocks(n):
         s, t, k = s_buf[: stop - start], t_buf[: stop - start], k_buf[: stop - start]
+        magnitude, ov = m_buf[: stop - start], out[start:stop]
         s[:] = a[start:stop]
         if scalar:
             s *= float(b)
@@ -202,15 +211,15 @@ def _fma32(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray, out: np.nd
             s *= t  # exact
         t[:] = c[start:stop]
         s += t  # rounded to 53 bits
-        out[start:stop] = s  # rounded to 24 bits: wrong only if s is a float32 boundary, when
+        ov[:] = s  # rounded to 24 bits
         bits = s.view(_U64)
-        np.left_shift(bits, _U64(35), out=k)  # ... its low 29 bits are 1000...0 (normal range)
-        k ^= _MID29 << _U64(35)
-        if k.min() == 0:
-            redo.append(start + np.flatnonzero(k == 0))
-        np.left_shift(bits, _U64(1), out=k)  # ... or it is nonzero and below 2^-126 (float32
-        k -= _U64(1)  # subnormals; the sign dropped, zero sent around to the top)
-        if k.min() < _SUB32:
+        np.left_shift(bits, _U64(35), out=k)
+        if k.view(np.int64).min() == _INT64_MIN:
+            redo.append(start + np.flatnonzero(k == _MID29 << _U64(35)))
+        np.abs(ov, out=magnitude)
+        if magnitude.min() <= _MIN_NORMAL32:
+            np.left_shift(bits, _U64(1), out=k)  # |s| < 2^-126, nonzero (the sign dropped,
+            k -= _U64(1)  # zero sent around to the top)
             redo.append(start + np.flatnonzero(k < _SUB32))
     if redo:
         idx = np.concatenate(redo)  # an index in both lists is redone twice, alike

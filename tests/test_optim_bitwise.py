@@ -27,7 +27,7 @@ from hypothesis.extra import numpy as hnp
 
 import refimpl
 from conformance.bridge import state_dict_to_refimpl, state_dict_to_torch, torch_capability
-from refimpl.optim import SGD
+from refimpl.optim import BATCH_BELOW, SGD
 from tests.ulp import bitwise_equal, first_difference
 
 
@@ -136,6 +136,27 @@ PATHS = {
 @given(program=programs(), tensor_lr=st.booleans())
 def test_sgd_matches_torch_bitwise(path: str, program: Program, tensor_lr: bool) -> None:
     run_both(program, PATHS[path], tensor_lr, torch_capability())
+
+
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
+def test_batched_and_large_tensors_with_a_duplicate(path: str, dtype: type) -> None:
+    """refimpl steps small tensors together and large ones in place: a group mixing both
+    (sizes around BATCH_BELOW and the fused kernel's vector width), 0-dim included, matches
+    torch bit for bit; off the fused path one parameter is listed twice, which torch's for-loop
+    and foreach step twice."""
+    rng = np.random.default_rng(7)
+    shapes = [(BATCH_BELOW + 3,), (3, 5), (), (BATCH_BELOW - 1,), (7,), (2 * BATCH_BELOW,)]
+    params = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
+    grads[1][2] = None
+    first = [0, 1, 2, 1, 3] if path == "for-loop" else [0, 1, 2, 3]
+    program = Program(np.dtype(dtype), params, [
+        (first, {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}),
+        ([4, 5], {"lr": 0.5, "momentum": 0.5, "nesterov": True, "maximize": True}),
+    ], grads)
+    run_both(program, PATHS[path], tensor_lr=False, capability=torch_capability())
 
 
 def test_sgd_matches_torch_with_default_cpu_capability() -> None:
