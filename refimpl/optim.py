@@ -427,6 +427,13 @@ class SGD(Optimizer):
             lr=_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
             weight_decay=_scalar(group["weight_decay"]), nesterov=group["nesterov"],
             maximize=group["maximize"], rounding=self.rounding, fused_tail=tail)
+        if group["foreach"] and group["nesterov"] and group["momentum"] != 0 and \
+                not group["maximize"] and _scalar(group["weight_decay"]) == 0:
+            # torch 2.13's foreach path adds μ·b into the gradient tensors themselves when it
+            # made no copy of them (no maximize, no weight decay): .grad ends as g + μ·b
+            for p, b in zip(ps, np.split(buffer.reshape(-1), splits), strict=True):
+                g = p.grad.data  # type: ignore[union-attr]
+                g[...] = add_scaled(g, b.reshape(g.shape), group["momentum"], self.rounding)
         for p, piece in zip(ps, np.split(param.reshape(-1), splits), strict=True):
             if flat:
                 p.data[...] = piece.reshape(p.data.shape)

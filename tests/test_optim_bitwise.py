@@ -115,6 +115,10 @@ def run_both(program: Program, torch_path: dict[str, Any], tensor_lr: bool,
             expected, actual = tp.detach().numpy(), rp.data
             assert bitwise_equal(actual, expected), (
                 f"step {step} param {i}: {first_difference(actual, expected)}")
+            # torch's foreach path writes nesterov's g + μb into .grad (no maximize or decay)
+            if tp.grad is not None:
+                assert bitwise_equal(rp.grad.data, tp.grad.numpy()), (
+                    f"step {step} grad {i}: {first_difference(rp.grad.data, tp.grad.numpy())}")
             torch_buf = torch_opt.state[tp].get("momentum_buffer")
             ref_buf = ref_opt.state[rp].get("momentum_buffer")
             assert (torch_buf is None) == (ref_buf is None), f"step {step} buffer {i} presence"
@@ -156,6 +160,22 @@ def test_batched_and_large_tensors_with_a_duplicate(path: str, dtype: type) -> N
         (first, {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}),
         ([4, 5], {"lr": 0.5, "momentum": 0.5, "nesterov": True, "maximize": True}),
     ], grads)
+    run_both(program, PATHS[path], tensor_lr=False, capability=torch_capability())
+
+
+@pytest.mark.parametrize("options", [
+    {"weight_decay": 0.0, "maximize": False},  # torch's foreach writes g + μb into .grad
+    {"weight_decay": 0.1, "maximize": False},  # ... but not into a copy it made first
+    {"weight_decay": 0.0, "maximize": True},
+])
+@pytest.mark.parametrize("path", ["for-loop", "foreach"])
+def test_nesterov_grads_after_step_as_torch(path: str, options: dict[str, Any]) -> None:
+    rng = np.random.default_rng(3)
+    params = [rng.standard_normal(s).astype(np.float32) for s in [(3, 4), (5,)]]
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params]
+             for _ in range(3)]
+    program = Program(np.dtype(np.float32), params, [
+        ([0, 1], {"lr": 0.1, "momentum": 0.9, "nesterov": True, **options})], grads)
     run_both(program, PATHS[path], tensor_lr=False, capability=torch_capability())
 
 

@@ -1,0 +1,226 @@
+"""The size of the terms a model's gradient sums: what its rounding error is measured against.
+
+A gradient is a sum of products of local derivatives, and a local derivative may itself cancel:
+tanh's 1 − y² is a difference of two numbers near 1 where tanh saturates, mse's 2(out − y)/n
+where the output is close to its target. Two libraries whose tanh differs by one ULP then give
+1 − y² that differ by 100 %, though each is within a few ULPs of its terms. So the error budget
+of a gradient is taken in ULPs of its TERMS: the same backward pass with every term taken in
+absolute value (|W| for a weight, 1 + y² for tanh's 1 − y², (|out| + |y|) for out − y, ...),
+seeded with non-negative gradients so nothing cancels. This is the classical running error
+bound of backward error analysis: an element's error is at most a few ULPs of this magnitude.
+
+`gradient_magnitudes(spec, dtype, values, batch_seed)` returns, per parameter, that magnitude
+(elementwise). torch computes it; the forward values are the real ones.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from torch.nn import grad as nn_grad
+
+Backward = Callable[[torch.Tensor, tuple[Any, ...], torch.Tensor], tuple[Any, ...]]
+
+
+class _Magnitude(torch.autograd.Function):
+    """y = forward(*inputs); backward: the magnitude rule (non-negative gradients in, out)."""
+
+    @staticmethod
+    def forward(ctx: Any, forward: Callable[..., torch.Tensor], backward: Backward,
+                *inputs: Any) -> torch.Tensor:
+        ctx.backward, ctx.inputs = backward, tuple(
+            x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
+        ctx.out = forward(*ctx.inputs)
+        return ctx.out.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> Any:
+        grads = ctx.backward(g, ctx.inputs, ctx.out)
+        return (None, None, *(None if gr is None or not isinstance(x, torch.Tensor)
+                              else gr.sum_to_size(x.shape)
+                              for gr, x in zip(grads, ctx.inputs, strict=True)))
+
+
+def _apply(forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any) -> Any:
+    return _Magnitude.apply(forward, backward, *inputs)
+
+
+def _sigmoid_terms(y: torch.Tensor) -> torch.Tensor:
+    return y + y * y  # σ' = σ − σ²
+
+
+# Activations: y = f(x); backward g ↦ g · (the magnitude of f's derivative's terms).
+_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
+                              Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+    "relu": (TF.relu, lambda x, y: (x > 0).to(x.dtype)),
+    "leaky_relu": (lambda x: TF.leaky_relu(x, 0.01),
+                   lambda x, y: torch.where(x > 0, 1.0, 0.01).to(x.dtype)),
+    "tanh": (torch.tanh, lambda x, y: 1 + y * y),  # 1 − y²
+    "sigmoid": (torch.sigmoid, lambda x, y: _sigmoid_terms(y)),
+    "exp": (torch.exp, lambda x, y: y),
+    "abs": (torch.abs, lambda x, y: torch.ones_like(x)),
+    "gelu": (TF.gelu, lambda x, y: 0.5 * (1 + torch.erf(x.abs() / math.sqrt(2)))
+             + x.abs() * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)),  # Φ + xφ
+    "gelu_tanh": (lambda x: TF.gelu(x, approximate="tanh"), lambda x, y: _gelu_tanh_terms(x)),
+    "elu": (lambda x: TF.elu(x, 1.0), lambda x, y: torch.where(x > 0, 1.0, y.abs() + 1.0)),
+    "silu": (TF.silu, lambda x, y: _silu_terms(x)),
+    "softplus": (lambda x: TF.softplus(x, 1.0, 20.0), lambda x, y: torch.sigmoid(x)),
+}
+
+
+def _gelu_tanh_terms(x: torch.Tensor) -> torch.Tensor:
+    k, c = math.sqrt(2 / math.pi), 0.044715
+    t = torch.tanh(k * (x + c * x**3))
+    return 0.5 * (1 + t.abs()) + 0.5 * x.abs() * (1 + t * t) * k * (1 + 3 * c * x * x)
+
+
+def _silu_terms(x: torch.Tensor) -> torch.Tensor:
+    s = torch.sigmoid(x)
+    return s + x.abs() * (s + s * s)  # silu' = σ + xσ − xσ²
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    forward, terms = _ACTIVATIONS[name]
+    return _apply(forward, lambda g, inputs, y: (g * terms(inputs[0], y),), x)
+
+
+def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+    x, w, b = inputs
+    g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+    return (g @ w.abs(), g2.T @ x2.abs(), None if b is None else g2.sum(0))
+
+
+def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
+    grad_input = nn_grad.conv1d_input if dims == 1 else nn_grad.conv2d_input
+    grad_weight = nn_grad.conv1d_weight if dims == 1 else nn_grad.conv2d_weight
+
+    def backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+        x, w, b = inputs
+        reduce = (0, 2) if dims == 1 else (0, 2, 3)
+        return (grad_input(x.shape, w.abs(), g, stride=stride, padding=padding),
+                grad_weight(x.abs(), w.shape, g, stride=stride, padding=padding),
+                None if b is None else g.sum(reduce))
+    return backward
+
+
+def _layer_norm_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+    x, w, b = inputs
+    mean = x.mean(-1, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
+    xhat = (x - mean) * rstd
+    gh = g * (w.abs() if w is not None else 1)
+    dx = rstd * (gh + gh.mean(-1, keepdim=True) + xhat.abs() * (gh * xhat.abs()).mean(-1,
+                                                                                 keepdim=True))
+    return (dx, None if w is None else (g * xhat.abs()), None if b is None else g)
+
+
+class MagnitudeFunctional:
+    """The functional API models.py's forward uses, with magnitude backward rules."""
+
+    magnitude = True
+
+    def linear(self, x: Any, w: Any, b: Any = None) -> Any:
+        return _apply(TF.linear, _linear_backward, x, w, b)
+
+    def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
+        return _apply(lambda *a: TF.conv1d(*a, stride=stride, padding=padding),
+                      _conv_backward(1, stride, padding), x, w, b)
+
+    def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
+        return _apply(lambda *a: TF.conv2d(*a, stride=stride, padding=padding),
+                      _conv_backward(2, stride, padding), x, w, b)
+
+    def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
+        return _apply(lambda x, w, b: TF.layer_norm(x, shape, w, b), _layer_norm_backward,
+                      x, w, b)
+
+    # no cancellation in these backward passes (sums of non-negative terms)
+    embedding = staticmethod(TF.embedding)
+    max_pool2d = staticmethod(TF.max_pool2d)
+    avg_pool2d = staticmethod(TF.avg_pool2d)
+
+    def relu(self, x: Any) -> Any:
+        return activation("relu", x)
+
+    def leaky_relu(self, x: Any, slope: float = 0.01) -> Any:
+        return activation("leaky_relu", x)
+
+    def gelu(self, x: Any, approximate: str = "none") -> Any:
+        return activation("gelu_tanh" if approximate == "tanh" else "gelu", x)
+
+    def elu(self, x: Any, alpha: float = 1.0) -> Any:
+        return activation("elu", x)
+
+    def silu(self, x: Any) -> Any:
+        return activation("silu", x)
+
+    def softplus(self, x: Any, beta: float = 1.0, threshold: float = 20.0) -> Any:
+        return activation("softplus", x)
+
+    def tanh(self, x: Any) -> Any:
+        return activation("tanh", x)
+
+    def sigmoid(self, x: Any) -> Any:
+        return activation("sigmoid", x)
+
+
+def graph_op(name: str, args: list[Any], exponent: float = 2.0) -> Any | None:
+    """Magnitude versions of the graph ops whose backward can cancel; None: the standard op's
+    backward is already a sum of non-negative terms (add, reductions)."""
+    if name in _ACTIVATIONS:
+        return activation(name, args[0])
+    if name == "sub":
+        return _apply(torch.sub, lambda g, i, y: (g, g), *args)
+    if name == "mul":
+        return _apply(torch.mul, lambda g, i, y: (g * i[1].abs(), g * i[0].abs()), *args)
+    if name == "div":  # a / (b² + 1)
+        return _apply(lambda a, b: a / (b * b + 1), lambda g, i, y: (
+            g / (i[1] * i[1] + 1), g * i[0].abs() * 2 * i[1].abs() / (i[1] * i[1] + 1) ** 2),
+            *args)
+    if name == "matmul":
+        return _apply(torch.matmul, _matmul_backward, *args)
+    if name == "pow":
+        return _apply(lambda x: x ** exponent,
+                      lambda g, i, y: (g * abs(exponent) * i[0].abs() ** (exponent - 1),),
+                      args[0])
+    return None
+
+
+def _matmul_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+    a, b = inputs
+    a1, b1 = a.abs(), b.abs()
+    if a.ndim == 1 and b.ndim == 1:
+        return g * b1, g * a1
+    if a.ndim == 1:
+        return b1 @ g, torch.outer(a1, g) if b.ndim == 2 else a1[:, None] * g[..., None, :]
+    if b.ndim == 1:
+        return torch.outer(g, b1) if a.ndim == 2 else g[..., None] * b1, \
+            (a1 * g[..., None]).reshape(-1, a.shape[-1]).sum(0)
+    return g @ b1.transpose(-1, -2), a1.transpose(-1, -2) @ g
+
+
+def loss_seed(loss: str, reduction: str, out: torch.Tensor, y: torch.Tensor,
+              standard: torch.Tensor, loss_param: float) -> torch.Tensor:
+    """The magnitude of d loss / d out's terms (non-negative), from the real gradient."""
+    n = 1.0
+    if reduction == "mean":
+        n = out.shape[0] if loss in ("cross_entropy", "nll") else out.numel()
+    if loss == "mse":
+        return 2 * (out.abs() + y.abs()) / n  # 2(out − y)/n
+    if loss in ("smooth_l1", "huber"):
+        slope = 1 / loss_param if loss == "smooth_l1" else 1.0
+        return standard.abs() + slope * (out.abs() + y.abs()) / n
+    if loss in ("cross_entropy", "nll"):
+        return standard.abs() + (torch.softmax(out, 1) + 1) / n  # p − target
+    if loss == "bce_with_logits":
+        return (torch.sigmoid(out) + y.abs()) / n  # σ(out) − y
+    return standard.abs()  # l1 (±1/n), sum, mean
+
+
+def to_numpy(grads: dict[str, torch.Tensor | None], names: list[str]) -> dict[str, np.ndarray]:
+    return {n: np.zeros(0) if grads.get(n) is None else grads[n].numpy() for n in names}

@@ -1,0 +1,1306 @@
+"""Small models as data, drawn by Hypothesis and built twice: in torch and in refimpl.
+
+A `ModelSpec` is a frozen dataclass of ints, strings and tuples of small dataclasses, so it is
+hashable, prints readably, shrinks well and round-trips through JSON (`to_json` / `from_json`).
+Kinds:
+
+* ``mlp``: Linear layers with activations (ReLU, LeakyReLU, Tanh, Sigmoid, GELU (exact or
+  tanh), ELU, SiLU, Softplus), maybe a LayerNorm, ending in a Linear head.
+* ``conv1d`` / ``conv2d``: convolutions (kernel, stride, padding) with activations, conv2d maybe
+  max- or avg-pooled, then Flatten and a Linear head.
+* ``embedding``: Embedding (maybe with padding_idx), maybe LayerNorm and an activation, Flatten,
+  Linear head.
+* ``graph``: a list of `GraphOp`s over named parameters and the input ``x``: broadcasting
+  add / sub / mul / div, matmul, tanh / exp / relu / sigmoid / abs / pow, and sum / mean / amax
+  over a dim or all; a parameter may feed several ops (weight tying), parameters may be left
+  unused or feed only a dead branch (their grad stays None), and any may be frozen.
+
+Losses: mse, l1, smooth_l1 (beta), huber (delta), cross_entropy (maybe label smoothing), nll
+(after log_softmax), bce_with_logits, and "sum" (the output's sum, or its mean with reduction
+"mean"); reduction "mean" or "sum", always a scalar.
+
+`build(spec, dtype, lib)` gives a `Model` whose parameters (same names, same order, bit-identical
+initial values on both sides) are drawn with numpy from ``spec.seed`` and the parameter's name;
+`batch(spec, dtype, batch_seed)` draws the inputs and targets with numpy, identical for both
+libraries. Both libraries run the same forward code through their functional APIs (refimpl
+mirrors torch.nn.functional), so a difference in gradients is a difference of the libraries.
+
+`ModelSpec.grad_ulp_budget(dtype)` is the gradient tolerance in ULPs of each gradient tensor's
+largest magnitude (`grad_error_ulps`), built from the per-op budgets in `refimpl.ops.OPS`. Such a
+norm-wise bound fails wherever the exact gradient is zero, or tiny next to the terms it sums:
+the computed one is then rounding noise, different in each library. The models avoid that where
+it is structural rather than chance:
+
+* LayerNorm normalises at least 3 features, and only right after an embedding or the first
+  Linear of at least 3 inputs (over 2 features, or after one live input, its gradient is the
+  cancellation of much larger terms).
+* L1-like losses (gradient ±1 or ±delta per output) take an odd batch, and tied input rows get
+  tied targets (targets are drawn from each sample's bytes), so that signs cannot balance.
+* Tie values hold no opposite pair (an odd function summed over ±a is exactly zero).
+* Graphs take mse, bce_with_logits or sum (a row shift of logits is invisible to log_softmax),
+  freeze parameters whose gradient is zero by construction (`zero_gradient_parameters`), and end
+  before a value that is zero but for rounding (`cancelling_op`).
+* Linear / conv weights are drawn at most 1/sqrt(fan_in) wide, so softmax and sigmoid rarely
+  saturate (p - 1 then cancels).
+
+What remains is chance: in batches of 1 to 4 a whole gradient tensor (a bias, a scalar) can sum
+to much less than its terms, and more so as training converges. `gradient_scales` gives each
+parameter the size of those terms; measuring in ULPs of max(max |grad|, scale) bounds the error
+by what the terms allow (`grad_error_ulps(actual, expected, scale)`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as TF
+from hypothesis import strategies as st
+
+import refimpl
+import refimpl.functional as RF
+from conformance import magnitudes
+from refimpl.nn import Parameter as RefParameter
+from refimpl.ops import OPS
+
+KINDS = ("mlp", "conv1d", "conv2d", "embedding", "graph")
+LOSSES = ("mse", "l1", "smooth_l1", "huber", "cross_entropy", "nll", "bce_with_logits", "sum")
+CLASS_LOSSES = ("cross_entropy", "nll")
+L1_LIKE = ("l1", "smooth_l1", "huber")
+# Graph models take no L1-like loss: its gradient is ±1 (or ±delta), so equal outputs (from tied
+# inputs) with targets either side cancel exactly, and a gradient that is exactly zero is
+# computed as rounding noise; layered models give tied input rows tied targets, but a graph's
+# outputs do not follow the input's rows. Nor a class loss: log_softmax ignores a shift of a
+# whole row of logits, and a parameter added alike to every logit of a row (through abs and
+# relu as well, where their signs agree) has an exactly zero gradient there, again noise.
+GRAPH_LOSSES = ("mse", "bce_with_logits", "sum")
+REDUCTIONS = ("mean", "sum")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "elu", "silu",
+               "softplus")
+LAYER_OPS = ("linear", "conv1d", "conv2d", "embedding", "layer_norm", "flatten", "max_pool2d",
+             "avg_pool2d", *ACTIVATIONS)
+UNARY_OPS = ("tanh", "exp", "relu", "sigmoid", "abs", "pow")
+BINARY_OPS = ("add", "sub", "mul", "div")  # div: a / (b * b + 1)
+REDUCTION_OPS = ("sum", "mean", "amax")
+GRAPH_OPS = (*BINARY_OPS, "matmul", *UNARY_OPS, *REDUCTION_OPS)
+DTYPES = ("float32", "float64")
+LIBS = ("torch", "refimpl")
+
+Shape = tuple[int, ...]
+
+
+# Specs ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a layered model; parameters are named ``f"{index}.weight"`` / ``.bias``.
+
+    op: "linear" (out = out_features), "conv1d" / "conv2d" (out = out_channels, kernel, stride,
+    padding), "embedding" (out = embedding_dim, padding_idx), "layer_norm" (over the last dim),
+    "flatten" (from dim 1), "max_pool2d" / "avg_pool2d" (kernel, stride = kernel) or an
+    activation from ACTIVATIONS ("gelu_tanh" is GELU(approximate="tanh")).
+    """
+
+    op: str
+    out: int = 0
+    kernel: int = 1
+    stride: int = 1
+    padding: int = 0
+    bias: bool = True
+    padding_idx: int | None = None
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter of a graph model."""
+
+    name: str
+    shape: Shape
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "shape", tuple(self.shape))
+
+
+@dataclass(frozen=True)
+class GraphOp:
+    """One op of a graph model; its value is named ``f"v{index}"``.
+
+    args name earlier values: "x" (the input), a parameter's name, or "v<j>" with j < index.
+    op: add, sub, mul, div (a / (b * b + 1)), matmul (a @ b); tanh, exp, relu, sigmoid, abs,
+    pow (a ** exponent); sum, mean, amax over `dim` (None: all dims) with `keepdim`.
+    """
+
+    op: str
+    args: tuple[str, ...]
+    dim: int | None = None
+    keepdim: bool = False
+    exponent: int = 2
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "args", tuple(self.args))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A model, its loss and the seed of its initial parameters; see the module docstring.
+
+    input_shape includes the batch dim: (N, F) for mlp and graph, (N, C, L) for conv1d,
+    (N, C, H, W) for conv2d, (N, L) token indices below `vocab` for embedding. loss_param is
+    smooth_l1's beta, huber's delta or cross_entropy's label smoothing (ignored otherwise).
+    """
+
+    kind: str
+    input_shape: Shape
+    loss: str
+    seed: int
+    layers: tuple[Layer, ...] = ()
+    params: tuple[Param, ...] = ()
+    ops: tuple[GraphOp, ...] = ()
+    vocab: int = 0
+    reduction: str = "mean"
+    loss_param: float = 1.0
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name in ("input_shape", "layers", "params", "ops", "frozen"):  # lists -> tuples
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        _analysis(self)  # raises ValueError for a spec that does not describe a valid model
+
+    # JSON -------------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        """Plain JSON types only (dicts, lists, str, int, float, bool, None)."""
+        return {
+            "kind": self.kind,
+            "input_shape": list(self.input_shape),
+            "loss": self.loss,
+            "seed": self.seed,
+            "layers": [
+                {"op": x.op, "out": x.out, "kernel": x.kernel, "stride": x.stride,
+                 "padding": x.padding, "bias": x.bias, "padding_idx": x.padding_idx}
+                for x in self.layers
+            ],
+            "params": [{"name": p.name, "shape": list(p.shape)} for p in self.params],
+            "ops": [
+                {"op": o.op, "args": list(o.args), "dim": o.dim, "keepdim": o.keepdim,
+                 "exponent": o.exponent}
+                for o in self.ops
+            ],
+            "vocab": self.vocab,
+            "reduction": self.reduction,
+            "loss_param": self.loss_param,
+            "frozen": list(self.frozen),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelSpec:
+        return cls(
+            kind=str(data["kind"]),
+            input_shape=tuple(int(n) for n in data["input_shape"]),
+            loss=str(data["loss"]),
+            seed=int(data["seed"]),
+            layers=tuple(
+                Layer(op=x["op"], out=int(x.get("out", 0)), kernel=int(x.get("kernel", 1)),
+                      stride=int(x.get("stride", 1)), padding=int(x.get("padding", 0)),
+                      bias=bool(x.get("bias", True)), padding_idx=x.get("padding_idx"))
+                for x in data.get("layers", ())
+            ),
+            params=tuple(Param(p["name"], tuple(int(n) for n in p["shape"]))
+                         for p in data.get("params", ())),
+            ops=tuple(
+                GraphOp(op=o["op"], args=tuple(o["args"]), dim=o.get("dim"),
+                        keepdim=bool(o.get("keepdim", False)), exponent=int(o.get("exponent", 2)))
+                for o in data.get("ops", ())
+            ),
+            vocab=int(data.get("vocab", 0)),
+            reduction=str(data.get("reduction", "mean")),
+            loss_param=float(data.get("loss_param", 1.0)),
+            frozen=tuple(data.get("frozen", ())),
+        )
+
+    # Derived facts ----------------------------------------------------------------------------
+    def parameter_names(self) -> list[str]:
+        """All parameters in order, frozen and unused ones included."""
+        return list(_analysis(self).param_shapes)
+
+    def parameter_shapes(self) -> dict[str, Shape]:
+        return dict(_analysis(self).param_shapes)
+
+    def output_shape(self) -> Shape:
+        """The shape of the model's output (what the loss takes)."""
+        return _analysis(self).output_shape
+
+    def used_parameters(self) -> frozenset[str]:
+        """Parameters the loss depends on (frozen ones included): the others' grads stay None."""
+        return _analysis(self).used
+
+    def expects_grad(self, name: str) -> bool:
+        """Whether backward gives `name` a gradient (a tensor, maybe of zeros) rather than None."""
+        return name in self.used_parameters() and name not in self.frozen
+
+    def op_names(self) -> tuple[str, ...]:
+        """The `refimpl.ops.OPS` rows the forward runs, once per use, in order."""
+        return _analysis(self).op_names
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for s in _analysis(self).param_shapes.values())
+
+    def grad_ulp_budget(self, dtype: str) -> float:
+        """The gradient tolerance in ULPs of each tensor's max |torch grad| (`grad_error_ulps`):
+
+            min(GRAD_BUDGET_SCALE[dtype] * sum(max(OPS[op].ulp, 1) for each op the forward
+                runs) * (1 + log2(longest sum)), GRAD_BUDGET_CAP[dtype])
+
+        Every op's error may reach every gradient through the backward chain, so the op
+        budgets add up; summing n terms in another order costs about log2(n) roundings more
+        (pairwise), where n is the longest sum in the model (a reduction, a matmul's inner
+        dim, a bias's batch sum, a broadcast parameter's summed-back gradient). The scale is
+        margin for the cases where a whole gradient tensor cancels to much less than its terms
+        (chance, in batches of 1 to 4), calibrated in tests/test_models.py; float32's tails
+        are heavier (torch's float32 kernels vectorise and approximate more).
+        """
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        a = _analysis(self)
+        ops = sum(max(OPS[name].ulp, 1) for name in a.op_names)
+        budget = GRAD_BUDGET_SCALE[dtype] * ops * (1 + math.log2(max(a.longest_sum, 1)))
+        return float(min(budget, GRAD_BUDGET_CAP[dtype]))
+
+    def describe(self) -> str:
+        """A one-line summary, for messages."""
+        if self.kind == "graph":
+            body = "; ".join(f"v{i}={o.op}({', '.join(o.args)}"
+                             + (f", dim={o.dim}, keepdim={o.keepdim}" if o.op in REDUCTION_OPS
+                                else f", {o.exponent}" if o.op == "pow" else "") + ")"
+                             for i, o in enumerate(self.ops))
+            params = ", ".join(f"{p.name}{list(p.shape)}" for p in self.params)
+            body = f"params {params}: {body}"
+        else:
+            body = " > ".join(_layer_text(x) for x in self.layers)
+        frozen = f", frozen={list(self.frozen)}" if self.frozen else ""
+        return (f"{self.kind} x{list(self.input_shape)}: {body} | {self.loss}/{self.reduction}"
+                f"({self.loss_param:g}) seed={self.seed}{frozen}")
+
+
+GRAD_BUDGET_SCALE = {"float32": 32.0, "float64": 256.0}
+GRAD_BUDGET_CAP = {"float32": 2.0**12, "float64": 2.0**17}
+
+
+def _layer_text(layer: Layer) -> str:
+    if layer.op in ("linear", "embedding"):
+        extra = "" if layer.padding_idx is None else f", pad={layer.padding_idx}"
+        return f"{layer.op}({layer.out}{'' if layer.bias else ', nobias'}{extra})"
+    if layer.op in ("conv1d", "conv2d"):
+        return (f"{layer.op}({layer.out}, k={layer.kernel}, s={layer.stride}, p={layer.padding}"
+                f"{'' if layer.bias else ', nobias'})")
+    if layer.op in ("max_pool2d", "avg_pool2d"):
+        return f"{layer.op}({layer.kernel})"
+    return layer.op
+
+
+# Analysis: shapes, parameters, ops -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Analysis:
+    param_shapes: dict[str, Shape]
+    output_shape: Shape
+    used: frozenset[str]
+    op_names: tuple[str, ...]
+    longest_sum: int
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+@functools.lru_cache(maxsize=8192)
+def _analysis(spec: ModelSpec) -> _Analysis:
+    _check(spec.kind in KINDS, f"kind must be one of {KINDS}, got {spec.kind!r}")
+    _check(spec.loss in LOSSES, f"loss must be one of {LOSSES}, got {spec.loss!r}")
+    _check(spec.reduction in REDUCTIONS, f"reduction must be one of {REDUCTIONS}")
+    _check(all(isinstance(n, int) and n >= 1 for n in spec.input_shape)
+           and len(spec.input_shape) >= 1, f"bad input_shape {spec.input_shape}")
+    _check(isinstance(spec.seed, int) and spec.seed >= 0, "seed must be a non-negative int")
+    if spec.kind == "graph":
+        _check(spec.loss in GRAPH_LOSSES, f"graph models take a loss in {GRAPH_LOSSES}")
+        shapes, out, used, names, longest = _analyse_graph(spec)
+    else:
+        shapes, out, names, longest = _analyse_layers(spec)
+        used = frozenset(shapes)
+    _check(len(set(spec.frozen)) == len(spec.frozen)
+           and all(name in shapes for name in spec.frozen),
+           f"frozen {spec.frozen} must name distinct parameters of {list(shapes)}")
+    names = list(names)
+    n = spec.input_shape[0]
+    loss = spec.loss
+    if loss in CLASS_LOSSES:
+        _check(len(out) == 2 and out[0] == n and out[1] >= 2,
+               f"{loss} needs an (N, C >= 2) output, got {out}")
+        names += ["log_softmax", "nll_loss"]
+        if loss == "cross_entropy" and spec.loss_param > 0:
+            _check(spec.loss_param <= 1, "label smoothing must lie in [0, 1]")
+            names += ["sum", "neg", "where", "sum", "mul", "mul", "add"]
+            if spec.reduction == "mean":
+                names.append("div")
+    if loss in L1_LIKE:
+        # Their gradient is ±1 (or ±beta, ±delta) per output: over an even batch the signs can
+        # balance, and a gradient that sums them (a bias's) is exactly zero, computed as noise.
+        _check(n % 2 == 1, f"{loss} needs an odd batch size")
+    if loss in ("smooth_l1", "huber"):
+        _check(spec.loss_param > 0, "beta / delta must be positive")
+        names.append(f"{loss}_loss")
+    elif loss == "mse":
+        names.append("mse_loss")
+    elif loss == "l1":
+        names += ["sub", "abs", spec.reduction]
+    elif loss == "bce_with_logits":
+        names.append("binary_cross_entropy_with_logits")
+    else:
+        names.append(spec.reduction)
+    longest = max(longest, math.prod(out), n)
+    return _Analysis(shapes, out, used, tuple(names), longest)
+
+
+def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str], int]:
+    _check(not spec.params and not spec.ops, "only graph models have params and ops")
+    _check(len(spec.layers) >= 1, "a layered model needs layers")
+    shapes: dict[str, Shape] = {}
+    names: list[str] = []
+    longest = 1
+    shape = spec.input_shape
+    n = shape[0]
+    rank_one = False  # the features are a linear map of one number: layer_norm would drop it
+    expected_rank = {"mlp": 2, "conv1d": 3, "conv2d": 4, "embedding": 2}[spec.kind]
+    _check(len(shape) == expected_rank, f"{spec.kind} input must have {expected_rank} dims")
+    if spec.kind == "embedding":
+        _check(spec.vocab >= 1 and spec.layers[0].op == "embedding",
+               "an embedding model starts with an embedding layer and has a vocab")
+    for i, layer in enumerate(spec.layers):
+        op = layer.op
+        _check(op in LAYER_OPS, f"unknown layer {op!r}")
+        _check(op != "embedding" or i == 0, "only the first layer may be an embedding")
+        if op == "linear":
+            _check(len(shape) == 2 and layer.out >= 1, f"linear needs (N, F) input, got {shape}")
+            shapes[f"{i}.weight"] = (layer.out, shape[1])
+            if layer.bias:
+                shapes[f"{i}.bias"] = (layer.out,)
+            longest = max(longest, shape[1], n)
+            rank_one = shape[1] == 1
+            shape = (n, layer.out)
+            names.append("linear")
+        elif op in ("conv1d", "conv2d"):
+            dims = 1 if op == "conv1d" else 2
+            _check(len(shape) == 2 + dims and layer.out >= 1 and layer.kernel >= 1
+                   and layer.stride >= 1 and layer.padding >= 0, f"bad {op} on {shape}")
+            sizes = tuple(_conv_out(s, layer.kernel, layer.stride, layer.padding)
+                          for s in shape[2:])
+            _check(min(sizes) >= 1, f"{op} output too small for input {shape}")
+            shapes[f"{i}.weight"] = (layer.out, shape[1], *(layer.kernel,) * dims)
+            if layer.bias:
+                shapes[f"{i}.bias"] = (layer.out,)
+            longest = max(longest, shape[1] * layer.kernel**dims, n * math.prod(sizes))
+            shape = (n, layer.out, *sizes)
+            names.append("convolution")
+        elif op == "embedding":
+            _check(len(shape) == 2 and layer.out >= 1, "embedding takes (N, L) indices")
+            _check(layer.padding_idx is None or 0 <= layer.padding_idx < spec.vocab,
+                   "padding_idx must lie in [0, vocab)")
+            shapes[f"{i}.weight"] = (spec.vocab, layer.out)
+            longest = max(longest, math.prod(shape))
+            shape = (*shape, layer.out)
+            names.append("embedding")
+        elif op == "layer_norm":
+            # Over two elements the output is ±1 but for eps, and its gradient is nothing but
+            # the cancellation of much larger terms: no ULP budget holds there.
+            _check(len(shape) >= 2 and shape[-1] >= 3, "layer_norm needs >= 3 features")
+            # Nor after Linear(1, k): LN(w * t) is sign(t) LN(w) but for eps, so gradients
+            # through t are the near-cancellation of much larger terms.
+            _check(not rank_one, "layer_norm right after a Linear with one input feature")
+            shapes[f"{i}.weight"] = (shape[-1],)
+            if layer.bias:
+                shapes[f"{i}.bias"] = (shape[-1],)
+            longest = max(longest, shape[-1], math.prod(shape[:-1]))
+            names.append("layer_norm")
+        elif op == "flatten":
+            shape = (n, math.prod(shape[1:]))
+            names.append("reshape")
+        elif op in ("max_pool2d", "avg_pool2d"):
+            _check(len(shape) == 4 and layer.kernel >= 1 and min(shape[2:]) >= layer.kernel,
+                   f"{op} needs (N, C, H, W) input at least {layer.kernel} wide")
+            shape = (*shape[:2], *(s // layer.kernel for s in shape[2:]))
+            longest = max(longest, layer.kernel**2)
+            names.append(op)
+        else:
+            names.append("gelu" if op == "gelu_tanh" else op)
+        if op not in ("linear", "layer_norm"):
+            rank_one = False
+    return shapes, shape, names, longest
+
+
+_GRAPH_OP_ROWS: dict[str, tuple[str, ...]] = {
+    "add": ("add",), "sub": ("sub",), "mul": ("mul",), "div": ("mul", "add", "div"),
+    "matmul": ("matmul",), "tanh": ("tanh",), "exp": ("exp",), "relu": ("relu",),
+    "sigmoid": ("sigmoid",), "abs": ("abs",), "pow": ("pow",), "sum": ("sum",),
+    "mean": ("mean",), "amax": ("amax",),
+}
+
+
+def _graph_op_shape(op: GraphOp, shapes: list[Shape]) -> Shape:
+    """The result's shape; raises ValueError where torch would refuse the op."""
+    name = op.op
+    _check(name in GRAPH_OPS, f"unknown graph op {name!r}")
+    arity = 2 if name in BINARY_OPS or name == "matmul" else 1
+    _check(len(shapes) == arity, f"{name} takes {arity} args, got {len(shapes)}")
+    if name in BINARY_OPS:
+        try:
+            return tuple(np.broadcast_shapes(*shapes))
+        except ValueError:
+            raise ValueError(f"{name}: shapes {shapes} do not broadcast") from None
+    if name == "matmul":
+        a, b = shapes
+        _check(len(a) in (1, 2) and len(b) in (1, 2) and a[-1] == b[0],
+               f"matmul: shapes {a} and {b} do not multiply")
+        return a[:-1] + b[1:]
+    (a,) = shapes
+    if name == "pow":
+        _check(op.exponent in (2, 3), "pow's exponent must be 2 or 3")
+    if name in REDUCTION_OPS:
+        _check(len(a) >= 1, f"{name} needs at least one dim")
+        if op.dim is None:
+            return (1,) * len(a) if op.keepdim else ()
+        _check(-len(a) <= op.dim < len(a), f"{name}: dim {op.dim} out of range for {a}")
+        d = op.dim % len(a)
+        return a[:d] + ((1,) if op.keepdim else ()) + a[d + 1:]
+    return a
+
+
+def _analyse_graph(spec: ModelSpec):
+    _check(not spec.layers, "graph models have no layers")
+    _check(len(spec.ops) >= 1, "a graph model needs at least one op")
+    shapes: dict[str, Shape] = {}
+    for p in spec.params:
+        _check(p.name not in shapes and p.name != "x" and not p.name.startswith("v"),
+               f"bad or duplicate parameter name {p.name!r}")
+        _check(all(isinstance(s, int) and s >= 1 for s in p.shape), f"bad shape {p.shape}")
+        shapes[p.name] = p.shape
+    values: dict[str, Shape] = {"x": spec.input_shape, **shapes}
+    deps: dict[str, frozenset[str]] = {"x": frozenset(), **{k: frozenset([k]) for k in shapes}}
+    names: list[str] = []
+    longest = 1
+    for i, op in enumerate(spec.ops):
+        _check(all(a in values for a in op.args), f"v{i}: unknown args {op.args}")
+        arg_shapes = [values[a] for a in op.args]
+        out = _graph_op_shape(op, arg_shapes)
+        _check(math.prod(out) <= 256, f"v{i} is too large: {out}")
+        values[f"v{i}"] = out
+        deps[f"v{i}"] = frozenset().union(*(deps[a] for a in op.args))
+        names += _GRAPH_OP_ROWS[op.op]
+        if op.op in REDUCTION_OPS:
+            longest = max(longest, math.prod(arg_shapes[0]) // max(math.prod(out), 1))
+        elif op.op == "matmul":
+            longest = max(longest, arg_shapes[0][-1])
+        for s in arg_shapes:  # a broadcast input's grad is summed
+            longest = max(longest, math.prod(out) // math.prod(s))
+    last = f"v{len(spec.ops) - 1}"
+    return shapes, values[last], deps[last], names, longest
+
+
+# Initial values and batches --------------------------------------------------------------------
+
+
+def _rng(*words: int) -> np.random.Generator:
+    return np.random.default_rng([w % 2**64 for w in words])
+
+
+def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None
+                   ) -> dict[str, np.ndarray]:
+    """The initial parameters: normal × 0.5 (× min(1, 2 / sqrt(fan_in)) for Linear and conv
+    weights) from (seed, name), sometimes with exact zeros. `seed` defaults to spec.seed."""
+    out = {}
+    for name, shape in spec.parameter_shapes().items():
+        rng = _rng(spec.seed if seed is None else seed, zlib.crc32(name.encode()), 0x9A7A)
+        scale = 0.5
+        if spec.kind != "graph" and name.endswith(".weight") and len(shape) >= 2:
+            # Linear / conv weights: at most 1/sqrt(fan_in), so that wide layers do not
+            # saturate softmax or sigmoid (whose gradient p - 1 then cancels).
+            scale = min(scale, 1 / math.sqrt(math.prod(shape[1:])))
+        values = np.array(rng.standard_normal(shape) * scale)
+        if rng.random() < 0.25:
+            values[rng.random(shape) < 0.3] = 0.0
+        out[name] = np.array(values, dtype=dtype)
+    return out
+
+
+# Few distinct values, for ties. No two are opposite: odd functions (tanh, x itself) of a
+# symmetric set sum to exactly zero, a gradient the libraries compute as different noise.
+_TIES = np.array([-1.5, -1.0, -0.25, 0.0, 0.5, 1.25, 2.0])
+
+
+def _floats(rng: np.random.Generator, shape: Shape, mode: int) -> np.ndarray:
+    """mode 0: normal values; 1: with exact zeros (both signs); 2: few distinct values (ties);
+    3: repeats (elements and rows copied from others)."""
+    values = np.array(rng.standard_normal(shape))
+    if mode == 1:
+        zeros = rng.random(shape) < 0.35
+        values[zeros] = np.copysign(0.0, rng.standard_normal(shape))[zeros]
+    elif mode == 2:
+        values = np.array(rng.choice(_TIES, size=shape))
+    elif mode == 3:
+        flat = values.reshape(-1)
+        flat[rng.random(flat.size) < 0.4] = flat[rng.integers(flat.size)]
+        if len(shape) >= 1 and shape[0] > 1:
+            values[rng.integers(1, shape[0])] = values[0]
+    return values
+
+
+@functools.lru_cache(maxsize=1024)
+def _batch(spec: ModelSpec, dtype: str, batch_seed: int) -> dict[str, np.ndarray]:
+    rng = _rng(spec.seed, batch_seed, 0xBA7C)
+    mode = int(rng.integers(4))
+    if spec.kind == "embedding":
+        x = rng.integers(0, spec.vocab, size=spec.input_shape).astype(np.int64)
+    else:
+        x = np.array(_floats(rng, spec.input_shape, mode), dtype=dtype)
+    out = spec.output_shape()
+    if spec.kind == "graph":
+        y = _targets(spec, rng, out, 0, dtype)
+    else:
+        # Each sample's target is drawn from its input's bytes: tied input rows (equal outputs)
+        # get tied targets, so their loss gradients add up instead of cancelling exactly.
+        target_mode = int(rng.integers(3))
+        rows = [_targets(spec, _rng(spec.seed, batch_seed, zlib.crc32((row + 0).tobytes())),
+                         out[1:], target_mode, dtype) for row in x]
+        y = np.stack(rows)
+    for array in (x, y):
+        array.flags.writeable = False
+    return {"x": x, "y": y}
+
+
+def _targets(spec: ModelSpec, rng: np.random.Generator, shape: Shape, mode: int, dtype: str
+             ) -> np.ndarray:
+    if spec.loss in CLASS_LOSSES:
+        classes = spec.output_shape()[1]
+        return np.array(rng.integers(0, classes, size=shape[:-1] if spec.kind == "graph"
+                                     else ()), dtype=np.int64)
+    if spec.loss == "bce_with_logits":
+        return np.array(rng.integers(0, 2, size=shape), dtype=dtype)
+    return np.array(_floats(rng, shape, mode), dtype=dtype)
+
+
+def batch(spec: ModelSpec, dtype: str, batch_seed: int) -> dict[str, np.ndarray]:
+    """The inputs "x" and targets "y" for `batch_seed`: deterministic, fresh writable copies.
+    "y" is int64 class indices for cross_entropy / nll, {0, 1} floats for bce_with_logits,
+    floats otherwise ("sum" ignores it); "x" is int64 token indices for embedding models."""
+    return {k: v.copy() for k, v in _batch(spec, dtype, batch_seed).items()}
+
+
+# Building -------------------------------------------------------------------------------------
+
+
+class _Torch:
+    name = "torch"
+    F: Any = TF
+
+    @staticmethod
+    def parameter(array: np.ndarray, requires_grad: bool) -> torch.nn.Parameter:
+        return torch.nn.Parameter(torch.from_numpy(array.copy()), requires_grad=requires_grad)
+
+    @staticmethod
+    def tensor(array: np.ndarray) -> torch.Tensor:
+        # The cached arrays are read-only; torch never writes into inputs, but warns about them.
+        return torch.from_numpy(array.copy())
+
+
+class _Refimpl:
+    name = "refimpl"
+    F: Any = RF
+
+    @staticmethod
+    def parameter(array: np.ndarray, requires_grad: bool) -> RefParameter:
+        return RefParameter(array.copy(), requires_grad=requires_grad)
+
+    @staticmethod
+    def tensor(array: np.ndarray) -> refimpl.Tensor:
+        return refimpl.from_numpy(array)
+
+
+_BACKENDS = {"torch": _Torch, "refimpl": _Refimpl}
+
+
+class Model:
+    """A built model: `parameters` (name -> torch / refimpl Parameter, in spec order) and
+    `loss(batch_seed)`, the scalar loss on that batch with its graph, ready for backward()."""
+
+    def __init__(self, spec: ModelSpec, dtype: str, lib: str) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+        if lib not in _BACKENDS:
+            raise ValueError(f"lib must be one of {LIBS}, got {lib!r}")
+        self.spec = spec
+        self.dtype = dtype
+        self.lib = lib
+        self._backend = _BACKENDS[lib]
+        frozen = set(spec.frozen)
+        self.parameters: dict[str, Any] = {
+            name: self._backend.parameter(value, name not in frozen)
+            for name, value in initial_values(spec, dtype).items()
+        }
+        self._inputs: dict[int, tuple[Any, Any]] = {}
+
+    def __repr__(self) -> str:
+        return f"Model({self.lib}, {self.dtype}, {self.spec.describe()})"
+
+    def inputs(self, batch_seed: int) -> tuple[Any, Any]:
+        """The batch as this library's tensors (x, y), cached per batch_seed."""
+        cached = self._inputs.get(batch_seed)
+        if cached is None:
+            arrays = _batch(self.spec, self.dtype, batch_seed)
+            cached = (self._backend.tensor(arrays["x"]), self._backend.tensor(arrays["y"]))
+            if len(self._inputs) >= 16:
+                self._inputs.clear()
+            self._inputs[batch_seed] = cached
+        return cached
+
+    def output(self, x: Any) -> Any:
+        """The model's output on input tensor x (before the loss)."""
+        if self.spec.kind == "graph":
+            return _graph_forward(self.spec, self.parameters, x)
+        return _layers_forward(self.spec, self._backend.F, self.parameters, x)
+
+    def loss(self, batch_seed: int) -> Any:
+        x, y = self.inputs(batch_seed)
+        return _loss(self.spec, self._backend.F, self.output(x), y)
+
+    def grads(self) -> dict[str, np.ndarray | None]:
+        """Each parameter's .grad as a numpy copy, or None."""
+        return {name: None if p.grad is None else _numpy(p.grad)
+                for name, p in self.parameters.items()}
+
+    def values(self) -> dict[str, np.ndarray]:
+        """Each parameter's current value as a numpy copy."""
+        return {name: _numpy(p) for name, p in self.parameters.items()}
+
+    def zero_grad(self) -> None:
+        """Sets every .grad to None."""
+        for p in self.parameters.values():
+            p.grad = None
+
+
+def _numpy(t: Any) -> np.ndarray:
+    return np.array(t.detach().numpy(), copy=True)
+
+
+def build(spec: ModelSpec, dtype: str, lib: str) -> Model:
+    """The model of `spec` in `lib` ("torch" | "refimpl") and `dtype` ("float32" | "float64")."""
+    return Model(spec, dtype, lib)
+
+
+def _activation(F: Any, name: str, h: Any) -> Any:
+    if name == "relu":
+        return F.relu(h)
+    if name == "leaky_relu":
+        return F.leaky_relu(h, 0.01)
+    if name == "tanh":
+        return F.tanh(h) if hasattr(F, "magnitude") else h.tanh()
+    if name == "sigmoid":
+        return F.sigmoid(h) if hasattr(F, "magnitude") else h.sigmoid()
+    if name == "gelu":
+        return F.gelu(h)
+    if name == "gelu_tanh":
+        return F.gelu(h, approximate="tanh")
+    if name == "elu":
+        return F.elu(h, 1.0)
+    if name == "silu":
+        return F.silu(h)
+    if name == "softplus":
+        return F.softplus(h, 1.0, 20.0)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+def _layers_forward(spec: ModelSpec, F: Any, params: dict[str, Any], h: Any) -> Any:
+    for i, layer in enumerate(spec.layers):
+        op = layer.op
+        w, b = params.get(f"{i}.weight"), params.get(f"{i}.bias")
+        if op == "linear":
+            h = F.linear(h, w, b)
+        elif op == "conv1d":
+            h = F.conv1d(h, w, b, stride=layer.stride, padding=layer.padding)
+        elif op == "conv2d":
+            h = F.conv2d(h, w, b, stride=layer.stride, padding=layer.padding)
+        elif op == "embedding":
+            h = F.embedding(h, w, padding_idx=layer.padding_idx)
+        elif op == "layer_norm":
+            h = F.layer_norm(h, (h.shape[-1],), w, b)
+        elif op == "flatten":
+            h = h.flatten(1)
+        elif op == "max_pool2d":
+            h = F.max_pool2d(h, layer.kernel)
+        elif op == "avg_pool2d":
+            h = F.avg_pool2d(h, layer.kernel)
+        else:
+            h = _activation(F, op, h)
+    return h
+
+
+def _graph_forward(spec: ModelSpec, params: dict[str, Any], x: Any,
+                   magnitude: bool = False) -> Any:
+    values = {"x": x, **params}
+    v = x
+    for i, op in enumerate(spec.ops):
+        args = [values[a] for a in op.args]
+        v = magnitudes.graph_op(op.op, args, op.exponent) if magnitude else None
+        if v is None:
+            v = _apply_graph_op(op, args)
+        values[f"v{i}"] = v
+    return v
+
+
+def gradient_magnitudes(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+                        batch_seed: int) -> dict[str, np.ndarray]:
+    """Per parameter, elementwise, the magnitude of the terms its gradient sums (see
+    conformance.magnitudes): the backward pass with every term in absolute value, computed
+    with torch at parameter `values` on the batch. Unused parameters get zeros."""
+    params = {k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
+              for k, v in values.items()}
+    arrays = _batch(spec, dtype, batch_seed)
+    x = torch.from_numpy(arrays["x"].copy())
+    y = torch.from_numpy(arrays["y"].copy())
+    with torch.enable_grad():
+        out = (_graph_forward(spec, params, x, magnitude=True) if spec.kind == "graph"
+               else _layers_forward(spec, magnitudes.MagnitudeFunctional(), params, x))
+        if not out.requires_grad:
+            return {k: np.zeros_like(v) for k, v in values.items()}
+        (standard,) = torch.autograd.grad(_loss(spec, TF, out, y), out, retain_graph=True)
+        seed = magnitudes.loss_seed(spec.loss, spec.reduction, out.detach(),
+                                    y.to(out.dtype) if y.is_floating_point() else
+                                    torch.zeros_like(out), standard, spec.loss_param)
+        grads = torch.autograd.grad(out, list(params.values()), grad_outputs=seed,
+                                    allow_unused=True)
+    return {k: np.zeros_like(values[k]) if g is None else g.detach().numpy()
+            for k, g in zip(params, grads, strict=True)}
+
+
+def _apply_graph_op(op: GraphOp, args: list[Any]) -> Any:
+    name = op.op
+    if name == "add":
+        return args[0] + args[1]
+    if name == "sub":
+        return args[0] - args[1]
+    if name == "mul":
+        return args[0] * args[1]
+    if name == "div":
+        return args[0] / (args[1] * args[1] + 1)
+    if name == "matmul":
+        return args[0] @ args[1]
+    if name == "pow":
+        return args[0] ** op.exponent
+    if name in UNARY_OPS:
+        return getattr(args[0], name)()
+    (a,) = args
+    reduce = getattr(a, name)
+    v = reduce() if op.dim is None else reduce(op.dim, op.keepdim)
+    return v.reshape((1,) * a.ndim) if op.dim is None and op.keepdim else v
+
+
+def _loss(spec: ModelSpec, F: Any, out: Any, y: Any) -> Any:
+    r = spec.reduction
+    loss = spec.loss
+    if loss == "mse":
+        return F.mse_loss(out, y, reduction=r)
+    if loss == "l1":
+        return F.l1_loss(out, y, reduction=r)
+    if loss == "smooth_l1":
+        return F.smooth_l1_loss(out, y, reduction=r, beta=spec.loss_param)
+    if loss == "huber":
+        return F.huber_loss(out, y, reduction=r, delta=spec.loss_param)
+    if loss == "cross_entropy":
+        return F.cross_entropy(out, y, reduction=r, label_smoothing=spec.loss_param)
+    if loss == "nll":
+        return F.nll_loss(F.log_softmax(out, dim=1), y, reduction=r)
+    if loss == "bce_with_logits":
+        return F.binary_cross_entropy_with_logits(out, y, reduction=r)
+    return out.sum() if r == "sum" else out.mean()
+
+
+def cancelling_op(spec: ModelSpec, trials: int = 2) -> int | None:
+    """The index of the first graph op whose value is exactly zero but for rounding (as in
+    mean(x - mean(x))), or None: each library rounds it differently, and whatever it feeds
+    inherits noise instead of a value. Found in float64 torch at `trials` random points: an
+    add, sub, sum, mean or matmul result below 1e-10 of its operands' size."""
+    if spec.kind != "graph":
+        return None
+    flagged: dict[int, int] = {}
+    for trial in range(trials):
+        rng = _rng(spec.seed, trial, 0xCA7C)
+        values: dict[str, Any] = {k: torch.from_numpy(v) for k, v in initial_values(
+            spec, "float64", seed=int(rng.integers(2**32))).items()}
+        values["x"] = torch.from_numpy(rng.standard_normal(spec.input_shape))
+        for i, op in enumerate(spec.ops):
+            v = _apply_graph_op(op, [values[a] for a in op.args])
+            values[f"v{i}"] = v
+            if op.op in ("add", "sub", "sum", "mean", "matmul"):
+                size = max(float(values[a].abs().max()) if values[a].numel() else 0.0
+                           for a in op.args)
+                if size > 0 and float(v.abs().max()) <= 1e-10 * size:
+                    flagged[i] = flagged.get(i, 0) + 1
+    hits = [i for i, count in flagged.items() if count == trials]
+    return min(hits) if hits else None
+
+
+def zero_gradient_parameters(spec: ModelSpec, trials: int = 2) -> frozenset[str]:
+    """Used parameters whose exact gradient is zero whatever the values, found numerically.
+
+    Such a gradient (paths to the output that cancel, as through x + p - mean(x + p); or a
+    loss that ignores what the parameter does) is computed as rounding noise, different in
+    each library, which no ULP budget of the gradient's own size can hold. Found in torch at
+    `trials` random points: where the float32 gradient is off the float64 one (at the same,
+    float32-valued point) by more than 1e-2 of the float64 one's size every time.
+    """
+    hits: dict[str, int] = {}
+    used = spec.used_parameters()
+    for trial in range(trials):
+        rng = _rng(spec.seed, trial, 0x2E50)
+        values = initial_values(spec, "float32", seed=int(rng.integers(2**32)))
+        arrays = _batch(spec, "float32", int(rng.integers(2**32)))
+        grads = {}
+        for dtype in DTYPES:
+            params = {k: torch.from_numpy(v.astype(dtype)).requires_grad_(k in used)
+                      for k, v in values.items()}
+            x, y = (torch.from_numpy(a.astype(dtype) if a.dtype.kind == "f" else a.copy())
+                    for a in (arrays["x"], arrays["y"]))
+            out = (_graph_forward(spec, params, x) if spec.kind == "graph"
+                   else _layers_forward(spec, TF, params, x))
+            loss = _loss(spec, TF, out, y)
+            wanted = [k for k in params if k in used]
+            grads[dtype] = dict(zip(wanted, torch.autograd.grad(
+                loss, [params[k] for k in wanted], allow_unused=True), strict=True))
+        for name, g64 in grads["float64"].items():
+            g32 = grads["float32"][name]
+            if g64 is None or g32 is None:
+                continue
+            error = float((g32.double() - g64).abs().max())
+            if error > 0 and error > 1e-2 * float(g64.abs().max()):
+                hits[name] = hits.get(name, 0) + 1
+    return frozenset(k for k, v in hits.items() if v == trials)
+
+
+SCALE_FLOOR = 2.0**-6
+
+
+def gradient_scales(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+                    batch_seed: int, floor: float = SCALE_FLOOR) -> dict[str, float]:
+    """Per parameter, a magnitude to measure its gradient's error against, at least its terms':
+    max |gradient| when the loss's gradient with respect to the output is replaced by its
+    absolute value, and at least `floor` times the largest of those over the model. Computed
+    with torch at parameter `values` (name -> array); unused parameters get 0.
+
+    A gradient sums signed terms (per sample, per class, per position) that can cancel: by
+    chance in batches of 1 to 4, and more and more as training converges. The result is then
+    rounding noise next to the terms, which two libraries compute differently, and no budget in
+    ULPs of the result itself holds. Measuring in ULPs of max(max |grad|, scale)
+    (`grad_error_ulps(actual, expected, scale)`) bounds the error by what the terms allow.
+    A wrong derivative rule still shows: its error is the size of the gradient itself.
+    """
+    params = {k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
+              for k, v in values.items()}
+    arrays = _batch(spec, dtype, batch_seed)
+    x = torch.from_numpy(arrays["x"].copy())
+    with torch.enable_grad():
+        out = (_graph_forward(spec, params, x) if spec.kind == "graph"
+               else _layers_forward(spec, TF, params, x))
+        if not out.requires_grad:
+            return dict.fromkeys(params, 0.0)
+        loss = _loss(spec, TF, out, torch.from_numpy(arrays["y"].copy()))
+        (seed,) = torch.autograd.grad(loss, out, retain_graph=True)
+        grads = torch.autograd.grad(out, list(params.values()), grad_outputs=seed.abs(),
+                                    allow_unused=True)
+    terms = {k: 0.0 if g is None or not g.numel() else float(g.abs().max())
+             for k, g in zip(params, grads, strict=True)}
+    least = floor * max(terms.values(), default=0.0)
+    return {k: max(v, least) if k in spec.used_parameters() else 0.0 for k, v in terms.items()}
+
+
+def loss_scale(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+               batch_seed: int) -> float:
+    """A magnitude to measure the loss's error against (`reduction_budget(..., scale=)`):
+    max(|loss|, sum |d loss / d output * output|), the first-order effect of relative errors
+    in the outputs. The second term matters where the loss is much smaller than that: mse with
+    outputs close to their targets, "sum" over outputs of both signs. Computed with torch at
+    parameter `values`."""
+    params = {k: torch.from_numpy(np.array(v, dtype=dtype)) for k, v in values.items()}
+    arrays = _batch(spec, dtype, batch_seed)
+    x = torch.from_numpy(arrays["x"].copy())
+    with torch.enable_grad():
+        with torch.no_grad():
+            out = (_graph_forward(spec, params, x) if spec.kind == "graph"
+                   else _layers_forward(spec, TF, params, x))
+        out.requires_grad_(True)
+        loss = _loss(spec, TF, out, torch.from_numpy(arrays["y"].copy()))
+        (grad,) = torch.autograd.grad(loss, out)
+    return max(abs(float(loss.detach())), float((grad * out.detach()).abs().sum()))
+
+
+# Comparing gradients -------------------------------------------------------------------------
+
+
+def grad_error_ulps(actual: np.ndarray, expected: np.ndarray, scale: float = 0.0) -> float:
+    """max |actual - expected| in ULPs of max(max |expected|, scale) (the norm-wise measure the
+    budget is in: `reduction_budget(expected, ulps)` allows ulps × ulp(max |expected|) per
+    element; `scale` may be `gradient_scales`'s). Infinite where NaN / infinities disagree;
+    0 for two all-zero tensors."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape:
+        return math.inf
+    if actual.size == 0:
+        return 0.0
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    finite = np.isfinite(e)
+    if (np.isnan(a) != np.isnan(e)).any() or (a[~finite] != e[~finite]).any():
+        return math.inf
+    if not finite.any():
+        return 0.0
+    scale = max(float(np.max(np.abs(e[finite]))), scale)
+    spacing = float(np.spacing(expected.dtype.type(scale)))
+    spacing = max(spacing, float(np.finfo(expected.dtype).smallest_subnormal))
+    diff = float(np.max(np.abs(a[finite] - e[finite])))
+    return diff / spacing
+
+
+# Strategies -----------------------------------------------------------------------------------
+
+_SEEDS = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def _loss_choice(draw: Any, losses: tuple[str, ...] = LOSSES) -> tuple[str, str, float]:
+    loss = draw(st.sampled_from(losses))
+    reduction = draw(st.sampled_from(REDUCTIONS))
+    if loss in ("smooth_l1", "huber"):
+        param = draw(st.sampled_from([1.0, 0.5, 2.0]))
+    elif loss == "cross_entropy":
+        param = draw(st.sampled_from([0.0, 0.1]))
+    else:
+        param = 1.0
+    return loss, reduction, param
+
+
+def _frozen(draw: Any, names: list[str], keep: list[str]) -> tuple[str, ...]:
+    """A subset of `names` to freeze, leaving at least one of `keep` trainable."""
+    if not names or not keep:
+        return ()
+    kept = draw(st.sampled_from(keep))
+    chosen = draw(st.lists(st.sampled_from([n for n in names if n != kept]), unique=True,
+                           max_size=max(len(names) - 1, 0))) if len(names) > 1 else []
+    return tuple(n for n in names if n in chosen)
+
+
+@st.composite
+def mlp_specs(draw: Any) -> ModelSpec:
+    """Linear [-> LayerNorm] -> activation ... -> Linear head; shrinks to Linear(1, 1) + mse.
+
+    LayerNorm comes only right after the first Linear, of at least 3 input features: deeper,
+    dead units (relu) can leave it one live input, and LN(w * t) = sign(t) LN(w) but for eps,
+    so the gradients through t are the near-cancellation of much larger terms."""
+    n, features = draw(st.integers(1, 4)), draw(st.integers(1, 6))
+    layers: list[Layer] = []
+    for i in range(draw(st.integers(0, 2))):
+        width = draw(st.integers(1, 8))
+        layers.append(Layer("linear", width, bias=_bias(draw)))
+        if i == 0 and width >= 3 and features >= 3 and draw(st.booleans()):
+            layers.append(Layer("layer_norm", bias=_bias(draw)))
+        layers.append(Layer(draw(st.sampled_from(ACTIVATIONS))))
+    return _layered(draw, "mlp", n, (features,), layers)
+
+
+def _bias(draw: Any) -> bool:
+    return not draw(st.booleans())  # shrinks to True
+
+
+def _layered(draw: Any, kind: str, n: int, sample_shape: Shape, layers: list[Layer],
+             vocab: int = 0) -> ModelSpec:
+    """Adds the Linear head and draws the loss, seed and frozen parameters, last (so that they
+    shrink independently of the layers)."""
+    head, head_bias = draw(st.integers(1, 3)), _bias(draw)
+    loss, reduction, param = draw(_loss_choice())
+    if loss in CLASS_LOSSES:
+        head += 1
+    if loss in L1_LIKE and n % 2 == 0:  # see _analysis
+        n -= 1
+    layers = [*layers, Layer("linear", head, bias=head_bias)]
+    seed = draw(_SEEDS)
+    spec = ModelSpec(kind=kind, input_shape=(n, *sample_shape), loss=loss, seed=seed,
+                     layers=tuple(layers), vocab=vocab, reduction=reduction, loss_param=param)
+    names = spec.parameter_names()
+    frozen = _frozen(draw, names, names)
+    return dataclasses.replace(spec, frozen=frozen) if frozen else spec
+
+
+@st.composite
+def conv_specs(draw: Any, dims: int) -> ModelSpec:
+    """conv -> activation [-> pool] ... -> Flatten -> Linear head."""
+    n, channels = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    size = draw(st.integers(3, 8 if dims == 1 else 5))
+    spatial = (size,) * dims
+    layers: list[Layer] = []
+    for _ in range(draw(st.integers(1, 2))):
+        kernel = draw(st.integers(1, 3))
+        padding = draw(st.integers(0, 1))
+        stride = draw(st.integers(1, 2))
+        out = _conv_out(spatial[0], kernel, stride, padding)
+        if out < 1:
+            break
+        layers.append(Layer(f"conv{dims}d", draw(st.integers(1, 3)), kernel=kernel,
+                            stride=stride, padding=padding, bias=_bias(draw)))
+        spatial = (out,) * dims
+        layers.append(Layer(draw(st.sampled_from(ACTIVATIONS))))
+        if dims == 2 and min(spatial) >= 2 and draw(st.booleans()):
+            layers.append(Layer(draw(st.sampled_from(["avg_pool2d", "max_pool2d"])), kernel=2))
+            spatial = tuple(s // 2 for s in spatial)
+    layers.append(Layer("flatten"))
+    return _layered(draw, f"conv{dims}d", n, (channels, *(size,) * dims), layers)
+
+
+@st.composite
+def embedding_specs(draw: Any) -> ModelSpec:
+    """Embedding [-> LayerNorm] [-> activation] -> Flatten -> Linear head."""
+    n, length = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    vocab, dim = draw(st.integers(2, 8)), draw(st.integers(1, 5))
+    padding_idx = draw(st.none() | st.integers(0, vocab - 1))
+    layers = [Layer("embedding", dim, padding_idx=padding_idx)]
+    if dim >= 3 and draw(st.booleans()):
+        layers.append(Layer("layer_norm", bias=_bias(draw)))
+    if draw(st.booleans()):
+        layers.append(Layer(draw(st.sampled_from(ACTIVATIONS))))
+    layers.append(Layer("flatten"))
+    return _layered(draw, "embedding", n, (length,), layers, vocab)
+
+
+@dataclass
+class _Value:
+    name: str
+    shape: Shape
+    bound: float  # a rough bound on |value|, to keep exp and pow finite and tame
+    exact: bool  # computed bitwise alike by both libraries (no sums, no transcendental)
+
+
+_MAX_BOUND = 1e3
+_MAX_SIZE = 64
+
+
+def _broadcast_options(shape: Shape) -> list[Shape]:
+    """Shapes of a new parameter that broadcasts against `shape`, simplest first."""
+    options = [shape, shape[1:], ()]
+    if len(shape) >= 1:
+        options.append((1, *shape[1:]))
+    if len(shape) >= 2:
+        options.append((*shape[:-1], 1))
+    return list(dict.fromkeys(options))
+
+
+@st.composite
+def graph_specs(draw: Any, max_ops: int = 6) -> ModelSpec:
+    """A random op graph over parameters p0, p1, ... and the input x (see GraphOp)."""
+    n, features = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    values = [_Value("x", (n, features), 4.0, True)]
+    params: list[Param] = []
+    ops: list[GraphOp] = []
+
+    def new_param(shape: Shape) -> _Value:
+        p = Param(f"p{len(params)}", shape)
+        params.append(p)
+        value = _Value(p.name, shape, 2.5, True)
+        values.append(value)
+        return value
+
+    def last_first() -> list[_Value]:
+        # the latest op's value first, so graphs shrink to chains; then x and parameters
+        computed = [v for v in values if v.name.startswith("v")]
+        return computed[::-1] + [v for v in values if not v.name.startswith("v")]
+
+    for _ in range(draw(st.integers(1, max_ops))):
+        name = draw(st.sampled_from(GRAPH_OPS))
+        pool = last_first()
+        if name == "amax":
+            pool = [v for v in pool if v.exact and v.shape]
+        elif name in REDUCTION_OPS:
+            pool = [v for v in pool if v.shape]
+        elif name == "matmul":
+            pool = [v for v in pool if len(v.shape) in (1, 2)]
+        elif name == "exp":
+            pool = [v for v in pool if v.bound <= 6]
+        elif name == "pow":
+            pool = [v for v in pool if v.bound**2 <= _MAX_BOUND]
+        if not pool:
+            continue
+        a = draw(st.sampled_from(pool))
+        params_before = len(params)
+        op, bound, exact = _draw_graph_op(draw, name, a, last_first, new_param)
+        shape = _graph_op_shape(op, [_shape_of(values, x) for x in op.args])
+        if bound > _MAX_BOUND or math.prod(shape) > _MAX_SIZE:
+            for p in params[params_before:]:  # parameters made for the skipped op
+                values.remove(next(v for v in values if v.name == p.name))
+            del params[params_before:]
+            continue
+        values.append(_Value(f"v{len(ops)}", shape, bound, exact))
+        ops.append(op)
+
+    if ops:  # cut the graph before a value that is zero but for rounding
+        cut = cancelling_op(ModelSpec(kind="graph", input_shape=(n, features), loss="sum",
+                                      seed=0, params=tuple(params), ops=tuple(ops)))
+        if cut is not None:
+            del ops[cut:]
+            values = [v for v in values if not v.name.startswith("v") or int(v.name[1:]) < cut]
+    out = next((v for v in reversed(values) if v.name.startswith("v")), values[0])
+    if not ops or not (_reachable(ops, len(ops) - 1) & {p.name for p in params}):
+        p = new_param(out.shape)
+        ops.append(GraphOp("mul", (out.name, p.name)))
+        out = _Value(f"v{len(ops) - 1}", out.shape, out.bound * 2.5, out.exact)
+        values.append(out)
+    for _ in range(draw(st.integers(0, 2))):  # unused parameters
+        new_param(draw(st.sampled_from([(features,), (), (2, features)])))
+    loss, reduction, param = draw(_loss_choice(GRAPH_LOSSES))
+    seed = draw(_SEEDS)
+    names = [p.name for p in params]
+
+    def make(loss: str, frozen: set[str]) -> ModelSpec:
+        return ModelSpec(kind="graph", input_shape=(n, features), loss=loss, seed=seed,
+                         params=tuple(params), ops=tuple(ops), reduction=reduction,
+                         loss_param=param, frozen=tuple(x for x in names if x in frozen))
+
+    # Parameters whose exact gradient is zero (paths that cancel) get rounding noise for a
+    # gradient, different in each library: freeze them.
+    # If that leaves nothing to train, multiply the output by a new parameter, with loss "sum".
+    spec = make(loss, set())
+    zeros = zero_gradient_parameters(spec)
+    trainable = sorted(spec.used_parameters() - zeros)
+    if not trainable:
+        p = new_param(out.shape)
+        ops.append(GraphOp("mul", (out.name, p.name)))
+        names.append(p.name)
+        spec = make("sum", set())
+        zeros = zero_gradient_parameters(spec)
+        trainable = sorted(spec.used_parameters() - zeros)
+    frozen = set(_frozen(draw, names, trainable)) | zeros
+    return make(spec.loss, frozen)
+
+def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: Any
+                   ) -> tuple[GraphOp, float, bool]:
+    """One op on `a` (and an existing value or a new parameter), its bound and exactness."""
+    if name in BINARY_OPS:
+        others = [v for v in candidates() if v is not a and _broadcasts(a.shape, v.shape)]
+        pick = draw(st.integers(0, len(others)))
+        if pick == 0:
+            b = new_param(draw(st.sampled_from(_broadcast_options(a.shape))))
+        else:
+            b = others[pick - 1]
+        first, second = (b, a) if draw(st.booleans()) else (a, b)
+        bound = {"add": a.bound + b.bound, "sub": a.bound + b.bound,
+                 "mul": a.bound * b.bound, "div": first.bound}[name]
+        return GraphOp(name, (first.name, second.name)), bound, a.exact and b.exact
+    if name == "matmul":
+        if len(a.shape) == 2 and draw(st.booleans()):  # p @ a, with p new
+            k = a.shape[0]
+            b = new_param((draw(st.integers(1, 4)), k))
+            first, second = b, a
+        else:
+            k = a.shape[-1]
+            others = [v for v in candidates() if len(v.shape) in (1, 2) and v.shape[0] == k]
+            pick = draw(st.integers(0, len(others)))
+            if pick == 0:
+                m = draw(st.integers(0, 4))
+                b = new_param((k,) if m == 0 else (k, m))
+            else:
+                b = others[pick - 1]
+            first, second = a, b
+        return GraphOp("matmul", (first.name, second.name)), k * a.bound * b.bound, False
+    if name in REDUCTION_OPS:
+        dim = draw(st.sampled_from([None, *range(len(a.shape))]))
+        if dim is not None and draw(st.booleans()):
+            dim -= len(a.shape)
+        op = GraphOp(name, (a.name,), dim=dim, keepdim=draw(st.booleans()))
+        count = math.prod(a.shape) if dim is None else a.shape[dim]
+        return op, a.bound * (count if name == "sum" else 1), name == "amax" and a.exact
+    exponent = 2
+    if name == "pow" and a.bound**3 <= _MAX_BOUND:
+        exponent = draw(st.sampled_from([2, 3]))
+    bound = {"tanh": 1.0, "sigmoid": 1.0, "exp": math.exp(min(a.bound, 700)), "relu": a.bound,
+             "abs": a.bound, "pow": a.bound**exponent}[name]
+    return GraphOp(name, (a.name,), exponent=exponent), bound, a.exact and name in ("relu", "abs")
+
+
+def _broadcasts(a: Shape, b: Shape) -> bool:
+    try:
+        return math.prod(np.broadcast_shapes(a, b)) <= _MAX_SIZE
+    except ValueError:
+        return False
+
+
+def _shape_of(values: list[_Value], name: str) -> Shape:
+    return next(v.shape for v in values if v.name == name)
+
+
+def _reachable(ops: list[GraphOp], index: int) -> set[str]:
+    """Names of the parameters and x that value v<index> depends on."""
+    seen: set[str] = set()
+    stack = list(ops[index].args)
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name.startswith("v"):
+            stack += ops[int(name[1:])].args
+    return {s for s in seen if not s.startswith("v")}
+
+
+def model_specs(kinds: tuple[str, ...] = KINDS) -> st.SearchStrategy[ModelSpec]:
+    """Small models of the given kinds (1 to ~200 parameters); shrinks towards one Linear
+    layer with mse."""
+    table = {"mlp": mlp_specs(), "conv1d": conv_specs(1), "conv2d": conv_specs(2),
+             "embedding": embedding_specs(), "graph": graph_specs()}
+    return st.one_of(*(table[k] for k in kinds))
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "CLASS_LOSSES",
+    "DTYPES",
+    "GRAD_BUDGET_CAP",
+    "GRAD_BUDGET_SCALE",
+    "GRAPH_LOSSES",
+    "GRAPH_OPS",
+    "KINDS",
+    "LIBS",
+    "LOSSES",
+    "SCALE_FLOOR",
+    "GraphOp",
+    "Layer",
+    "Model",
+    "ModelSpec",
+    "Param",
+    "batch",
+    "build",
+    "cancelling_op",
+    "conv_specs",
+    "embedding_specs",
+    "grad_error_ulps",
+    "gradient_scales",
+    "graph_specs",
+    "initial_values",
+    "loss_scale",
+    "mlp_specs",
+    "model_specs",
+    "zero_gradient_parameters",
+]

@@ -1,0 +1,451 @@
+"""The oracle: does an actual array (from the implementation under test) match the expected one
+(from torch)? It knows arrays, dtypes and error budgets, nothing about models or optimizers, and
+needs numpy only.
+
+`compare(expected, actual, mode, budget)` returns None on a match, else a `Mismatch` that
+describes the first differing element (C order) and summarises the rest. Three modes:
+
+* "exact": bit for bit. Signed zeros differ (-0.0 != +0.0); NaN matches any NaN.
+* "ulp": |actual - expected| <= budget, elementwise, decided exactly (no rounding in the test
+  itself). The budget is an array of allowed ABSOLUTE errors, produced by an error model:
+  `sgd_step_budget` (a rigorous rounding-error bound for one SGD step) or `reduction_budget`
+  (a norm-wise bound for results that sum many terms, e.g. gradients).
+* "tolerance": torch.testing.assert_close with its default rtol/atol for the dtype and
+  equal_nan=True: |actual - expected| <= atol + rtol*|expected|, evaluated as torch.isclose
+  evaluates it (in the tensors' dtype), so it passes exactly when assert_close passes.
+
+In every mode NaN and infinities must agree in position and sign (NaN vs NaN is equal whatever its
+sign or payload; +inf vs -inf, or inf vs a finite number, differ), and a shape or dtype difference
+is a mismatch. Arrays must be float32 or float64.
+
+Also here: the ULP measures (`ulp`, `ulp_distance`, `scaled_ulp_error`, `bitwise_equal`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+import numpy as np
+
+Mode = Literal["exact", "ulp", "tolerance"]
+
+_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+# precision p (significant bits, the implicit one included) and the smallest normal exponent
+_FORMATS = {np.dtype(np.float32): (24, -126), np.dtype(np.float64): (53, -1022)}
+# torch.testing.assert_close's defaults: dtype -> (rtol, atol)
+TOLERANCES: dict[np.dtype, tuple[float, float]] = {
+    np.dtype(np.float32): (1.3e-6, 1e-5),
+    np.dtype(np.float64): (1e-7, 1e-7),
+}
+
+
+def _float_dtype(x: np.ndarray) -> np.dtype:
+    if x.dtype not in _FORMATS:
+        raise TypeError(f"the oracle compares float32 or float64 arrays, got {x.dtype}")
+    return x.dtype
+
+
+# --- ULP measures --------------------------------------------------------------------------------
+
+def ulp(x: np.ndarray) -> np.ndarray:
+    """The unit in the last place of |x| in x's dtype, as float64: 2^(e - p + 1) for
+    2^e <= |x| < 2^(e+1), p the dtype's precision (24 or 53 bits); below the smallest normal
+    (zero included) the subnormal spacing. Unlike np.spacing, the largest finite number has the
+    ulp of its binade (2^104 in float32), not inf. ulp(±inf) = inf, ulp(NaN) = NaN."""
+    x = np.asarray(x)
+    precision, emin = _FORMATS[_float_dtype(x)]
+    magnitude = np.abs(x).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        _, k = np.frexp(magnitude)  # |x| = m * 2^k with m in [0.5, 1): e = k - 1
+        k = np.where(magnitude == 0, emin + 1, k)  # frexp(0) gives k = 0
+        spacing = np.ldexp(1.0, np.maximum(k - 1, emin) - (precision - 1))
+    spacing = np.where(np.isinf(magnitude), np.inf, spacing)
+    return np.where(np.isnan(magnitude), np.nan, spacing)
+
+
+def _ordered(x: np.ndarray) -> np.ndarray:
+    """Maps floats to integers in the same order, so adjacent floats differ by one (±0 both map
+    to 0)."""
+    bits = x.view(_INT[x.dtype]).astype(np.int64)
+    sign_bit = np.int64(np.iinfo(_INT[x.dtype]).min)
+    return np.where(bits < 0, sign_bit - bits, bits)
+
+
+def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Positions where NaN / infinities differ between the two arrays: a NaN against a non-NaN,
+    an infinity against a finite number, or infinities of opposite sign."""
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    inf_a, inf_e = np.isinf(actual), np.isinf(expected)
+    return (nan_a != nan_e) | (inf_a != inf_e) | (inf_a & inf_e & (actual != expected))
+
+
+def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Elementwise count of representable steps between the two values, as float64 (±0 count as
+    one value, so their distance is 0); NaN vs NaN is 0, and a NaN/infinity mismatch (see
+    `nonfinite_mismatch`) is inf. Both arrays must have one float dtype."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.dtype != expected.dtype:
+        raise TypeError(f"ulp_distance needs one dtype, got {actual.dtype} and {expected.dtype}")
+    _float_dtype(actual)
+    both_nan = np.isnan(actual) & np.isnan(expected)
+    distance = np.abs(_ordered(actual) - _ordered(expected)).astype(np.float64)
+    distance = np.where(both_nan, 0.0, distance)
+    return np.where(nonfinite_mismatch(actual, expected), np.inf, distance)
+
+
+def scaled_ulp_error(actual: np.ndarray, expected: np.ndarray, scale: float) -> float:
+    """Largest |actual - expected| in ULPs of max(|expected|, scale), over all elements: the
+    error model of results that sum many terms, whose error is bounded by the magnitude of the
+    terms (`scale`), not of the (possibly cancelled) result. inf on a NaN/infinity mismatch;
+    positions where both are the same non-finite value count as 0."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.size == 0:
+        return 0.0
+    if nonfinite_mismatch(actual, expected).any():
+        return float("inf")
+    finite = np.isfinite(expected)
+    if not finite.any():
+        return 0.0
+    a, e = actual[finite].astype(np.float64), expected[finite].astype(np.float64)
+    magnitude = np.minimum(np.maximum(np.abs(e), scale), np.finfo(expected.dtype).max)
+    return float(np.max(np.abs(a - e) / ulp(magnitude.astype(expected.dtype))))
+
+
+def bitwise_equal(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Same shape, dtype and bits everywhere (signed zeros distinguished), any NaN matching any
+    NaN."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if actual.shape != expected.shape or actual.dtype != expected.dtype:
+        return False
+    nan_a, nan_e = np.isnan(actual), np.isnan(expected)
+    if (nan_a != nan_e).any():
+        return False
+    ints = _INT[_float_dtype(actual)]
+    return bool(np.array_equal(actual.view(ints)[~nan_a], expected.view(ints)[~nan_e]))
+
+
+# --- compare -------------------------------------------------------------------------------------
+
+def _json_float(x: float | None) -> float | str | None:
+    if x is None:
+        return None
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return float(x)
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """The first differing element of one tensor (C order), plus a summary of all of them.
+
+    For a shape or dtype difference there are no elements to compare: index is (), expected and
+    actual are NaN, every error field is inf, count is max(expected.size, actual.size, 1) and
+    budget is None.
+    """
+
+    index: tuple[int, ...]  # first differing element, C order
+    expected: float
+    actual: float
+    abs_error: float  # |actual - expected| in float64 at index; inf for a NaN/infinity mismatch
+    ulp_error: float  # ulp_distance at index; inf for a NaN/infinity mismatch
+    count: int  # how many elements differ (under the mode's rule)
+    max_abs_error: float  # over ALL elements (matching non-finite pairs count 0)
+    max_ulp_error: float  # over ALL elements (matching non-finite pairs count 0)
+    budget: float | None  # allowed |actual - expected| at index ("ulp", "tolerance"); None: exact
+    reason: str  # one line: "bits differ", "NaN position", "exceeds budget: ...", ...
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly (json.dumps(..., allow_nan=False) works): index becomes a list, and the
+        non-finite floats become the strings "inf", "-inf" and "nan"; budget None stays None."""
+        out: dict[str, Any] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "index":
+                out["index"] = [int(i) for i in value]
+            elif isinstance(value, float):
+                out[field.name] = _json_float(value)
+            else:
+                out[field.name] = value
+        return out
+
+    def __str__(self) -> str:
+        return (f"at {self.index}: expected {self.expected!r}, actual {self.actual!r} "
+                f"({self.reason}; {self.count} element(s) differ, max {self.max_ulp_error:g} "
+                f"ULP, max abs {self.max_abs_error:g})")
+
+
+def _abs_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """|actual - expected| in float64 (rounded: for reporting), inf on a NaN/infinity mismatch,
+    0 where both hold the same non-finite value."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    finite = np.isfinite(actual) & np.isfinite(expected)
+    error = np.where(finite, error, 0.0)
+    return np.where(nonfinite_mismatch(actual, expected), np.inf, error)
+
+
+def within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray) -> np.ndarray:
+    """|actual - expected| <= budget elementwise, decided exactly for finite values (float32 or
+    float64 arrays, budget float64). With d = fl(a - e) and t = (a - e) - d exactly (Knuth's
+    TwoSum), |a - e| <= b holds iff |d| < b, or |d| == b and t does not point away from zero
+    (b is a float64, so any |d| < b is at most b's predecessor and |t| <= half a gap). An
+    infinite budget admits every finite pair. Non-finite pairs are not decided here."""
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = a - e
+        z = d - a
+        t = (a - (d - z)) + (-e - z)
+        magnitude = np.abs(d)
+        on_edge = (magnitude == budget) & (t * np.sign(d) <= 0)
+    return (magnitude < budget) | on_edge | np.isinf(budget)
+
+
+def _isclose(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """torch.isclose(actual, expected, rtol, atol, equal_nan=True) for the dtype's default
+    tolerances, in torch's arithmetic: allowed = atol + |rtol * expected| and |actual - expected|
+    are computed in the dtype (the scalars rounded to it first). Returns (close, allowed)."""
+    dtype = expected.dtype
+    rtol, atol = TOLERANCES[dtype]
+    with np.errstate(invalid="ignore", over="ignore"):
+        allowed = dtype.type(atol) + np.abs(dtype.type(rtol) * expected)
+        error = np.abs(actual - expected)
+        close = (actual == expected) | (np.isnan(actual) & np.isnan(expected))
+        close |= np.isfinite(error) & (error <= allowed)
+    return close, allowed
+
+
+def _nonfinite_reason(expected: float, actual: float) -> str:
+    if math.isnan(expected) != math.isnan(actual):
+        return "NaN position"
+    if math.isinf(expected) and math.isinf(actual):
+        return "infinity sign"
+    return "infinity position"
+
+
+def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
+            budget: np.ndarray | float | None = None) -> Mismatch | None:
+    """None when `actual` matches `expected` under `mode`, else the first mismatch (C order).
+
+    Error model per mode:
+    * "exact": no error; bits must agree (signed zeros distinguished, any NaN equals any NaN).
+      `budget` must be None.
+    * "ulp": |actual - expected| <= budget, elementwise and exactly (the test does not round):
+      `budget` holds allowed ABSOLUTE errors (float64, broadcastable to the shape, >= 0, no NaN),
+      normally from an error model (`sgd_step_budget`, `reduction_budget`). ±0 are equal here.
+    * "tolerance": torch.testing.assert_close(actual, expected, equal_nan=True) with the dtype's
+      default tolerances (TOLERANCES; |actual - expected| <= atol + rtol*|expected|, in torch's
+      float arithmetic). `budget` must be None.
+    In every mode NaN and infinities must agree in position and sign. Shape and dtype must be
+    equal (a difference is a Mismatch); arrays must be float32 or float64 (else TypeError).
+    """
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    if mode not in ("exact", "ulp", "tolerance"):
+        raise ValueError(f"mode must be 'exact', 'ulp' or 'tolerance', got {mode!r}")
+    if mode == "ulp":
+        if budget is None:
+            raise ValueError("mode 'ulp' needs a budget (allowed absolute errors)")
+        budget = np.asarray(budget, dtype=np.float64)
+        if np.isnan(budget).any() or (budget < 0).any():
+            raise ValueError("a budget must be >= 0 and not NaN")
+    elif budget is not None:
+        raise ValueError(f"mode {mode!r} takes no budget")
+
+    if expected.shape != actual.shape or expected.dtype != actual.dtype:
+        what = ("shape", expected.shape, actual.shape) if expected.shape != actual.shape else (
+            "dtype", expected.dtype, actual.dtype)
+        return Mismatch(index=(), expected=math.nan, actual=math.nan, abs_error=math.inf,
+                        ulp_error=math.inf, count=max(expected.size, actual.size, 1),
+                        max_abs_error=math.inf, max_ulp_error=math.inf, budget=None,
+                        reason=f"{what[0]} {what[1]} != {what[2]}")
+    dtype = _float_dtype(expected)
+
+    nonfinite_bad = nonfinite_mismatch(actual, expected)
+    finite = np.isfinite(actual) & np.isfinite(expected)
+    allowed: np.ndarray | None = None
+    if mode == "exact":
+        ints = _INT[dtype]
+        differs = nonfinite_bad | (finite & (actual.view(ints) != expected.view(ints)))
+    elif mode == "ulp":
+        allowed = np.broadcast_to(budget, expected.shape)
+        differs = nonfinite_bad | (finite & ~within(expected, actual, allowed))
+    else:
+        close, allowed = _isclose(expected, actual)
+        differs = ~close
+    if not differs.any():
+        return None
+
+    index = tuple(int(i) for i in np.unravel_index(int(np.argmax(differs)), differs.shape))
+    abs_errors = _abs_error(actual, expected)
+    ulp_errors = ulp_distance(actual, expected)
+    e, a = float(expected[index]), float(actual[index])
+    abs_error, ulp_error = float(abs_errors[index]), float(ulp_errors[index])
+    budget_here = None if allowed is None else float(allowed[index])
+    if nonfinite_bad[index]:
+        reason = _nonfinite_reason(e, a)
+    elif mode == "exact":
+        reason = "signed zero" if e == a == 0 else "bits differ"
+    elif mode == "ulp":
+        reason = f"exceeds budget: |actual - expected| = {abs_error:.6g} > {budget_here:.6g}"
+    else:
+        rtol, atol = TOLERANCES[dtype]
+        reason = (f"exceeds tolerance: |actual - expected| = {abs_error:.6g} > "
+                  f"atol + rtol*|expected| = {budget_here:.6g} (rtol {rtol:g}, atol {atol:g})")
+    return Mismatch(index=index, expected=e, actual=a, abs_error=abs_error, ulp_error=ulp_error,
+                    count=int(np.count_nonzero(differs)),
+                    max_abs_error=float(abs_errors.max()), max_ulp_error=float(ulp_errors.max()),
+                    budget=budget_here, reason=reason)
+
+
+# --- error models for mode "ulp" -----------------------------------------------------------------
+
+def reduction_budget(expected: np.ndarray, ulps: float, *, scale: float = 0.0) -> np.ndarray:
+    """Norm-wise budget for results that sum many terms (gradients, matmuls, reductions):
+    every element may be off by `ulps` ULPs of the tensor's largest magnitude,
+
+        budget = ulps * ulp(max(max |expected|, scale))    for every element,
+
+    because a backward pass sums many terms in an order the implementation chooses, so its error
+    is bounded relative to the size of the terms (of the order of the tensor's largest element),
+    not of each (possibly cancelled, tiny) element. Non-finite elements are left out of the max.
+    `scale` is an optional floor for that magnitude (the size of the terms, when known); with
+    it 0 and an all-zero or empty tensor, the magnitude is 0 and the budget is `ulps` subnormal
+    spacings: zero must be reproduced as (practically) zero. Returns a float64 array of
+    expected's shape."""
+    expected = np.asarray(expected)
+    dtype = _float_dtype(expected)
+    if not ulps >= 0 or not scale >= 0:
+        raise ValueError(f"ulps and scale must be >= 0, got {ulps!r}, {scale!r}")
+    values = np.abs(expected[np.isfinite(expected)])
+    largest = max(float(values.max()) if values.size else 0.0, float(scale))
+    largest = min(largest, float(np.finfo(dtype).max))
+    return np.full(expected.shape, ulps * float(ulp(np.asarray(largest, dtype=dtype))))
+
+
+@dataclass(frozen=True)
+class _Bounded:
+    """An intermediate of the step: its value computed from the reference's inputs (float64) and
+    a bound on the distance of ANY correct implementation's value from the exact one."""
+
+    value: np.ndarray
+    error: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Format:
+    u: float  # unit roundoff: a rounding to nearest moves a normal result by <= u*|result|
+    eta: float  # half the smallest subnormal: the most a result in the subnormal range moves
+    tiny: float  # the budget's floor: the smallest subnormal (float64: 16 of them, see _format)
+
+
+def _format(dtype: np.dtype) -> _Format:
+    """The bound is evaluated in float64. For float32 every term is exact enough there; for
+    float64 half a subnormal is not representable and float64's own subnormal arithmetic
+    rounds by up to half a spacing per operation, so η is taken as a whole spacing and the
+    floor as 16 spacings (more than the bound's operations can lose)."""
+    precision, _ = _FORMATS[dtype]
+    tiny = float(np.finfo(dtype).smallest_subnormal)
+    if dtype == np.float64:
+        return _Format(u=2.0**-precision, eta=tiny, tiny=16 * tiny)
+    return _Format(u=2.0**-precision, eta=tiny / 2, tiny=tiny)
+
+
+def _exact(x: np.ndarray) -> _Bounded:
+    value = np.asarray(x, dtype=np.float64)
+    return _Bounded(value, np.zeros_like(value))
+
+
+def _linear(terms: list[tuple[float, _Bounded]], fmt: _Format) -> _Bounded:
+    """r = Σ αᵢ·yᵢ, as a correct implementation may compute it: each scalar αᵢ maybe rounded to the
+    dtype, each product αᵢ·yᵢ rounded or kept exact inside an fma, and the sum rounded once.
+    Relative to the exact r, with Mᵢ = |yᵢ| + eᵢ bounding the operand an implementation holds:
+
+        err(r) <= Σ |αᵢ|·eᵢ                         (errors carried in)
+                + Σ (u·|αᵢ| + η)·Mᵢ                  (αᵢ rounded to the dtype)
+                + Σ (u·|αᵢ|·Mᵢ + η)                  (αᵢ·yᵢ rounded)
+                + u·(|r| + all the above) + η         (the sum rounded)
+
+    where the scalar and product terms vanish for αᵢ = ±1 or 0 (exact), η is half the smallest
+    subnormal (a rounding in the subnormal range moves by at most η, not u·|result|), and the
+    factor (1 + 8u) covers the second-order terms (the rounding of a rounding error, the float64
+    evaluation of |r| here)."""
+    u, eta = fmt.u, fmt.eta
+    with np.errstate(invalid="ignore", over="ignore"):
+        value = sum((alpha * y.value for alpha, y in terms), start=np.float64(0.0))
+        carried = sum((abs(alpha) * y.error for alpha, y in terms), start=np.float64(0.0))
+        rounded_scalars = sum((((u * abs(alpha) + eta) * (np.abs(y.value) + y.error))
+                               for alpha, y in terms if abs(alpha) not in (0.0, 1.0)),
+                              start=np.float64(0.0))
+        rounded_products = sum(((u * abs(alpha) * (np.abs(y.value) + y.error) + eta)
+                                for alpha, y in terms if abs(alpha) not in (0.0, 1.0)),
+                               start=np.float64(0.0))
+        before_sum = carried + rounded_scalars + rounded_products
+        rounded_sum = u * (np.abs(value) + before_sum) + eta
+        error = (before_sum + rounded_sum) * (1 + 8 * u)
+    return _Bounded(np.asarray(value), np.asarray(error))
+
+
+def _axpy(x: _Bounded, alpha: float, y: _Bounded, fmt: _Format) -> _Bounded:
+    """r = x + α·y (torch's x.add(y, alpha=α)): one rounding (fma) or two."""
+    return _linear([(1.0, x), (alpha, y)], fmt)
+
+
+def _allowed(x: _Bounded, fmt: _Format) -> np.ndarray:
+    """The budget between two correct implementations: each lies within x.error of the exact
+    value, so they lie within 2·x.error of each other; plus a floor of one subnormal spacing.
+    Where the bound is not finite-valued (NaN from inf - inf), anything is allowed (inf)."""
+    allowed = 2 * x.error + fmt.tiny
+    return np.where(np.isnan(allowed), np.inf, allowed)
+
+
+def sgd_step_budget(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, *,
+                    lr: float, momentum: float, dampening: float, weight_decay: float,
+                    nesterov: bool, maximize: bool, first_step: bool,
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Allowed absolute errors of one torch.optim.SGD step: (for the parameter after the step,
+    for the momentum buffer after the step, None when momentum == 0).
+
+    Inputs are the reference side's values BEFORE the step (arrays of one dtype, float32 or
+    float64; `buffer` None on the first step or when momentum == 0). The step, per element,
+    as torch computes it (γ = lr, μ = momentum, τ = dampening, λ = weight_decay):
+
+        g  = -grad if maximize else grad              (exact)
+        g  = g + λ·θ                                   if λ != 0
+        b  = g  (first step)  or  μ·b + (1 - τ)·g      if μ != 0
+        g  = g + μ·b  if nesterov  else  b             if μ != 0
+        θ' = θ - γ·g
+
+    Error model: every `x + α·y` may be computed with one rounding (fma) or two (α·y rounded,
+    then the sum), and every scalar may first be rounded to the dtype (1 - τ is taken as Python
+    computes it, in double). `_linear` bounds the distance of any such computation from the
+    exact value, step by step (errors carried forward), with the unit roundoff u = 2^-24
+    (float32) or 2^-53 (float64); the intermediate magnitudes come from the reference's values
+    in float64. The reference and the implementation are each within that bound E of the exact
+    result, so the budget is 2·E plus one subnormal spacing. It admits any correct rounding
+    order and rejects, in float64, a step wrong by one part in a million. Where an input or an
+    intermediate is not finite the budget is inf (compare still demands the non-finite values
+    agree)."""
+    param, grad = np.asarray(param), np.asarray(grad)
+    dtype = _float_dtype(param)
+    if grad.dtype != dtype or (buffer is not None and np.asarray(buffer).dtype != dtype):
+        raise TypeError("param, grad and buffer must share one dtype")
+    if momentum != 0 and first_step != (buffer is None):
+        raise ValueError("with momentum, the first step has no buffer and later steps have one")
+    fmt = _format(dtype)
+
+    theta = _exact(param)
+    g = _exact(-grad if maximize else grad)
+    if weight_decay != 0:
+        g = _axpy(g, weight_decay, theta, fmt)
+    b: _Bounded | None = None
+    if momentum != 0:
+        if buffer is None:  # the first step: b = g, a copy
+            b = g
+        else:
+            b = _linear([(momentum, _exact(buffer)), (1 - dampening, g)], fmt)
+        g = _axpy(g, momentum, b, fmt) if nesterov else b
+    theta = _axpy(theta, -lr, g, fmt)
+    return _allowed(theta, fmt), None if b is None else _allowed(b, fmt)

@@ -1,0 +1,23 @@
+"""Hypothesis settings for conformance runs: `ci` (the default), `dev` (quick) and `thorough`.
+
+Counts are per state-machine test; `pytest conformance` runs one test per dtype, so the ci
+profile generates 2 × 1,000 programs. The example database is Hypothesis's default directory,
+`.hypothesis/` in the working directory: a failure found once is replayed first next time.
+"""
+
+from __future__ import annotations
+
+from hypothesis import HealthCheck, settings
+
+_COMMON = {
+    "deadline": None,  # the per-action timeout bounds a hang; timing belongs in benchmarks
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
+                              HealthCheck.filter_too_much],
+    "stateful_step_count": 12,
+}
+
+PROFILES: dict[str, settings] = {
+    "dev": settings(max_examples=50, **_COMMON),
+    "ci": settings(max_examples=1000, **_COMMON),
+    "thorough": settings(max_examples=25_000, **{**_COMMON, "stateful_step_count": 30}),
+}

@@ -1,0 +1,100 @@
+"""A conformance case as plain data: the setup (model, dtype, optimizer groups and
+hyperparameters) and the program (the user's actions, in order). JSON round-trippable, so a
+failing case can be stored in a report and replayed exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.models import ModelSpec
+
+HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
+
+# What users do, and the arguments each action takes (all JSON values).
+ACTION_KINDS = {
+    "backward": "forward on a fresh batch, then loss.backward(); grads accumulate if not cleared",
+    "backward_twice": "loss.backward(retain_graph=True), then loss.backward() again",
+    "zero_grad": "optimizer.zero_grad(set_to_none=...)",
+    "step": "optimizer.step()",
+    "step_closure": "optimizer.step(closure): the closure zeroes grads, runs forward/backward and "
+                    "returns the loss",
+    "set_hyperparameter": "param_groups[group][name] = value, as a scheduler does",
+    "add_param_group": "optimizer.add_param_group with parameters in no group yet",
+    "freeze": "parameter.requires_grad_(False)",
+    "unfreeze": "parameter.requires_grad_(True)",
+    "save_load": "state_dict() loaded into a fresh optimizer; source 'self' (each side its own), "
+                 "'reference' (torch's state loaded into the implementation too) or "
+                 "'implementation' (the implementation's state loaded into torch too)",
+}
+
+
+@dataclass(frozen=True)
+class Group:
+    params: tuple[str, ...]  # parameter names, in order
+    options: dict[str, Any] = field(default_factory=dict)  # overrides of the defaults
+
+    def to_json(self) -> dict[str, Any]:
+        return {"params": list(self.params), "options": dict(self.options)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Group:
+        return cls(tuple(data["params"]), dict(data["options"]))
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: ModelSpec
+    dtype: str  # "float32" | "float64"
+    defaults: dict[str, Any]  # SGD's constructor keyword arguments
+    groups: tuple[Group, ...]
+    tensor_lr: bool = False  # every lr (defaults, groups, changes) as a 1-element tensor
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model.to_json(), "dtype": self.dtype,
+                "defaults": dict(self.defaults), "groups": [g.to_json() for g in self.groups],
+                "tensor_lr": self.tensor_lr}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Setup:
+        return cls(ModelSpec.from_json(data["model"]), data["dtype"], dict(data["defaults"]),
+                   tuple(Group.from_json(g) for g in data["groups"]), bool(data["tensor_lr"]))
+
+    def grouped(self) -> set[str]:
+        return {name for group in self.groups for name in group.params}
+
+
+@dataclass(frozen=True)
+class Action:
+    kind: str
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ACTION_KINDS:
+            raise ValueError(f"unknown action {self.kind!r}")
+
+    def __str__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.args.items())
+        return f"{self.kind}({args})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "args": dict(self.args)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Action:
+        return cls(data["kind"], dict(data["args"]))
+
+
+@dataclass(frozen=True)
+class Case:
+    setup: Setup
+    actions: tuple[Action, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"setup": self.setup.to_json(), "actions": [a.to_json() for a in self.actions]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Case:
+        return cls(Setup.from_json(data["setup"]),
+                   tuple(Action.from_json(a) for a in data["actions"]))

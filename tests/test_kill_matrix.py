@@ -1,0 +1,36 @@
+"""The self-check: the ci profile kills every catalogued mutant and passes every correct
+optimizer (conformance.mutants). Seeds are fixed so CI is reproducible; the time each mutant
+took to be caught is printed at the end of the run (the kill matrix)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import mutants
+from conformance.profiles import PROFILES
+from conformance.runner import run
+
+KILL_MATRIX: dict[str, tuple[bool, float | None, int]] = {}  # name -> killed, seconds, programs
+
+
+@pytest.mark.parametrize("mutant", mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS,
+                         ids=lambda m: m.name)
+def test_ci_profile_kills_mutant(mutant: mutants.Mutant) -> None:
+    settings = PROFILES["ci"]
+    if mutant.kind == "optimizer":
+        result = run(mutant.target, settings=settings, seed=0, shrink=False)
+    else:
+        with mutants.load(mutant.target)():
+            result = run("refimpl", settings=settings, seed=0, shrink=False)
+    KILL_MATRIX[mutant.name] = (not result.passed, result.seconds_to_failure,
+                                result.coverage.programs)
+    assert not result.passed, f"{mutant.name} survived {result.coverage.programs} programs"
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("target", mutants.CORRECT_OPTIMIZERS)
+def test_ci_profile_passes_correct_optimizer(target: str, dtype: str) -> None:
+    """As `pytest conformance --optimizer TARGET` runs it (default mode: ulp)."""
+    result = run(target, dtypes=(dtype,), settings=PROFILES["ci"], seed=0)
+    assert result.passed, str(result.divergence)
+    assert result.coverage.programs >= PROFILES["ci"].max_examples
