@@ -527,7 +527,8 @@ def _rng(*words: int) -> np.random.Generator:
 def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None
                    ) -> dict[str, np.ndarray]:
     """The initial parameters: normal × 0.5 (× min(1, 2 / sqrt(fan_in)) for Linear and conv
-    weights) from (seed, name), sometimes with exact zeros. `seed` defaults to spec.seed."""
+    weights) from (seed, name), sometimes with exact zeros (biases: sometimes all zero).
+    `seed` defaults to spec.seed."""
     out = {}
     for name, shape in spec.parameter_shapes().items():
         rng = _rng(spec.seed if seed is None else seed, zlib.crc32(name.encode()), 0x9A7A)
@@ -537,8 +538,11 @@ def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None
             # saturate softmax or sigmoid (whose gradient p - 1 then cancels).
             scale = min(scale, 1 / math.sqrt(math.prod(shape[1:])))
         values = np.array(rng.standard_normal(shape) * scale)
-        if rng.random() < 0.25:
+        draw = rng.random()
+        if draw < 0.25:
             values[rng.random(shape) < 0.3] = 0.0
+        elif draw < 0.5 and spec.kind != "graph" and name.endswith(".bias"):
+            values[...] = 0.0  # zero-initialised, as biases often are
         out[name] = np.array(values, dtype=dtype)
     return out
 

@@ -495,15 +495,16 @@ def mean_grad_not_divided() -> AbstractContextManager[None]:
         "mean", 0, lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim))
 
 
-def _expand_first_copy(g: np.ndarray, y: Any, x: Any, shape: tuple[int, ...]) -> np.ndarray:
-    lead = g.ndim - x.ndim
-    return g[(0,) * lead + tuple(slice(0, 1) if n == 1 else slice(None) for n in x.shape)]
+def mse_grad_not_doubled() -> AbstractContextManager[None]:
+    """mse_loss's derivative forgets the 2 of d(x - t)²/dx; exposed by any model trained on
+    mse with an output off its target."""
+    return patched_rule("mse_loss", 0, lambda g, y, x, t, reduction: _mse_half(g, x, t,
+                                                                              reduction))
 
 
-def expand_grad_not_summed() -> AbstractContextManager[None]:
-    """expand's derivative keeps the first copy's gradient instead of summing over the copies;
-    exposed by expanding a size-1 (or missing) dimension to more than one."""
-    return patched_rule("expand", 0, _expand_first_copy)
+def _mse_half(g: np.ndarray, x: np.ndarray, t: np.ndarray, reduction: str) -> np.ndarray:
+    scale = 1.0 / x.size if reduction == "mean" else 1.0
+    return (scale * (x - t) * g).astype(x.dtype)  # BUG: the 2 is missing
 
 
 def linear_bias_grad_mean() -> AbstractContextManager[None]:
@@ -580,7 +581,7 @@ AUTOGRAD_MUTANTS: tuple[Mutant, ...] = tuple(
         ("sigmoid-grad-plus", sigmoid_grad_plus),
         ("mul-grad-swapped", mul_grad_swapped),
         ("mean-grad-not-divided", mean_grad_not_divided),
-        ("expand-grad-not-summed", expand_grad_not_summed),
+        ("mse-grad-not-doubled", mse_grad_not_doubled),
         ("linear-bias-grad-mean", linear_bias_grad_mean),
         ("log-softmax-grad-no-softmax", log_softmax_grad_no_softmax),
         ("exp-grad-identity", exp_grad_identity),

@@ -449,3 +449,19 @@ def sgd_step_budget(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | No
         g = _axpy(g, momentum, b, fmt) if nesterov else b
     theta = _axpy(theta, -lr, g, fmt)
     return _allowed(theta, fmt), None if b is None else _allowed(b, fmt)
+
+
+def nesterov_grad_budget(grad_after: np.ndarray, buffer_after: np.ndarray,
+                         buffer_budget: np.ndarray, momentum: float) -> np.ndarray:
+    """Allowed error of `.grad` after a step of torch's foreach path with nesterov (no
+    maximize, no weight decay), which writes g + μ·b into the gradient itself: the buffer's
+    error carried (|μ|·budget(b)) plus both sides' roundings of the sum (one or two each, u
+    of the terms), as in `sgd_step_budget`."""
+    dtype = _float_dtype(np.asarray(grad_after))
+    fmt = _format(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        terms = (np.abs(momentum * np.asarray(buffer_after, np.float64))
+                 + np.abs(np.asarray(grad_after, np.float64)))
+        allowed = abs(momentum) * buffer_budget + 4 * fmt.u * terms * (1 + 8 * fmt.u) \
+            + 4 * fmt.eta + fmt.tiny
+    return np.where(np.isnan(allowed), np.inf, allowed)

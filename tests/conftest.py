@@ -17,6 +17,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    _kill_matrix(terminalreporter)
     module = sys.modules.get("tests.test_ops")
     table = getattr(module, "ULP_TABLE", None)
     if not table:
@@ -39,3 +40,15 @@ def _fmt(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.3g}" if value else "0"
+
+
+def _kill_matrix(terminalreporter: Any) -> None:
+    module = sys.modules.get("tests.test_kill_matrix")
+    matrix = getattr(module, "KILL_MATRIX", None)
+    if not matrix:
+        return
+    terminalreporter.section("kill matrix (ci profile, seed 0): mutant, killed, time to kill")
+    for name, (killed, seconds, programs) in matrix.items():
+        when = f"{seconds:.2f} s" if seconds is not None else "-"
+        terminalreporter.write_line(f"{name:36s} {'killed' if killed else 'SURVIVED':9s} "
+                                    f"{when:>9s}  ({programs} programs)")

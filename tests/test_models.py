@@ -331,14 +331,15 @@ def test_gradient_scales_hold_chance_cancellations(spec: M.ModelSpec, dtype: str
 
 
 def test_loss_scale_holds_outputs_close_to_targets() -> None:
-    # mse of an output within 1.6e-4 of its target: the loss (2.5e-8) keeps the output's error.
-    spec = M.ModelSpec(kind="mlp", input_shape=(1, 4), loss="mse", seed=3792,
+    # mse of an output close to its target: the tiny loss keeps the output's error (seed and
+    # batch found by search).
+    spec = M.ModelSpec(kind="mlp", input_shape=(1, 4), loss="mse", seed=3013,
                        layers=(L("linear", 2), L("gelu_tanh"), L("linear", 1)))
     ours, theirs = M.build(spec, "float32", "refimpl"), M.build(spec, "float32", "torch")
-    a, b = ours.loss(924).detach().numpy(), theirs.loss(924).detach().numpy()
+    a, b = ours.loss(670).detach().numpy(), theirs.loss(670).detach().numpy()
     budget = spec.grad_ulp_budget("float32")
     assert M.grad_error_ulps(a, b) > budget
-    scale = M.loss_scale(spec, "float32", theirs.values(), 924)
+    scale = M.loss_scale(spec, "float32", theirs.values(), 670)
     assert M.grad_error_ulps(a, b, scale) <= budget / 8
     summed = M.ModelSpec(kind="graph", input_shape=(2, 2), loss="sum", seed=0,
                          params=(P("p0", ()),), ops=(G("sub", ("x", "p0")),))

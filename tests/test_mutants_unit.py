@@ -354,10 +354,9 @@ def _mean() -> list[np.ndarray]:
     return _grads(x.mean(), x)
 
 
-def _expand() -> list[np.ndarray]:
+def _mse() -> list[np.ndarray]:
     x = _leaf([[1.0, 2.0, 3.0]])
-    weights = refimpl.tensor(np.arange(12, dtype=np.float64).reshape(4, 3))
-    return _grads((x.expand(4, 3) * weights).sum(), x)
+    return _grads(RF.mse_loss(x, refimpl.tensor(np.array([[0.5, 2.0, -1.0]]))), x)
 
 
 def _linear() -> list[np.ndarray]:
@@ -384,7 +383,7 @@ PROBES: dict[str, Callable[[], list[np.ndarray]]] = {
     "sigmoid-grad-plus": _sigmoid,
     "mul-grad-swapped": _mul,
     "mean-grad-not-divided": _mean,
-    "expand-grad-not-summed": _expand,
+    "mse-grad-not-doubled": _mse,
     "linear-bias-grad-mean": _linear,
     "log-softmax-grad-no-softmax": _log_softmax,
     "exp-grad-identity": _exp,
