@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 import refimpl
 from conformance import models as M
+from conformance import strategies as S
 from refimpl.ops import OPS
 
 BUDGET_EXAMPLES = int(os.environ.get("MODELS_BUDGET_EXAMPLES", "1000"))
@@ -49,7 +50,7 @@ def _bits(array: np.ndarray) -> bytes:
 
 
 @QUICK
-@given(M.model_specs())
+@given(S.model_specs())
 def test_json_round_trip(spec: M.ModelSpec) -> None:
     data = spec.to_json()
     assert _plain_json(data)
@@ -59,7 +60,7 @@ def test_json_round_trip(spec: M.ModelSpec) -> None:
 
 
 @QUICK
-@given(M.model_specs())
+@given(S.model_specs())
 def test_parameter_names_and_facts(spec: M.ModelSpec) -> None:
     names = spec.parameter_names()
     assert len(set(names)) == len(names) >= 1
@@ -118,7 +119,7 @@ def test_invalid_specs_are_refused(fields: dict[str, Any]) -> None:
 
 
 @QUICK
-@given(M.model_specs(), st.sampled_from(M.DTYPES))
+@given(S.model_specs(), st.sampled_from(M.DTYPES))
 def test_twins_start_bit_identical(spec: M.ModelSpec, dtype: str) -> None:
     ours, theirs = M.build(spec, dtype, "refimpl"), M.build(spec, dtype, "torch")
     assert (ours.lib, theirs.lib) == ("refimpl", "torch")
@@ -150,7 +151,7 @@ def test_initial_values_have_zeros_and_ordinary_scale() -> None:
 
 
 @QUICK
-@given(M.model_specs(), st.sampled_from(M.DTYPES), st.integers(0, 2**63 - 1))
+@given(S.model_specs(), st.sampled_from(M.DTYPES), st.integers(0, 2**63 - 1))
 def test_batches_are_deterministic_and_valid(spec: M.ModelSpec, dtype: str, seed: int) -> None:
     a, b = M.batch(spec, dtype, seed), M.batch(spec, dtype, seed)
     assert set(a) == {"x", "y"}
@@ -226,7 +227,7 @@ def test_refimpl_within_grad_budget_of_torch() -> None:
 
     @settings(max_examples=BUDGET_EXAMPLES, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(M.model_specs(), st.sampled_from(M.DTYPES), st.integers(0, 2**32 - 1))
+    @given(S.model_specs(), st.sampled_from(M.DTYPES), st.integers(0, 2**32 - 1))
     def check(spec: M.ModelSpec, dtype: str, batch_seed: int) -> None:
         ratios = _compare(spec, dtype, batch_seed)
         key = (dtype, spec.kind)
@@ -365,7 +366,7 @@ def test_zero_gradients_and_cancelling_values_are_found() -> None:
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-@given(M.model_specs())
+@given(S.model_specs())
 def test_drawn_specs_have_no_zero_gradients(spec: M.ModelSpec) -> None:
     assert not (M.zero_gradient_parameters(spec) - set(spec.frozen))
     assert M.cancelling_op(spec) is None
@@ -410,7 +411,7 @@ def test_strategies_cover_kinds_losses_ops_and_features() -> None:
 
     @settings(max_examples=600, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
-    @given(M.model_specs())
+    @given(S.model_specs())
     def collect(spec: M.ModelSpec) -> None:
         seen.update(_features(spec))
 
@@ -444,11 +445,11 @@ def _minimal(strategy: st.SearchStrategy[M.ModelSpec], condition: Any) -> M.Mode
 
 
 def test_strategies_shrink_to_one_linear_with_mse() -> None:
-    spec = _minimal(M.model_specs(), lambda s: True)
+    spec = _minimal(S.model_specs(), lambda s: True)
     assert spec == M.ModelSpec(kind="mlp", input_shape=(1, 1), loss="mse", seed=0,
                                layers=(L("linear", 1),))
-    graph = _minimal(M.model_specs(), lambda s: s.kind == "graph")
+    graph = _minimal(S.model_specs(), lambda s: s.kind == "graph")
     assert len(graph.ops) == 1 and graph.loss == "mse" and not graph.frozen
     assert graph.input_shape == (1, 1) and len(graph.params) == 1
-    conv = _minimal(M.model_specs(), lambda s: s.kind == "conv2d" and s.loss == "nll")
+    conv = _minimal(S.model_specs(), lambda s: s.kind == "conv2d" and s.loss == "nll")
     assert conv.input_shape[0] == 1 and conv.layers[-1].out == 2 and len(conv.layers) == 4
