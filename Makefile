@@ -14,8 +14,9 @@ venv: .venv/.installed
 	$(PIP) install --quiet -e '.[test]'
 	touch $@
 
+# The main job: refimpl against torch, ci profile; the report lands in reports/<run-id>/.
 run: venv
-	$(PY) -m conformance.demo
+	.venv/bin/conformance run --optimizer refimpl --profile ci
 
 # pytest exits 5 when it collected nothing: that is a failure, never a pass. The conformance
 # suite runs with a fixed seed here so CI is reproducible; `pytest conformance` alone explores.

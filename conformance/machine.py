@@ -463,6 +463,16 @@ class Coverage:
             self.hyperparameters.add(repr(sorted(merged.items())) + repr(setup.tensor_lr))
         self.group_layouts.add(repr([len(g.params) for g in setup.groups]))
 
+    def merge(self, other: Coverage) -> None:
+        self.programs += other.programs
+        self.actions += other.actions
+        for mine, theirs in ((self.action_kinds, other.action_kinds),
+                             (self.model_kinds, other.model_kinds),
+                             (self.losses, other.losses), (self.dtypes, other.dtypes)):
+            mine.update(theirs)
+        self.hyperparameters |= other.hyperparameters
+        self.group_layouts |= other.group_layouts
+
     def to_json(self) -> dict[str, Any]:
         return {"programs": self.programs, "actions": self.actions,
                 "action_kinds": dict(sorted(self.action_kinds.items())),
@@ -486,6 +496,7 @@ class SGDMachine(RuleBasedStateMachine):
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     coverage: ClassVar[Coverage]
     last_case: ClassVar[Case | None] = None
+    on_program: ClassVar[Callable[[Coverage], None] | None] = None  # progress reporting
 
     def __init__(self) -> None:
         super().__init__()
@@ -496,6 +507,8 @@ class SGDMachine(RuleBasedStateMachine):
         setup = data.draw(strategies.setups(type(self).dtypes), label="setup")
         self.twins = Twins(setup, implementation(self.implementation), self.mode, self.timeout)
         type(self).coverage.add_setup(setup)
+        if type(self).on_program is not None:
+            type(self).on_program(type(self).coverage)
 
     def _do(self, action: Action) -> None:
         assert self.twins is not None

@@ -5,6 +5,7 @@ the CLI and the mutant kill matrix all call `run`."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,9 +36,12 @@ class RunResult:
 
 def run(impl: str, *, mode: Mode | None = None, dtypes: tuple[str, ...] = ("float32", "float64"),
         settings: Settings, seed: int | None = None, timeout: float | None = 10.0,
-        shrink: bool = True) -> RunResult:
-    """Checks `impl` ("refimpl" or "module:Class") against torch under `settings`."""
+        shrink: bool = True, on_program: Callable[[Coverage], None] | None = None
+        ) -> RunResult:
+    """Checks `impl` ("refimpl" or "module:Class") against torch under `settings`;
+    `on_program(coverage)` is called as each program starts (progress)."""
     cls = machine(impl, mode, timeout, dtypes)
+    cls.on_program = on_program
     first_failure: list[float] = []
     start = time.perf_counter()
     original = cls._do
@@ -54,6 +58,8 @@ def run(impl: str, *, mode: Mode | None = None, dtypes: tuple[str, ...] = ("floa
     if seed is not None:
         cls._hypothesis_internal_use_seed = seed  # what @hypothesis.seed sets
     options: dict[str, Any] = {"report_multiple_bugs": False}
+    if seed is not None:  # a seeded run is exactly reproducible: no replay of saved examples
+        options["database"] = None
     if not shrink:
         options["phases"] = [p for p in settings.phases if p.name != "shrink"]
     divergence, case = None, None

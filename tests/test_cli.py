@@ -1,0 +1,113 @@
+"""`conformance run / replay / mutants`: exit codes, the report files, repro scripts, replay,
+determinism and atomic writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from conformance import report
+from conformance.__main__ import main
+
+
+def _target(name: str) -> str:
+    from conformance.mutants import OPTIMIZER_MUTANTS
+    return next(m.target for m in OPTIMIZER_MUTANTS if m.name == name)
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[int, Path | None]:
+    code = main(["run", "--profile", "dev", "--examples", "20", "--seed", "1",
+                 "--report-dir", str(tmp_path / "reports"), *args])
+    runs = sorted((tmp_path / "reports").glob("*")) if (tmp_path / "reports").exists() else []
+    return code, runs[-1] if runs else None
+
+
+def test_conformant_run_exits_0_and_writes_a_passing_report(tmp_path: Path) -> None:
+    code, run_dir = _run(tmp_path, "--optimizer", "torch.optim:SGD", "--junit",
+                         str(tmp_path / "j.xml"))
+    assert code == 0 and run_dir is not None
+    data = json.loads((run_dir / "report.json").read_text())
+    assert data["schema_version"] == report.SCHEMA_VERSION and data["result"] == "pass"
+    assert data["failures"] == [] and data["coverage"]["programs"] >= 40
+    suite = ET.parse(tmp_path / "j.xml").getroot()
+    assert suite.get("tests") == "2" and suite.get("failures") == "0"
+    assert "conforms to" in (run_dir / "report.md").read_text()
+
+
+def test_divergent_run_exits_1_with_first_divergence_and_a_repro(tmp_path: Path) -> None:
+    code, run_dir = _run(tmp_path, "--optimizer", _target("maximize-ignored"))
+    assert code == 1 and run_dir is not None
+    data = json.loads((run_dir / "report.json").read_text())
+    assert data["result"] == "fail" and data["failures"]
+    first = data["failures"][0]["first_divergence"]
+    for key in ("action_index", "action", "group", "parameter", "tensor", "index", "expected",
+                "actual", "abs_error", "ulp_error"):
+        assert key in first
+    assert first["tensor"] in ("param", "momentum_buffer")
+    assert json.loads(json.dumps(data)) == data  # plain JSON
+    suite = ET.parse(run_dir / "junit.xml").getroot()
+    assert suite.get("failures") == str(len(data["failures"]))
+    # the repro fails with the same first divergence, and passes once the optimizer is fixed
+    repro = run_dir / data["failures"][0]["repro"]
+    env = dict(os.environ, PYTHONPATH=str(Path.cwd()))
+    done = subprocess.run([sys.executable, str(repro)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert first["action"] in done.stdout
+    fixed = tmp_path / "fixed.py"
+    fixed.write_text(repro.read_text().replace(_target("maximize-ignored"),
+                                               "conformance.mutants:CorrectSGD"))
+    done = subprocess.run([sys.executable, str(fixed)], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0 and "conforms" in done.stdout, done.stdout + done.stderr
+    # replay prints the same first divergence
+    assert main(["replay", str(run_dir / "report.json")]) == 1
+
+
+def test_same_seed_gives_the_same_report_apart_from_created(tmp_path: Path) -> None:
+    _, first = _run(tmp_path, "--optimizer", _target("lr-read-once"), "--dtype", "float64")
+    _, second = _run(tmp_path, "--optimizer", _target("lr-read-once"), "--dtype", "float64")
+    assert first != second
+    a = json.loads((first / "report.json").read_text())
+    b = json.loads((second / "report.json").read_text())
+    a.pop("created"), b.pop("created")
+    assert a == b
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["run", "--optimizer", "no_such_module_xyz:SGD"], "cannot import"),
+    (["run", "--optimizer", "json:loads"], "is not a class"),
+    (["run", "--optimizer", "refimpl", "--examples", "0"], "--examples must be at least 1"),
+    (["replay", "does-not-exist.json"], "cannot read"),
+])
+def test_configuration_errors_exit_2_with_one_line(args: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--no-such-option"])
+    assert exit_info.value.code == 2
+
+
+def test_interrupted_write_leaves_no_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    data = {"created": "2026-01-01T00:00:00+00:00", "implementation": "x", "failures": [],
+            "result": "pass", "settings": {"dtypes": []}, "coverage": {}, "environment": {}}
+
+    def interrupted(_: dict) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report, "markdown", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write(data, tmp_path)
+    assert list(tmp_path.iterdir()) == []
