@@ -10,10 +10,13 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from conformance import report
 from conformance.__main__ import main
+
+SCHEMA = json.loads((Path(report.__file__).parent / "report_schema.json").read_text())
 
 
 def _target(name: str) -> str:
@@ -35,6 +38,7 @@ def test_conformant_run_exits_0_and_writes_a_passing_report(tmp_path: Path) -> N
     data = json.loads((run_dir / "report.json").read_text())
     assert data["schema_version"] == report.SCHEMA_VERSION and data["result"] == "pass"
     assert data["failures"] == [] and data["coverage"]["programs"] >= 40
+    jsonschema.validate(data, SCHEMA)
     suite = ET.parse(tmp_path / "j.xml").getroot()
     assert suite.get("tests") == "2" and suite.get("failures") == "0"
     assert "conforms to" in (run_dir / "report.md").read_text()
@@ -51,6 +55,7 @@ def test_divergent_run_exits_1_with_first_divergence_and_a_repro(tmp_path: Path)
         assert key in first
     assert first["tensor"] in ("param", "momentum_buffer")
     assert json.loads(json.dumps(data)) == data  # plain JSON
+    jsonschema.validate(data, SCHEMA)
     suite = ET.parse(run_dir / "junit.xml").getroot()
     assert suite.get("failures") == str(len(data["failures"]))
     # the repro fails with the same first divergence, and passes once the optimizer is fixed
@@ -111,3 +116,10 @@ def test_interrupted_write_leaves_no_report(tmp_path: Path, monkeypatch: pytest.
     with pytest.raises(KeyboardInterrupt):
         report.write(data, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_schema_rejects_a_report_missing_its_first_divergence() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    broken = {"schema_version": 1, "created": "x", "result": "maybe"}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, SCHEMA)
