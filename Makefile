@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: run test lint bench venv
+.PHONY: run test lint bench venv walkthrough
 
 venv: .venv/.installed
 
@@ -26,3 +26,7 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_autograd.py
+
+# Regenerates the README walkthrough (docs/walkthrough.md, docs/report.png); needs chromium.
+walkthrough: venv
+	scripts/walkthrough.sh

@@ -101,6 +101,8 @@ class Divergence:
     detail: str = ""  # for non-array differences: what each side had
     traceback: str | None = None
     others: list[dict[str, Any]] = field(default_factory=list)  # every other diverging tensor
+    shape: list[int] | None = None  # the diverging tensor's shape, and its ULP error per
+    ulp_errors: list[float] | None = None  # element (C order; the first 4,096), for the report
 
     def __str__(self) -> str:
         where = self.tensor + (f" of {self.parameter}" if self.parameter else "") + \
@@ -123,7 +125,8 @@ class Divergence:
         return {"action_index": self.action_index, "action": self.action,
                 "tensor": self.tensor, "parameter": self.parameter, "group": self.group,
                 "mismatch": None if self.mismatch is None else self.mismatch.to_dict(),
-                "detail": self.detail, "traceback": self.traceback, "others": self.others}
+                "detail": self.detail, "traceback": self.traceback, "others": self.others,
+                "shape": self.shape, "ulp_errors": self.ulp_errors}
 
 
 class DivergenceFound(AssertionError):
@@ -205,10 +208,45 @@ class Twins:
         if not found:
             return None
         first, rest = found[0], found[1:]
+        self._attach_errors(first)
         first.others = [{"tensor": d.tensor, "parameter": d.parameter,
                          "mismatch": None if d.mismatch is None else d.mismatch.to_dict(),
                          "detail": d.detail} for d in rest]
         return first
+
+    def _attach_errors(self, divergence: Divergence) -> None:
+        """The diverging tensor's ULP error per element (where both sides have it)."""
+        pair = self._tensor_pair(divergence.tensor, divergence.parameter)
+        if pair is None or pair[0].shape != pair[1].shape or pair[0].dtype != pair[1].dtype:
+            return
+        errors = oracle.ulp_distance(pair[1], pair[0]).reshape(-1)[:4096]
+        divergence.shape = list(pair[0].shape)
+        divergence.ulp_errors = [float(e) if np.isfinite(e) else -1.0 for e in errors]
+
+    def _tensor_pair(self, tensor: str, name: str | None
+                     ) -> tuple[np.ndarray, np.ndarray] | None:
+        ref, side = self.reference.observe(), self.side.observe()
+        table = {"param": (ref.params, side.params), "grad": (ref.grads, side.grads),
+                 "momentum_buffer": (ref.buffers, side.buffers)}
+        if tensor not in table or name is None:
+            return None
+        expected, actual = table[tensor][0].get(name), table[tensor][1].get(name)
+        return None if expected is None or actual is None else (expected, actual)
+
+    def error_profile(self) -> float:
+        """After an action: the largest ULP distance between the two sides over every
+        parameter, grad and buffer they both have (inf where NaN or infinities differ)."""
+        ref, side = self.reference.observe(), self.side.observe()
+        worst = 0.0
+        for table_ref, table_side in ((ref.params, side.params), (ref.grads, side.grads),
+                                      (ref.buffers, side.buffers)):
+            for name, expected in table_ref.items():
+                actual = table_side.get(name)
+                if expected is None or actual is None or expected.shape != actual.shape:
+                    continue
+                worst = max(worst, float(oracle.ulp_distance(actual, expected).max(
+                    initial=0.0)))
+        return worst
 
     def _save_load(self, source: str) -> tuple[Outcome, Outcome]:
         ref, side = self.reference, self.side
@@ -423,6 +461,28 @@ def _group_difference(expected: list[dict[str, Any]], actual: list[dict[str, Any
                 return (f"group {i} {key}: torch {e.get(key, '<missing>')}, the implementation "
                         f"{a.get(key, '<missing>')}")
     return "groups differ"
+
+
+def error_per_action(case: Case, impl: Implementation | str, mode: Mode | None = None,
+                     timeout: float | None = 10.0) -> list[float]:
+    """Replays a case and returns, after each action (synchronised before it, so each value is
+    that action's own error), the largest ULP distance between the two sides; it stops after
+    the first divergence. -1 marks an action whose error cannot be measured (an exception)."""
+    impl = implementation(impl) if isinstance(impl, str) else impl
+    twins = Twins(case.setup, impl, mode, timeout)
+    profile = []
+    for action in case.actions:
+        divergence = twins.run(action)
+        if twins.setup_error.error is not None:
+            return [-1.0]
+        try:
+            error = twins.error_profile()
+        except Exception:
+            error = -1.0
+        profile.append(error if np.isfinite(error) else -1.0)
+        if divergence is not None:
+            break
+    return profile
 
 
 def replay(case: Case, impl: Implementation | str, mode: Mode | None = None,

@@ -123,3 +123,41 @@ def test_schema_rejects_a_report_missing_its_first_divergence() -> None:
     broken = {"schema_version": 1, "created": "x", "result": "maybe"}
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, SCHEMA)
+
+
+def test_html_report_is_self_contained_and_escapes_every_value(tmp_path: Path) -> None:
+    from html.parser import HTMLParser
+
+    hostile = "<script>alert('x')</script>"
+    data = {
+        "schema_version": 1, "created": "2026-01-01T00:00:00+00:00", "result": "fail",
+        "implementation": hostile, "environment": {"torch": hostile}, "coverage":
+        {"programs": 1, "actions": 2}, "settings": {"dtypes": ["float32"], "mode": hostile},
+        "failures": [{
+            "dtype": "float32", "program": [{"kind": "step", "args": {"x": hostile}}],
+            "repro": "repro_1.py", "error_per_action": [0.0, 3.0, -1.0],
+            "first_divergence": {"action_index": 1, "action": hostile, "group": 0,
+                                 "parameter": hostile, "tensor": "param", "index": [0, 1],
+                                 "expected": 1.0, "actual": 2.0, "abs_error": 1.0,
+                                 "ulp_error": 3.0, "reason": hostile, "detail": hostile,
+                                 "traceback": hostile, "shape": [2, 3],
+                                 "ulp_errors": [0, 1, 2, 3, -1, 0]}}],
+    }
+    page = report.html(data)
+    assert "<script" not in page and "&lt;script&gt;" in page
+
+    class Collect(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list) -> None:
+            self.tags.append(tag)
+            for name, value in attrs:
+                assert not (name == "src" and not value.startswith("data:image/png;base64,"))
+
+    parser = Collect()
+    parser.feed(page)
+    parser.close()
+    assert parser.tags.count("img") == 2  # error per action, error map: both inline
+    assert "link" not in parser.tags and "script" not in parser.tags  # self-contained
