@@ -44,7 +44,8 @@ def test_conformant_run_exits_0_and_writes_a_passing_report(tmp_path: Path) -> N
     assert "conforms to" in (run_dir / "report.md").read_text()
 
 
-def test_divergent_run_exits_1_with_first_divergence_and_a_repro(tmp_path: Path) -> None:
+def test_divergent_run_exits_1_with_first_divergence_and_a_repro(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, run_dir = _run(tmp_path, "--optimizer", _target("maximize-ignored"))
     assert code == 1 and run_dir is not None
     data = json.loads((run_dir / "report.json").read_text())
@@ -72,7 +73,11 @@ def test_divergent_run_exits_1_with_first_divergence_and_a_repro(tmp_path: Path)
                           env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0 and "conforms" in done.stdout, done.stdout + done.stderr
     # replay prints the same first divergence
+    capsys.readouterr()
     assert main(["replay", str(run_dir / "report.json")]) == 1
+    printed = capsys.readouterr().out
+    assert printed.startswith(f"action {first['action_index']} {first['action']}: "
+                              f"{first['tensor']} of {first['parameter']}")
 
 
 def test_same_seed_gives_the_same_report_apart_from_created(tmp_path: Path) -> None:
@@ -161,3 +166,16 @@ def test_html_report_is_self_contained_and_escapes_every_value(tmp_path: Path) -
     parser.close()
     assert parser.tags.count("img") == 2  # error per action, error map: both inline
     assert "link" not in parser.tags and "script" not in parser.tags  # self-contained
+
+
+def test_mutants_command_prints_the_kill_matrix(monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from conformance import mutants
+
+    catalogue = {m.name: m for m in mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS}
+    monkeypatch.setattr(mutants, "OPTIMIZER_MUTANTS", (catalogue["lr-read-once"],))
+    monkeypatch.setattr(mutants, "AUTOGRAD_MUTANTS", (catalogue["mse-grad-not-doubled"],))
+    assert main(["mutants", "--profile", "dev"]) == 0
+    out = capsys.readouterr().out
+    assert "lr-read-once" in out and "mse-grad-not-doubled" in out
+    assert out.count("killed") == 2 and "SURVIVED" not in out
