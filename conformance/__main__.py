@@ -164,7 +164,8 @@ def _mutants(args: argparse.Namespace) -> int:
 
     survived = 0
     print(f"{'mutant':36s} {'kind':9s} {'result':8s} {'time to kill':>12s}  programs")
-    for mutant in mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS:
+    for mutant in mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS + \
+            mutants.THOROUGH_MUTANTS:
         seconds, programs, killed = 0.0, 0, False
         for dtype in ("float32", "float64"):
             if mutant.kind == "optimizer":
@@ -180,7 +181,7 @@ def _mutants(args: argparse.Namespace) -> int:
                 killed = True
                 break
             seconds += result.seconds
-        survived += not killed
+        survived += not killed and mutant not in mutants.THOROUGH_MUTANTS
         when = f"{seconds:.2f} s" if killed else "-"
         print(f"{mutant.name:36s} {mutant.kind:9s} {'killed' if killed else 'SURVIVED':8s} "
               f"{when:>12s}  {programs}", flush=True)

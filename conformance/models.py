@@ -551,12 +551,15 @@ _TIES = np.array([-1.5, -1.0, -0.25, 0.0, 0.5, 1.25, 2.0])
 
 
 def _floats(rng: np.random.Generator, shape: Shape, mode: int) -> np.ndarray:
-    """mode 0: normal values; 1: with exact zeros (both signs); 2: few distinct values (ties);
+    """mode 0: normal values; 1: with exact zeros (both signs; the last of several samples all
+    zero); 2: few distinct values (ties);
     3: repeats (elements and rows copied from others)."""
     values = np.array(rng.standard_normal(shape))
     if mode == 1:
         zeros = rng.random(shape) < 0.35
         values[zeros] = np.copysign(0.0, rng.standard_normal(shape))[zeros]
+        if len(shape) >= 2 and shape[0] > 1:
+            values[-1] = 0.0  # an all-zero sample (padding): layers see exactly their bias
     elif mode == 2:
         values = np.array(rng.choice(_TIES, size=shape))
     elif mode == 3:

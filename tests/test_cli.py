@@ -175,6 +175,7 @@ def test_mutants_command_prints_the_kill_matrix(monkeypatch: pytest.MonkeyPatch,
     catalogue = {m.name: m for m in mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS}
     monkeypatch.setattr(mutants, "OPTIMIZER_MUTANTS", (catalogue["lr-read-once"],))
     monkeypatch.setattr(mutants, "AUTOGRAD_MUTANTS", (catalogue["mse-grad-not-doubled"],))
+    monkeypatch.setattr(mutants, "THOROUGH_MUTANTS", ())
     assert main(["mutants", "--profile", "dev"]) == 0
     out = capsys.readouterr().out
     assert "lr-read-once" in out and "mse-grad-not-doubled" in out

@@ -21,6 +21,7 @@ from conformance.mutants import (
     AUTOGRAD_MUTANTS,
     CORRECT_OPTIMIZERS,
     OPTIMIZER_MUTANTS,
+    THOROUGH_MUTANTS,
     CorrectSGD,
     Mutant,
     TwiceRoundedSGD,
@@ -396,10 +397,10 @@ def _equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def test_every_autograd_mutant_has_a_probe() -> None:
-    assert set(PROBES) == {m.name for m in AUTOGRAD_MUTANTS}
+    assert set(PROBES) == {m.name for m in AUTOGRAD_MUTANTS + THOROUGH_MUTANTS}
 
 
-@pytest.mark.parametrize("mutant", AUTOGRAD_MUTANTS, ids=lambda m: m.name)
+@pytest.mark.parametrize("mutant", AUTOGRAD_MUTANTS + THOROUGH_MUTANTS, ids=lambda m: m.name)
 def test_autograd_mutant_changes_a_gradient_and_restores_ops(mutant: Mutant) -> None:
     probe, factory = PROBES[mutant.name], load(mutant.target)
     rows = dict(OPS)
