@@ -340,27 +340,8 @@ class LrReadOnce(CorrectSGD):
     """The learning rate is read once at construction, so later changes to param_groups' lr (and
     schedulers, and other groups' lr) are ignored; exposed by changing lr between steps."""
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, foreach=foreach, differentiable=differentiable,
-                         fused=fused)
-        self.lr = lr
-
     def _lr(self, group):
-        return _to_scalar(self.lr)  # BUG: should read group["lr"] at every step
+        return _to_scalar(self.defaults["lr"])  # BUG: should read group["lr"] at every step
 
 
 class LrOffByOnePpm(CorrectSGD):
