@@ -12,6 +12,7 @@ more `Implementation` (and a `Lib` for its tensors), not a change elsewhere.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ import refimpl
 import refimpl.optim
 from conformance import models
 from conformance.bridge import state_dict_to_refimpl, state_dict_to_torch, torch_capability
+from conformance.options import ARGUMENT_OF, HYPERPARAMETERS, RunOptions
 from conformance.oracle import Mode
 from conformance.program import Action, Setup
 
@@ -96,10 +98,13 @@ class Implementation(Protocol):
     name: str  # "refimpl" or "module:Class"
     lib: str  # whose autograd computes the gradients
     default_mode: Mode  # how its optimizer's results are judged unless told otherwise
+    state_key: str  # where its state keeps a parameter's momentum buffer
 
+    def accepts(self, argument: str) -> bool: ...
     def optimizer(self, params: Any, **kwargs: Any) -> Any: ...
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]: ...
-    def to_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]: ...
+    def to_torch_state(self, state_dict: dict[str, Any],
+                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]: ...
 
 
 class RefimplImplementation:
@@ -109,6 +114,10 @@ class RefimplImplementation:
     name = "refimpl"
     lib = "refimpl"
     default_mode: Mode = "exact"
+    state_key = "momentum_buffer"
+
+    def accepts(self, argument: str) -> bool:
+        return argument in inspect.signature(refimpl.optim.SGD).parameters
 
     def optimizer(self, params: Any, **kwargs: Any) -> Any:
         return refimpl.optim.SGD(params, **kwargs, cpu_capability=torch_capability())
@@ -116,7 +125,8 @@ class RefimplImplementation:
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         return state_dict_to_refimpl(state_dict)
 
-    def to_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
+    def to_torch_state(self, state_dict: dict[str, Any],
+                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         return state_dict_to_torch(state_dict)
 
 
@@ -126,27 +136,52 @@ class ImplementationError(ValueError):
 
 class TorchOptimizerImplementation:
     """Any optimizer class constructed like torch.optim.SGD (torch's autograd computes the
-    grads; the class keeps its momentum buffers in `state[p]["momentum_buffer"]`)."""
+    grads; the class keeps a parameter's momentum buffer in `state[p][state_key]`).
+
+    Moving state dicts between it and torch renames that key and, for torch, fills in a
+    hyperparameter the implementation's groups lack (one it was declared not to have) with
+    torch's own default, so a cross-load tests the state, not torch's reading of foreign
+    groups."""
 
     lib = "torch"
     default_mode: Mode = "ulp"
 
-    def __init__(self, target: str) -> None:
-        self.name = target
+    def __init__(self, target: str, state_key: str = "momentum_buffer") -> None:
+        self.name, self.state_key = target, state_key
         self.cls = load_class(target)
+        self.named, self.var_keyword = _arguments(self.cls)
+
+    def accepts(self, argument: str) -> bool:
+        """Whether the constructor names `argument` (a `**kwargs` does not count: torch's
+        implementation flags are passed only to a constructor that names them)."""
+        return argument in self.named
 
     def optimizer(self, params: Any, **kwargs: Any) -> Any:
         return self.cls(params, **kwargs)
 
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        return copy.deepcopy(state_dict)  # never share tensors with the other side
+        state_dict = copy.deepcopy(state_dict)  # never share tensors with the other side
+        for state in state_dict["state"].values():
+            if "momentum_buffer" in state and self.state_key != "momentum_buffer":
+                state[self.state_key] = state.pop("momentum_buffer")
+        return state_dict
 
-    def to_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
-        return copy.deepcopy(state_dict)
+    def to_torch_state(self, state_dict: dict[str, Any],
+                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+        state_dict = copy.deepcopy(state_dict)
+        for state in state_dict.get("state", {}).values():
+            if self.state_key in state and self.state_key != "momentum_buffer":
+                state["momentum_buffer"] = state.pop(self.state_key)
+        for group in state_dict.get("param_groups", []):
+            for key, value in (torch_defaults or {}).items():
+                group.setdefault(key, value)
+        return state_dict
 
 
+@functools.cache
 def load_class(target: str) -> type:
-    """Imports `module:Class` and checks that it can be constructed like torch.optim.SGD."""
+    """Imports `module:Class` (once per process) and checks that it can be constructed like
+    torch.optim.SGD."""
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise ImplementationError(f"expected module:Class, got {target!r}")
@@ -167,17 +202,44 @@ def load_class(target: str) -> type:
         raise ImplementationError(
             f"{target} does not construct like torch.optim.SGD(params, lr=0.1, momentum=0.9): "
             f"{type(error).__name__}: {error}") from error
-    try:
-        inspect.signature(cls).bind([], lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0,
-                                    nesterov=False, maximize=False)
-    except TypeError as error:
-        raise ImplementationError(f"{target} does not take SGD's arguments: {error}") from error
     return cls
 
 
-def implementation(name: str) -> Implementation:
-    """`refimpl` or `module:Class`."""
-    return RefimplImplementation() if name == "refimpl" else TorchOptimizerImplementation(name)
+def _arguments(cls: type) -> tuple[frozenset[str], bool]:
+    """The argument names a constructor takes by keyword, and whether it has `**kwargs`."""
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: assume it takes what SGD takes
+        return frozenset(HYPERPARAMETERS), True
+    named = frozenset(p.name for p in parameters
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def check_surface(impl: Implementation, options: RunOptions) -> None:
+    """Raises ImplementationError when the constructor cannot take an argument the programs
+    will pass (one not declared absent): decided before any program runs."""
+    if not isinstance(impl, TorchOptimizerImplementation) or impl.var_keyword:
+        return
+    for argument in ("lr", "momentum"):
+        if argument not in impl.named:
+            raise ImplementationError(f"{impl.name} does not take {argument}=")
+    for feature, argument in ARGUMENT_OF.items():
+        if options.has(feature) and argument not in impl.named:
+            raise ImplementationError(
+                f"{impl.name} does not take {argument}=; if it has no {feature}, declare it "
+                f"with --without {feature}")
+
+
+def implementation(name: str | RunOptions) -> Implementation:
+    """`refimpl` or `module:Class` (or the implementation of a run's options, with its state
+    key and its declared surface checked)."""
+    options = name if isinstance(name, RunOptions) else RunOptions(name)
+    if options.implementation == "refimpl":
+        return RefimplImplementation()
+    impl = TorchOptimizerImplementation(options.implementation, options.state_key)
+    check_surface(impl, options)
+    return impl
 
 
 REFERENCE = "torch.optim:SGD"
@@ -198,22 +260,57 @@ class Observation:
 
 
 class Side:
-    """A model and an optimizer of one implementation, driven by actions."""
+    """A model and an optimizer of one implementation, driven by actions. `flags` are torch's
+    implementation flags of the reference path; the optimizer gets those its constructor
+    names."""
 
-    def __init__(self, impl: Implementation, setup: Setup) -> None:
+    def __init__(self, impl: Implementation, setup: Setup,
+                 flags: dict[str, bool] | None = None) -> None:
         self.impl, self.setup = impl, setup
         self.lib = LIBS[impl.lib]
+        self.state_key = impl.state_key
+        self.flags = {k: v for k, v in (flags or {}).items() if impl.accepts(k)}
         self.model = models.build(setup.model, setup.dtype, impl.lib)
         self.params: dict[str, Any] = dict(self.model.parameters)
         self.names = {id(p): name for name, p in self.params.items()}
-        groups = [{"params": [self.params[n] for n in g.params], **self._options(g.options)}
-                  for g in setup.groups]
-        self.optimizer = impl.optimizer(groups, **self._options(setup.defaults))
+        self.optimizer = self._construct([g.to_json() for g in setup.groups], setup.defaults)
+
+    def _construct(self, groups: list[dict[str, Any]], defaults: dict[str, Any],
+                   flaw: str | None = None) -> Any:
+        """The optimizer over `groups` (names and options, as in the program's JSON);
+        `flaw` makes the parameter list invalid (see `_flawed`)."""
+        built = [{"params": [self.params[n] for n in g["params"]], **self._options(g["options"])}
+                 for g in groups]
+        if flaw == "duplicate":  # a parameter in two groups
+            built.append({"params": built[0]["params"][:1]})
+        elif flaw is not None:
+            built[0]["params"] = self._flawed(built[0]["params"], flaw)
+        return self.impl.optimizer(built, **self._options(defaults), **self.flags)
+
+    def _flawed(self, params: list[Any], flaw: str) -> list[Any]:
+        """A parameter list torch rejects: one of the optimizer's parameters again
+        ("duplicate": added as a group, it is then in two groups), a tensor computed from a
+        leaf ("non-leaf") or a Python number ("non-tensor")."""
+        if flaw == "duplicate":
+            grouped = [p for g in self.optimizer.param_groups for p in g["params"]]
+            return [*params, grouped[0]]
+        if flaw == "non-leaf":
+            with self.lib.grad_enabled():
+                leaf = self.lib.tensor(np.ones(2, dtype=self.setup.dtype)).requires_grad_()
+                return [*params, leaf * 2]
+        if flaw == "non-tensor":
+            return [*params, 1.0]
+        raise ValueError(f"unknown flaw {flaw!r}")
 
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """Hyperparameters as the program states them, with lr as a tensor where the setup
+        says so (a list is a tensor lr of several elements, which torch rejects)."""
         out = dict(options)
-        if self.setup.tensor_lr and "lr" in out:
-            out["lr"] = self.lib.scalar(out["lr"])
+        lr = out.get("lr")
+        if isinstance(lr, list):
+            out["lr"] = self.lib.tensor(np.array(lr, dtype=np.float64))
+        elif self.setup.tensor_lr and lr is not None:
+            out["lr"] = self.lib.scalar(lr)
         return out
 
     def _loss(self, batch: int) -> Any:
@@ -231,7 +328,10 @@ class Side:
             loss.backward()
             return self.lib.numpy(loss)
         if action.kind == "zero_grad":
-            self.optimizer.zero_grad(set_to_none=a["set_to_none"])
+            if a["set_to_none"]:
+                self.optimizer.zero_grad()  # the default, as most code calls it
+            else:
+                self.optimizer.zero_grad(set_to_none=False)
             return None
         if action.kind == "step":
             self.optimizer.step()
@@ -249,13 +349,18 @@ class Side:
             return None if result is None else self.lib.numpy(result)
         if action.kind == "set_hyperparameter":
             group = self.optimizer.param_groups[a["group"] % len(self.optimizer.param_groups)]
-            value = a["value"]
-            group[a["name"]] = self.lib.scalar(value) if a["name"] == "lr" and \
-                self.setup.tensor_lr else value
+            group[a["name"]] = self._options({a["name"]: a["value"]})[a["name"]]
             return None
         if action.kind == "add_param_group":
-            self.optimizer.add_param_group(
-                {"params": [self.params[n] for n in a["params"]], **self._options(a["options"])})
+            params = [self.params[n] for n in a["params"]]
+            if a.get("flaw"):
+                params = self._flawed(params, a["flaw"])
+            self.optimizer.add_param_group({"params": params, **self._options(a["options"])})
+            return None
+        if action.kind == "construct":
+            groups = [{"params": [self.names[id(p)] for p in g["params"] if id(p) in self.names],
+                       "options": {}} for g in self.optimizer.param_groups]
+            self.optimizer = self._construct(groups, a["options"], a.get("flaw"))
             return None
         if action.kind in ("freeze", "unfreeze"):
             self.params[a["param"]].requires_grad_(action.kind == "unfreeze")
@@ -265,7 +370,12 @@ class Side:
     def fresh_optimizer(self) -> Any:
         """A new optimizer over the same parameter groups, built from the setup's defaults."""
         groups = [{"params": list(g["params"])} for g in self.optimizer.param_groups]
-        return self.impl.optimizer(groups, **self._options(self.setup.defaults))
+        return self.impl.optimizer(groups, **self._options(self.setup.defaults), **self.flags)
+
+    def buffer(self, p: Any) -> Any:
+        """The momentum buffer of `p`, or None."""
+        state = self.optimizer.state.get(p) if p in self.optimizer.state else None
+        return (state or {}).get(self.state_key)
 
     def observe(self) -> Observation:
         params, grads, buffers, requires_grad = {}, {}, {}, {}
@@ -273,8 +383,7 @@ class Side:
             params[name] = self.lib.numpy(p)
             grads[name] = None if p.grad is None else self.lib.numpy(p.grad)
             requires_grad[name] = bool(p.requires_grad)
-            state = self.optimizer.state.get(p) if p in self.optimizer.state else None
-            buffer = (state or {}).get("momentum_buffer")
+            buffer = self.buffer(p)
             buffers[name] = None if buffer is None else self.lib.numpy(buffer)
         groups = []
         for group in self.optimizer.param_groups:
@@ -304,7 +413,6 @@ class Side:
             if grads_only:
                 continue
             self.lib.assign(p, reference.params[name])
-            state = self.optimizer.state.get(p) if p in self.optimizer.state else None
-            buffer = (state or {}).get("momentum_buffer")
+            buffer = self.buffer(p)
             if buffer is not None and reference.buffers[name] is not None:
                 self.lib.assign(buffer, reference.buffers[name])

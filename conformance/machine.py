@@ -16,8 +16,11 @@ a `Divergence`; `replay` runs a recorded `Case` the same way, outside Hypothesis
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import signal
 import threading
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -36,6 +39,12 @@ from conformance.implementations import (
     Side,
     TorchOptimizerImplementation,
     implementation,
+)
+from conformance.options import (
+    IMPLEMENTATION_FLAGS,
+    PATH_FLAGS,
+    RunOptions,
+    torch_writes_grad,
 )
 from conformance.oracle import Mismatch, Mode
 from conformance.program import Action, Case, Setup
@@ -72,6 +81,7 @@ class Outcome:
     loss: np.ndarray | None = None
     error: tuple[str, str] | None = None  # exception type name, message
     traceback: str | None = None
+    error_type: type[BaseException] | None = None
 
 
 def _run(call: Callable[[], np.ndarray | None], timeout: float | None) -> Outcome:
@@ -82,7 +92,18 @@ def _run(call: Callable[[], np.ndarray | None], timeout: float | None) -> Outcom
         raise
     except BaseException as error:  # a faulty implementation must never crash the harness
         return Outcome(error=(type(error).__name__, str(error)),
-                       traceback=traceback.format_exc())
+                       traceback=traceback.format_exc(), error_type=type(error))
+
+
+def same_error(expected: Outcome, actual: Outcome, strict: bool) -> bool:
+    """Both raised or neither did; strict: the same class and message, semantic: the
+    implementation's exception is an instance of torch's class (the message is only shown)."""
+    if expected.error is None or actual.error is None:
+        return expected.error is None and actual.error is None
+    if strict:
+        return expected.error == actual.error
+    assert expected.error_type is not None and actual.error_type is not None
+    return issubclass(actual.error_type, expected.error_type)
 
 
 # --- divergences ---------------------------------------------------------------------------------
@@ -103,6 +124,14 @@ class Divergence:
     others: list[dict[str, Any]] = field(default_factory=list)  # every other diverging tensor
     shape: list[int] | None = None  # the diverging tensor's shape, and its ULP error per
     ulp_errors: list[float] | None = None  # element (C order; the first 4,096), for the report
+    overwritten: str | None = None  # a grad a step changed: "implementation" or "torch"
+    features: list[str] = field(default_factory=list)  # the hyperparameter features in play
+    kind: str = ""  # the action's kind
+
+    @property
+    def key(self) -> dict[str, Any]:
+        """What distinct failures are told apart by."""
+        return {"tensor": self.tensor, "action": self.kind, "features": list(self.features)}
 
     def __str__(self) -> str:
         where = self.tensor + (f" of {self.parameter}" if self.parameter else "") + \
@@ -126,7 +155,8 @@ class Divergence:
                 "tensor": self.tensor, "parameter": self.parameter, "group": self.group,
                 "mismatch": None if self.mismatch is None else self.mismatch.to_dict(),
                 "detail": self.detail, "traceback": self.traceback, "others": self.others,
-                "shape": self.shape, "ulp_errors": self.ulp_errors}
+                "shape": self.shape, "ulp_errors": self.ulp_errors,
+                "overwritten": self.overwritten, "features": self.features}
 
 
 class DivergenceFound(AssertionError):
@@ -139,21 +169,22 @@ class DivergenceFound(AssertionError):
 
 
 class Twins:
-    """The reference and the implementation under test, stepped through one program."""
+    """The reference and the implementation under test, stepped through one program, judged
+    under `options` (contract, mode, reference path, declared surface)."""
 
-    def __init__(self, setup: Setup, impl: Implementation, mode: Mode | None = None,
-                 timeout: float | None = 10.0) -> None:
-        self.setup, self.impl = setup, impl
-        self.mode: Mode = mode or impl.default_mode
-        self.timeout = timeout
+    def __init__(self, setup: Setup, impl: Implementation, options: RunOptions) -> None:
+        self.setup, self.impl, self.options = setup, impl, options
+        self.mode: Mode = options.mode or impl.default_mode
+        self.strict = options.strict
+        self.timeout = options.timeout
         self.actions: list[Action] = []
         self._batch: tuple[dict[str, np.ndarray], int] | None = None
-        self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup)
-        built = _run(lambda: self._build(), timeout)
-        self.setup_error = built  # construction failures are reported by the first action
+        flags = PATH_FLAGS[options.reference_path]
+        self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+        self.setup_error = _run(lambda: self._build(flags), self.timeout)
 
-    def _build(self) -> None:
-        self.side = Side(self.impl, self.setup)
+    def _build(self, flags: dict[str, bool]) -> None:
+        self.side = Side(self.impl, self.setup, flags)
 
     @property
     def case(self) -> Case:
@@ -166,8 +197,9 @@ class Twins:
         if self.setup_error.error is not None:
             return Divergence(index, str(action), "exception",
                               detail=f"constructing the optimizer raised "
-                                     f"{self.setup_error.error[0]}: {self.setup_error.error[1]}",
-                              traceback=self.setup_error.traceback)
+                                     f"{self.setup_error.error[0]}: {self.setup_error.error[1]}"
+                                     " (torch constructs it)",
+                              traceback=self.setup_error.traceback, kind="construct")
         before = self.reference.observe()
         # what the error scales of refimpl's grads are computed from: the parameters before
         # the action and its batch (grads accumulated over earlier batches only add terms)
@@ -178,7 +210,7 @@ class Twins:
             return Divergence(index, str(action), "exception",
                               detail="synchronising the implementation's state raised "
                                      f"{synced.error[0]}: {synced.error[1]}",
-                              traceback=synced.traceback)
+                              traceback=synced.traceback, kind=action.kind)
         closure_checks: list[Divergence] = []
         pre_step = before
         if action.kind == "save_load":
@@ -203,16 +235,32 @@ class Twins:
         else:
             expected = _run(lambda: self.reference.apply(action), None)
             actual = _run(lambda: self.side.apply(action), self.timeout)
-        found = self._compare(index, action, expected, actual, pre_step)
-        found = closure_checks + found
+        found = closure_checks + self._compare(index, action, expected, actual, pre_step)
         if not found:
             return None
+        groups_of = {name: g for g in pre_step.groups for name in g["params"]}
+        for divergence in found:
+            divergence.kind = action.kind
+            divergence.features = self._features(groups_of.get(divergence.parameter or ""))
         first, rest = found[0], found[1:]
         self._attach_errors(first)
         first.others = [{"tensor": d.tensor, "parameter": d.parameter,
                          "mismatch": None if d.mismatch is None else d.mismatch.to_dict(),
-                         "detail": d.detail} for d in rest]
+                         "detail": d.detail, "overwritten": d.overwritten} for d in rest]
         return first
+
+    def _features(self, group: dict[str, Any] | None) -> list[str]:
+        """The hyperparameter features of a parameter's group that were in play."""
+        if group is None:
+            return []
+        on = {"momentum": _value(group, "momentum") != 0,
+              "dampening": _value(group, "momentum") != 0 and
+              _value(group, "dampening") != 0,
+              "nesterov": bool(group.get("nesterov")),
+              "weight-decay": _value(group, "weight_decay") != 0,
+              "maximize": bool(group.get("maximize")),
+              "tensor-lr": self.setup.tensor_lr}
+        return [name for name, active in on.items() if active]
 
     def _attach_errors(self, divergence: Divergence) -> None:
         """The diverging tensor's ULP error per element (where both sides have it)."""
@@ -268,7 +316,8 @@ class Twins:
             if source == "implementation":
                 if "state" not in own:
                     raise RuntimeError("the implementation's state_dict() failed")
-                ref_fresh.load_state_dict(self.impl.to_torch_state(own["state"]))
+                ref_fresh.load_state_dict(self.impl.to_torch_state(
+                    own["state"], ref.optimizer.defaults))
             else:
                 ref_fresh.load_state_dict(ref_state)
             ref.optimizer = ref_fresh
@@ -282,7 +331,7 @@ class Twins:
                  pre_step: Observation) -> list[Divergence]:
         found: list[Divergence] = []
         new = lambda tensor, **kw: Divergence(index, str(action), tensor, **kw)
-        if expected.error != actual.error:
+        if not same_error(expected, actual, self.strict):
             found.append(new("exception", detail=f"torch raised {_fmt_error(expected.error)}, "
                                                  f"the implementation {_fmt_error(actual.error)}",
                              traceback=actual.traceback))
@@ -295,10 +344,9 @@ class Twins:
             if mismatch is not None:
                 found.append(new("loss", mismatch=mismatch))
         ref_obs, side_obs = self.reference.observe(), self.side.observe()
-        ref_groups = _comparable_groups(ref_obs.groups)
-        side_groups = _comparable_groups(side_obs.groups)
-        if ref_groups != side_groups:
-            found.append(new("param_groups", detail=_group_difference(ref_groups, side_groups)))
+        difference = self._group_difference(ref_obs.groups, side_obs.groups)
+        if difference:
+            found.append(new("param_groups", detail=difference))
         stepped = action.kind in ("step", "step_closure")
         computed = action.kind in ("backward", "backward_twice", "step_closure")
         groups_of = {name: g for g in pre_step.groups for name in g["params"]}
@@ -308,7 +356,7 @@ class Twins:
             group_index = next((i for i, g in enumerate(ref_obs.groups)
                                 if name in g["params"]), None)
             budgets = self._step_budgets(name, pre_step, groups_of.get(name)) \
-                if stepped else (None, None)
+                if stepped and self.mode == "ulp" else (None, None)
             e_buf, a_buf = ref_obs.buffers[name], side_obs.buffers[name]
             if (e_buf is None) != (a_buf is None):
                 found.append(new("momentum_buffer", parameter=name, group=group_index,
@@ -329,6 +377,27 @@ class Twins:
                                         f"implementation {side_obs.requires_grad[name]}"))
         return found
 
+    def _group_difference(self, expected: list[dict[str, Any]], actual: list[dict[str, Any]]
+                          ) -> str:
+        """How the implementation's param_groups differ from torch's, or "". Strict: every
+        key and value. Semantic: torch's hyperparameters (those the programs use) present and
+        equal, by value (a tensor lr may be held as a number); torch's implementation flags
+        only where the implementation was given them and stores them; other keys are the
+        implementation's own."""
+        if len(expected) != len(actual):
+            return f"torch has {len(expected)} groups, the implementation {len(actual)}"
+        for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
+            if self.strict:
+                keys = sorted(set(e) | set(a))
+            else:
+                flags = [k for k in IMPLEMENTATION_FLAGS if k in a and k in self.side.flags]
+                keys = ["params", *self.options.required_group_keys(), *flags]
+            for key in keys:
+                want, got = e.get(key, _MISSING), a.get(key, _MISSING)
+                if not _same_value(want, got, self.strict):
+                    return f"group {i} {key}: torch {_show(want)}, the implementation {_show(got)}"
+        return ""
+
     def _compare_grads(self, index: int, action: Action, ref_obs: Observation,
                        side_obs: Observation, computed: bool, stepped: bool = False,
                        groups: dict[str, dict[str, Any]] | None = None,
@@ -340,19 +409,54 @@ class Twins:
                 found.append(Divergence(index, str(action), "grad", parameter=name,
                                         detail=f"torch has {_presence(expected)}, the "
                                                f"implementation {_presence(actual)}"))
-            elif expected is not None and actual is not None:
-                group = (groups or {}).get(name)
-                if stepped and self.mode != "exact" and group is not None and pre is not None \
-                        and _writes_grad(group):
-                    # torch's foreach nesterov step wrote g + μb into .grad: judged as a step
-                    mismatch = self._compare_step(expected, actual, self._grad_after_budget(
-                        name, pre, group, ref_obs), True)
-                else:
-                    mismatch = self._compare_values(expected, actual, computed, name)
-                if mismatch is not None:
-                    found.append(Divergence(index, str(action), "grad", parameter=name,
-                                            mismatch=mismatch))
+                continue
+            if expected is None or actual is None:
+                continue
+            group = (groups or {}).get(name)
+            if stepped and group is not None and pre is not None and torch_writes_grad(group):
+                mismatch = self._grad_after_nesterov(name, pre, group, ref_obs, actual)
+            else:
+                mismatch = self._compare_values(expected, actual, computed, name)
+            if mismatch is not None:
+                before = pre.grads.get(name) if stepped and pre is not None else None
+                overwritten = None
+                if before is not None and before.shape == actual.shape:
+                    torch_kept = oracle.bitwise_equal(expected, before)
+                    side_kept = oracle.bitwise_equal(actual, before)
+                    overwritten = "implementation" if torch_kept and not side_kept else \
+                        "torch" if side_kept and not torch_kept else None
+                found.append(Divergence(index, str(action), "grad", parameter=name,
+                                        mismatch=mismatch, overwritten=overwritten))
         return found
+
+    def _grad_after_nesterov(self, name: str, pre: Observation, group: dict[str, Any],
+                             ref_obs: Observation, actual: np.ndarray) -> Mismatch | None:
+        """`.grad` after a nesterov step (no maximize, no weight decay), where torch's foreach
+        path writes g + μb into it and its for-loop path leaves it alone. Strict: as the
+        reference path did (the written value judged as a step). Semantic: either is
+        conforming: untouched, or g + μb within the step's error model."""
+        expected, before = ref_obs.grads[name], pre.grads[name]
+        assert expected is not None and before is not None
+        written = not oracle.bitwise_equal(expected, before)
+        if self.strict and not written:
+            return oracle.compare(expected, actual, "exact")
+        if not self.strict and actual.shape == before.shape and \
+                oracle.bitwise_equal(actual, before):
+            return None
+        buffer_after = ref_obs.buffers[name]
+        if buffer_after is None:  # torch's step did not run: nothing to accept
+            return oracle.compare(expected, actual, "exact")
+        momentum = _value(group, "momentum")
+        if not written:  # the value torch's foreach path would have written, from its inputs
+            with np.errstate(all="ignore"):
+                expected = (before.astype(np.float64) + momentum *
+                            buffer_after.astype(np.float64)).astype(before.dtype)
+        if self.mode == "exact" and written:
+            return oracle.compare(expected, actual, "exact")
+        buffer_budget = self._step_budgets(name, pre, group)[1]
+        assert buffer_budget is not None
+        return oracle.compare(expected, actual, "ulp", oracle.nesterov_grad_budget(
+            expected, buffer_after, buffer_budget, momentum))
 
     def _compare_values(self, expected: np.ndarray, actual: np.ndarray, computed: bool,
                         parameter: str | None = None) -> Mismatch | None:
@@ -360,7 +464,11 @@ class Twins:
         made both (or nothing was computed since synchronising); from refimpl's autograd,
         within the model's ULP budget, in ULPs of the tensor's largest magnitude or, where
         the result cancelled, of the terms it summed (`models.gradient_magnitudes`,
-        `models.loss_scale`; computed only when the first check fails)."""
+        `models.loss_scale`; computed only when the first check fails). In tolerance mode,
+        computed values are judged with assert_close's tolerances (a compiled closure's
+        gradients may differ from eager ones by a rounding)."""
+        if computed and self.mode == "tolerance":
+            return oracle.compare(expected, actual, "tolerance")
         if not computed or self.impl.lib == "torch":
             return oracle.compare(expected, actual, "exact")
         ulps = self.setup.model.grad_ulp_budget(self.setup.dtype)
@@ -398,21 +506,14 @@ class Twins:
         return oracle.compare(expected, actual, "ulp",
                               0.0 if budget is None else budget)
 
-    def _grad_after_budget(self, name: str, pre: Observation, group: dict[str, Any],
-                           after: Observation) -> np.ndarray | None:
-        buffer_budget = self._step_budgets(name, pre, group)[1]
-        if buffer_budget is None or after.buffers[name] is None:
-            return None
-        return oracle.nesterov_grad_budget(after.grads[name], after.buffers[name],
-                                           buffer_budget, _value(group, "momentum"))
-
     def _step_budgets(self, name: str, pre: Observation, group: dict[str, Any] | None
                       ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The error model's budgets for one parameter's step (None: it must not move)."""
+        """The error model's budgets for one parameter's step, from torch's group and state
+        before it (None: it must not move)."""
         grad = pre.grads[name]
-        if self.mode != "ulp" or group is None or grad is None:
+        if group is None or grad is None:
             return None, None
-        value = lambda key: group[key][1] if isinstance(group[key], tuple) else group[key]
+        value = lambda key: _value(group, key)
         momentum = value("momentum")
         buffer = pre.buffers[name] if momentum != 0 else None
         return oracle.sgd_step_budget(
@@ -428,14 +529,6 @@ def _value(group: dict[str, Any], key: str) -> Any:
     return value[1] if isinstance(value, tuple) else value
 
 
-def _writes_grad(group: dict[str, Any]) -> bool:
-    """torch 2.13's foreach nesterov path (no maximize, no weight decay) writes g + μb into
-    .grad during the step."""
-    return bool(group.get("foreach")) and bool(group["nesterov"]) and \
-        _value(group, "momentum") != 0 and not group["maximize"] and \
-        _value(group, "weight_decay") == 0
-
-
 def _fmt_error(error: tuple[str, str] | None) -> str:
     return "nothing" if error is None else f"{error[0]}: {error[1]}"
 
@@ -448,53 +541,116 @@ def _presence(value: np.ndarray | None) -> str:
     return "None" if value is None else f"a tensor of shape {tuple(value.shape)}"
 
 
-def _comparable_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: (repr(v) if isinstance(v, float) else v) for k, v in g.items()} for g in groups]
+_MISSING = object()
 
 
-def _group_difference(expected: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
-    if len(expected) != len(actual):
-        return f"torch has {len(expected)} groups, the implementation {len(actual)}"
-    for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
-        for key in sorted(set(e) | set(a)):
-            if e.get(key, "<missing>") != a.get(key, "<missing>"):
-                return (f"group {i} {key}: torch {e.get(key, '<missing>')}, the implementation "
-                        f"{a.get(key, '<missing>')}")
-    return "groups differ"
+def _show(value: Any) -> str:
+    if value is _MISSING:
+        return "<missing>"
+    return f"tensor({value[1]!r})" if isinstance(value, tuple) else repr(value)
 
 
-def error_per_action(case: Case, impl: Implementation | str, mode: Mode | None = None,
-                     timeout: float | None = 10.0) -> list[float]:
-    """Replays a case and returns, after each action (synchronised before it, so each value is
-    that action's own error), the largest ULP distance between the two sides; it stops after
-    the first divergence. -1 marks an action whose error cannot be measured (an exception)."""
-    impl = implementation(impl) if isinstance(impl, str) else impl
-    twins = Twins(case.setup, impl, mode, timeout)
-    profile = []
-    for action in case.actions:
-        divergence = twins.run(action)
-        if twins.setup_error.error is not None:
-            return [-1.0]
+def _same_value(expected: Any, actual: Any, strict: bool) -> bool:
+    """Group values: strict, as observed (a float by its repr, so -0.0 != 0.0; a tensor lr only
+    as a tensor); semantic, numbers by value (a tensor lr may be held as a number)."""
+    if expected is _MISSING or actual is _MISSING:
+        return expected is actual
+    if strict:
+        show = lambda v: repr(v) if isinstance(v, float) else v
+        return bool(show(expected) == show(actual))
+    number = lambda v: v[1] if isinstance(v, tuple) and len(v) == 2 and v[0] == "tensor" else v
+    expected, actual = number(expected), number(actual)
+    if isinstance(expected, float) or isinstance(actual, float):
         try:
-            error = twins.error_profile()
-        except Exception:
-            error = -1.0
-        profile.append(error if np.isfinite(error) else -1.0)
-        if divergence is not None:
-            break
-    return profile
+            return float(expected) == float(actual) or (
+                np.isnan(float(expected)) and np.isnan(float(actual)))
+        except (TypeError, ValueError):
+            return False
+    try:
+        return bool(expected == actual)
+    except Exception:  # a value whose comparison raises is not torch's value
+        return False
 
 
-def replay(case: Case, impl: Implementation | str, mode: Mode | None = None,
-           timeout: float | None = 10.0) -> Divergence | None:
+def _options(target: Implementation | str | RunOptions, options: RunOptions | None
+             ) -> tuple[Implementation, RunOptions]:
+    """The implementation and the options of a replay."""
+    if isinstance(target, RunOptions):
+        return implementation(target), target
+    options = options or RunOptions(target if isinstance(target, str) else target.name)
+    return (implementation(options) if isinstance(target, str) else target), options
+
+
+def replay(case: Case, target: Implementation | str | RunOptions,
+           options: RunOptions | None = None) -> Divergence | None:
     """Runs a recorded case; returns its first divergence (None: it conforms)."""
-    impl = implementation(impl) if isinstance(impl, str) else impl
-    twins = Twins(case.setup, impl, mode, timeout)
+    impl, options = _options(target, options)
+    twins = Twins(case.setup, impl, options)
     for action in case.actions:
         divergence = twins.run(action)
         if divergence is not None:
             return divergence
     return None
+
+
+@dataclass
+class History:
+    """A replayed case, action by action, up to its first divergence."""
+
+    divergence: Divergence | None
+    error_per_action: list[float]  # the largest ULP distance after each action; -1: unknown
+    trajectory: dict[str, Any] | None  # the diverging element on both sides after each action
+
+
+def history(case: Case, target: Implementation | str | RunOptions,
+            options: RunOptions | None = None, element: Divergence | None = None) -> History:
+    """Replays a case (synchronised before each action, so each error is that action's own)
+    and records the largest ULP distance after each action and the values of `element`'s
+    tensor element (a recorded divergence; default: the replay's own) on both sides."""
+    impl, options = _options(target, options)
+    twins = Twins(case.setup, impl, options)
+    errors: list[float] = []
+    seen: list[tuple[Observation | None, Observation | None]] = []
+    divergence = None
+    for action in case.actions:
+        divergence = twins.run(action)
+        if twins.setup_error.error is not None:
+            return History(divergence, [-1.0], None)
+        try:
+            error = twins.error_profile()
+            seen.append((twins.reference.observe(), twins.side.observe()))
+        except Exception:  # whatever the implementation holds, the report is written
+            error = -1.0
+            seen.append((None, None))
+        errors.append(error if np.isfinite(error) else -1.0)
+        if divergence is not None:
+            break
+    return History(divergence, errors, _trajectory(element or divergence, seen))
+
+
+def _trajectory(divergence: Divergence | None,
+                seen: list[tuple[Observation | None, Observation | None]]
+                ) -> dict[str, Any] | None:
+    if divergence is None or divergence.parameter is None or divergence.mismatch is None:
+        return None
+    tables = {"param": "params", "grad": "grads", "momentum_buffer": "buffers"}
+    if divergence.tensor not in tables:
+        return None
+    index = tuple(divergence.mismatch.index)
+
+    def element(observation: Observation | None) -> float | str | None:
+        if observation is None:
+            return None
+        array = getattr(observation, tables[divergence.tensor]).get(divergence.parameter)
+        if array is None or array.ndim != len(index) or \
+                any(i >= n for i, n in zip(index, array.shape, strict=True)):
+            return None
+        value = float(array[index])
+        return value if np.isfinite(value) else str(value)
+
+    return {"tensor": divergence.tensor, "parameter": divergence.parameter,
+            "index": list(index), "expected": [element(r) for r, _ in seen],
+            "actual": [element(s) for _, s in seen]}
 
 
 # --- coverage ------------------------------------------------------------------------------------
@@ -548,37 +704,53 @@ class Coverage:
 
 class SGDMachine(RuleBasedStateMachine):
     """Rules are what users do; after each, every observable must match torch (see Twins).
-    Configure a subclass with `machine(...)`."""
+    A feature the options declare absent is never exercised. Configure a subclass with
+    `machine(...)`."""
 
-    implementation: ClassVar[str] = "refimpl"
-    mode: ClassVar[Mode | None] = None
-    timeout: ClassVar[float | None] = 10.0
+    options: ClassVar[RunOptions] = RunOptions()
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     coverage: ClassVar[Coverage]
     last_case: ClassVar[Case | None] = None
     on_program: ClassVar[Callable[[Coverage], None] | None] = None  # progress reporting
+    # failures already found (by `failure_class` name): a program that hits one ends quietly
+    known: ClassVar[frozenset[str]] = frozenset()
+    first_failure: ClassVar[tuple[int, float] | None] = None  # programs, perf_counter
 
     def __init__(self) -> None:
         super().__init__()
         self.twins: Twins | None = None
+        self.done = False  # the program hit a known failure: its remaining actions are skipped
+
+    def _has(self, feature: str) -> bool:
+        return type(self).options.has(feature)
 
     @initialize(data=st.data())
     def build(self, data: st.DataObject) -> None:
-        setup = data.draw(strategies.setups(type(self).dtypes), label="setup")
-        self.twins = Twins(setup, implementation(self.implementation), self.mode, self.timeout)
-        type(self).coverage.add_setup(setup)
-        if type(self).on_program is not None:
-            type(self).on_program(type(self).coverage)
+        cls = type(self)
+        setup = data.draw(strategies.setups(cls.dtypes, cls.options.without), label="setup")
+        self.twins = Twins(setup, implementation(cls.options), cls.options)
+        cls.coverage.add_setup(setup)
+        if cls.on_program is not None:
+            cls.on_program(cls.coverage)
 
     def _do(self, action: Action) -> None:
         assert self.twins is not None
+        if self.done:
+            return
         cls = type(self)
         cls.coverage.actions += 1
         cls.coverage.action_kinds[action.kind] += 1
         divergence = self.twins.run(action)
         cls.last_case = self.twins.case
-        if divergence is not None:
-            raise DivergenceFound(divergence, self.twins.case)
+        if divergence is None:
+            return
+        error = failure_class(divergence.key)
+        if error.__name__ in cls.known:
+            self.done = True
+            return
+        if cls.first_failure is None:
+            cls.first_failure = (cls.coverage.programs, time.perf_counter())
+        raise error(divergence, self.twins.case)
 
     @property
     def _setup(self) -> Setup:
@@ -593,18 +765,22 @@ class SGDMachine(RuleBasedStateMachine):
     def backward_twice(self, batch: int) -> None:
         self._do(Action("backward_twice", {"batch": batch}))
 
-    @rule(set_to_none=st.booleans())
-    def zero_grad(self, set_to_none: bool) -> None:
+    @rule(data=st.data())
+    def zero_grad(self, data: st.DataObject) -> None:
+        set_to_none = data.draw(st.booleans(), label="set_to_none") \
+            if self._has("set-to-none-false") else True
         self._do(Action("zero_grad", {"set_to_none": set_to_none}))
 
     @rule()
     def step(self) -> None:
         self._do(Action("step"))
 
+    @precondition(lambda self: self._has("closure"))
     @rule(batch=strategies.batch_seeds())
     def step_closure(self, batch: int) -> None:
         self._do(Action("step_closure", {"batch": batch}))
 
+    @precondition(lambda self: self._has("set-hyperparameter"))
     @rule(data=st.data())
     def set_hyperparameter(self, data: st.DataObject) -> None:
         assert self.twins is not None
@@ -612,8 +788,8 @@ class SGDMachine(RuleBasedStateMachine):
         index = data.draw(st.integers(0, len(groups) - 1), label="group")
         group = groups[index]
         name, value = data.draw(strategies.hyperparameter_change(
-            {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"}),
-            label="change")
+            {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
+            type(self).options.without), label="change")
         self._do(Action("set_hyperparameter", {"group": index, "name": name, "value": value}))
 
     def _ungrouped(self) -> list[str]:
@@ -622,34 +798,76 @@ class SGDMachine(RuleBasedStateMachine):
                    for p in g["params"]}
         return [n for n, p in self.twins.reference.params.items() if id(p) not in grouped]
 
-    @precondition(lambda self: self.twins is not None and bool(self._ungrouped()))
+    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
+                  and bool(self._ungrouped()))
     @rule(data=st.data())
     def add_param_group(self, data: st.DataObject) -> None:
         free = self._ungrouped()
         names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True),
                           label="params")
-        options = data.draw(strategies.group_options(self._setup.defaults), label="options")
+        options = data.draw(strategies.group_options(self._setup.defaults,
+                                                     type(self).options.without),
+                            label="options")
         self._do(Action("add_param_group", {"params": names, "options": options}))
+
+    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
+                  and self._has("invalid-hyperparameters"))
+    @rule(data=st.data())
+    def add_flawed_param_group(self, data: st.DataObject) -> None:
+        free = self._ungrouped()
+        names = data.draw(st.lists(st.sampled_from(free), unique=True), label="params") \
+            if free else []
+        flaw = data.draw(st.sampled_from(strategies.FLAWS), label="flaw")
+        self._do(Action("add_param_group", {"params": names, "options": {}, "flaw": flaw}))
+
+    @precondition(lambda self: self._has("invalid-hyperparameters"))
+    @rule(data=st.data())
+    def construct(self, data: st.DataObject) -> None:
+        arguments = data.draw(strategies.constructions(type(self).options.without),
+                              label="construct")
+        self._do(Action("construct", arguments))
 
     @rule(data=st.data(), freeze=st.booleans())
     def set_requires_grad(self, data: st.DataObject, freeze: bool) -> None:
         name = data.draw(st.sampled_from(self._setup.model.parameter_names()), label="param")
         self._do(Action("freeze" if freeze else "unfreeze", {"param": name}))
 
-    @rule(source=st.sampled_from(["self", "reference", "implementation"]))
-    def save_load(self, source: str) -> None:
-        self._do(Action("save_load", {"source": source}))
+    @precondition(lambda self: self._has("state-dict"))
+    @rule(data=st.data())
+    def save_load(self, data: st.DataObject) -> None:
+        sources = ["self", "reference", "implementation"] if self._has("cross-load") \
+            else ["self"]
+        self._do(Action("save_load", {"source": data.draw(st.sampled_from(sources),
+                                                          label="source")}))
 
 
-def machine(impl: str = "refimpl", mode: Mode | None = None, timeout: float | None = 10.0,
-            dtypes: tuple[str, ...] = ("float32", "float64")) -> type[SGDMachine]:
-    """A state machine class checking `impl` ("refimpl" or "module:Class") against torch."""
-    implementation(impl)  # fail early, with ImplementationError, on a bad module:Class
-    # the name keys Hypothesis's example database: one entry per implementation, mode, dtypes
-    name = f"SGDConformance[{impl}, {mode or 'default'}, {'+'.join(dtypes)}]"
+def failure_class(key: dict[str, Any]) -> type[DivergenceFound]:
+    """One exception class per kind of failure (tensor, action kind, features): Hypothesis
+    tells failures apart by their exception's class, so each kind is shrunk on its own and a
+    shrunk case keeps the kind it was found with."""
+    return _failure_class(json.dumps(key, sort_keys=True))
+
+
+@functools.cache
+def _failure_class(key_json: str) -> type[DivergenceFound]:
+    key = json.loads(key_json)
+    name = f"Divergence[{key['tensor']}@{key['action']}:{'+'.join(key['features']) or '-'}]"
+    return type(name, (DivergenceFound,), {"key": key})
+
+
+def machine(options: RunOptions | str = "refimpl",
+            dtypes: tuple[str, ...] = ("float32", "float64"),
+            known: frozenset[str] = frozenset(), round_: int = 0) -> type[SGDMachine]:
+    """A state machine class checking `options.implementation` against torch; programs that
+    hit a `known` failure (by `failure_class` name) end quietly. Each round of a run has its
+    own entry in Hypothesis's example database."""
+    options = options if isinstance(options, RunOptions) else RunOptions(options)
+    implementation(options)  # fail early, with ImplementationError, on a bad module:Class
+    settings_name = json.dumps(options.to_json(), sort_keys=True)
+    name = f"SGDConformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
     return type(name, (SGDMachine,), {
-        "implementation": impl, "mode": mode, "timeout": timeout, "dtypes": dtypes,
-        "coverage": Coverage(), "last_case": None})
+        "options": options, "dtypes": dtypes, "coverage": Coverage(), "last_case": None,
+        "known": known, "first_failure": None})
 
 
 # --- trajectory ----------------------------------------------------------------------------------
@@ -661,8 +879,9 @@ def trajectory(setup: Setup, impl: Implementation | str, steps: int = 50) -> lis
     parameter of the two sides (inf once NaN or infinities differ). The local checks of `Twins`
     keep budgets from growing; this measures how far the differences carry over a run."""
     impl = implementation(impl) if isinstance(impl, str) else impl
-    reference = Side(TorchOptimizerImplementation(REFERENCE), setup)
-    side = Side(impl, setup)
+    flags = PATH_FLAGS["for-loop"]
+    reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+    side = Side(impl, setup, flags)
     drift = []
     for batch in range(steps):
         for s in (reference, side):

@@ -10,8 +10,6 @@ from typing import Any
 
 from conformance.models import ModelSpec
 
-HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-
 # What users do, and the arguments each action takes (all JSON values).
 ACTION_KINDS = {
     "backward": "forward on a fresh batch, then loss.backward(); grads accumulate if not cleared",
@@ -21,7 +19,12 @@ ACTION_KINDS = {
     "step_closure": "optimizer.step(closure): the closure zeroes grads, runs forward/backward and "
                     "returns the loss",
     "set_hyperparameter": "param_groups[group][name] = value, as a scheduler does",
-    "add_param_group": "optimizer.add_param_group with parameters in no group yet",
+    "add_param_group": "optimizer.add_param_group with parameters in no group yet; with a "
+                       "'flaw', also one torch rejects: 'duplicate' (already in a group), "
+                       "'non-leaf' or 'non-tensor'",
+    "construct": "a new optimizer over the current groups' parameters from these "
+                 "hyperparameters (which may be invalid, or made invalid by a 'flaw' as for "
+                 "add_param_group); where it is built, it replaces the old one",
     "freeze": "parameter.requires_grad_(False)",
     "unfreeze": "parameter.requires_grad_(True)",
     "save_load": "state_dict() loaded into a fresh optimizer; source 'self' (each side its own), "
@@ -60,9 +63,6 @@ class Setup:
     def from_json(cls, data: dict[str, Any]) -> Setup:
         return cls(ModelSpec.from_json(data["model"]), data["dtype"], dict(data["defaults"]),
                    tuple(Group.from_json(g) for g in data["groups"]), bool(data["tensor_lr"]))
-
-    def grouped(self) -> set[str]:
-        return {name for group in self.groups for name in group.params}
 
 
 @dataclass(frozen=True)

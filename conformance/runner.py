@@ -1,75 +1,127 @@
-"""Runs the state machine for one implementation and collects the outcome: the first
-divergence of the shrunk failing case (if any), the coverage, and the times. The pytest test,
-the CLI and the mutant kill matrix all call `run`."""
+"""Runs the state machine for one implementation and collects the outcome: up to
+`max_failures` distinct failures, each shrunk, with when it was found; the coverage; the
+times. The pytest test, the CLI and the mutant kill matrix all call `run`.
+
+A run goes in rounds. Each round is one Hypothesis run over the programs still in the budget;
+it stops at its first failure and shrinks it. The next round starts from the programs left,
+with that kind of failure (tensor, action kind, hyperparameter features; see
+`machine.failure_class`) known: a program that hits it again ends quietly, so the next round
+finds something else. The run ends when the budget is spent or `max_failures` are found.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from hypothesis import settings as Settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machine import Coverage, Divergence, DivergenceFound, machine
+from conformance.machine import Coverage, Divergence, DivergenceFound, failure_class, history
+from conformance.machine import machine as make_machine
+from conformance.options import RunOptions
 from conformance.oracle import Mode
 from conformance.program import Case
 
 
 @dataclass
+class Failure:
+    divergence: Divergence
+    case: Case  # shrunk, unless the run did not shrink
+    found_after_programs: int  # programs run (in this dtype) when it first showed
+    found_after_seconds: float
+    error_per_action: list[float] = field(default_factory=list)  # of the replayed case
+    trajectory: dict[str, Any] | None = None  # the diverging element, both sides, per action
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return self.divergence.key
+
+
+@dataclass
 class RunResult:
-    implementation: str
-    mode: Mode | None
+    options: RunOptions
     dtypes: tuple[str, ...]
-    divergence: Divergence | None
-    case: Case | None  # the shrunk failing case
+    failures: list[Failure]
     coverage: Coverage
     seconds: float  # the whole run, shrinking included
-    seconds_to_failure: float | None  # until the first failing program was found
+
+    @property
+    def implementation(self) -> str:
+        return self.options.implementation
+
+    @property
+    def mode(self) -> Mode | None:
+        return self.options.mode
 
     @property
     def passed(self) -> bool:
-        return self.divergence is None
+        return not self.failures
+
+    @property
+    def divergence(self) -> Divergence | None:
+        return self.failures[0].divergence if self.failures else None
+
+    @property
+    def case(self) -> Case | None:
+        return self.failures[0].case if self.failures else None
+
+    @property
+    def seconds_to_failure(self) -> float | None:
+        return self.failures[0].found_after_seconds if self.failures else None
 
 
-def run(impl: str, *, mode: Mode | None = None, dtypes: tuple[str, ...] = ("float32", "float64"),
-        settings: Settings, seed: int | None = None, timeout: float | None = 10.0,
-        shrink: bool = True, on_program: Callable[[Coverage], None] | None = None
-        ) -> RunResult:
-    """Checks `impl` ("refimpl" or "module:Class") against torch under `settings`;
-    `on_program(coverage)` is called as each program starts (progress)."""
-    cls = machine(impl, mode, timeout, dtypes)
-    cls.on_program = on_program
-    first_failure: list[float] = []
+def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "float64"),
+        settings: Settings, seed: int | None = None, shrink: bool = True,
+        max_failures: int = 1, on_program: Callable[[int], None] | None = None,
+        **options: Any) -> RunResult:
+    """Checks an implementation against torch under `settings` (its max_examples is the
+    budget of programs). `target` is a `RunOptions` or an implementation name, with any
+    other `RunOptions` field as a keyword (`mode=`, `contract=`, `timeout=`, ...).
+    `on_program(n)` is called as the n-th program starts (progress)."""
+    run_options = target.with_(**options) if isinstance(target, RunOptions) \
+        else RunOptions(target, **options)
+    coverage = Coverage()
+    failures: list[Failure] = []
+    known: set[str] = set()
     start = time.perf_counter()
-    original = cls._do
-
-    def timed_do(self: Any, action: Any) -> None:
-        try:
-            original(self, action)
-        except DivergenceFound:
-            if not first_failure:
-                first_failure.append(time.perf_counter() - start)
-            raise
-
-    cls._do = timed_do  # type: ignore[method-assign]
-    if seed is not None:
-        cls._hypothesis_internal_use_seed = seed  # what @hypothesis.seed sets
-    options: dict[str, Any] = {"report_multiple_bugs": False}
-    if seed is not None:  # a seeded run is exactly reproducible: no replay of saved examples
-        options["database"] = None
-    if not shrink:
-        options["phases"] = [p for p in settings.phases if p.name != "shrink"]
-    divergence, case = None, None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
-        run_state_machine_as_test(cls, settings=Settings(settings, **options))
-    except DivergenceFound as found:
-        divergence, case = found.divergence, found.case
+        while len(failures) < max_failures and coverage.programs < settings.max_examples:
+            before = coverage.programs
+            cls = make_machine(run_options, dtypes, frozenset(known), len(failures))
+            if on_program is not None:
+                cls.on_program = lambda c, before=before: on_program(before + c.programs)
+            if seed is not None:  # what @hypothesis.seed sets; each round its own
+                cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
+            hypothesis_options: dict[str, Any] = {
+                "report_multiple_bugs": False,
+                "max_examples": settings.max_examples - before}
+            if seed is not None:  # a seeded run is exactly reproducible: no saved examples
+                hypothesis_options["database"] = None
+            if not shrink:
+                hypothesis_options["phases"] = [p for p in settings.phases if p.name != "shrink"]
+            try:
+                run_state_machine_as_test(cls, settings=Settings(settings,
+                                                                 **hypothesis_options))
+            except DivergenceFound as found:
+                programs, when = cls.first_failure or (cls.coverage.programs, time.perf_counter())
+                known.add(failure_class(found.divergence.key).__name__)
+                failures.append(Failure(found.divergence, found.case, before + programs,
+                                        when - start))
+                coverage.merge(cls.coverage)
+                continue
+            coverage.merge(cls.coverage)
+            break
+        if shrink:
+            for failure in failures:
+                replayed = history(failure.case, run_options, element=failure.divergence)
+                failure.error_per_action, failure.trajectory = \
+                    replayed.error_per_action, replayed.trajectory
     finally:
         torch.set_num_threads(threads)
-    return RunResult(impl, mode, dtypes, divergence, case, cls.coverage,
-                     time.perf_counter() - start, first_failure[0] if first_failure else None)
+    return RunResult(run_options, dtypes, failures, coverage, time.perf_counter() - start)

@@ -4,9 +4,9 @@ boundaries, parameter-group partitions with per-group overrides, and whole setup
 
 Boundaries are drawn on purpose, because they are where two formulas agree or a branch flips:
 lr 0 and large, momentum 0, dampening 0 and 1, weight_decay 0, a 1-element tensor lr, maximize,
-nesterov (only where torch accepts it: momentum > 0 and dampening 0). torch's `fused=True` is
-not drawn: torch 2.13's fused SGD raises TypeError when a group's parameters get their first
-gradient at different steps, which these programs do all the time.
+nesterov (only where torch accepts it: momentum > 0 and dampening 0). A feature an
+implementation declares absent (`conformance.options.FEATURES`) is never drawn. torch's code
+path (for-loop, foreach, fused) is not drawn: it is the run's chosen reference path.
 """
 
 from __future__ import annotations
@@ -41,9 +41,11 @@ from conformance.models import (
     cancelling_op,
     zero_gradient_parameters,
 )
+from conformance.options import ARGUMENT_OF
 from conformance.program import Group, Setup
 
-__all__ = ["batch_seeds", "conv_specs", "embedding_specs", "graph_specs", "group_options",
+__all__ = ["batch_seeds", "constructions", "conv_specs", "embedding_specs", "graph_specs",
+           "group_options",
            "groups", "hyperparameter_change", "hyperparameters", "mlp_specs", "model_specs",
            "setups"]
 
@@ -70,28 +72,37 @@ def _valid(options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _names(without: frozenset[str]) -> list[str]:
+    """The hyperparameters drawn: lr and momentum always, the others unless declared absent
+    (then they are never passed, and torch runs with its default)."""
+    absent = {ARGUMENT_OF[f] for f in without if f in ARGUMENT_OF}
+    return [n for n in VALUES if n not in absent]
+
+
 @st.composite
-def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
-    """SGD's constructor arguments (foreach drawn too: torch's for-loop and foreach paths)."""
-    options = {name: draw(VALUES[name]) for name in
-               ("lr", "momentum", "dampening", "weight_decay", "maximize")}
-    options["nesterov"] = options["momentum"] > 0 and options["dampening"] == 0 and \
-        draw(st.booleans())
-    options["foreach"] = draw(st.sampled_from([None, False, True]))
+def hyperparameters(draw: st.DrawFn, without: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """SGD's constructor arguments, valid for torch."""
+    names = _names(without)
+    options = {name: draw(VALUES[name]) for name in names if name != "nesterov"}
+    if "nesterov" in names:
+        options["nesterov"] = options["momentum"] > 0 and options.get("dampening", 0) == 0 \
+            and draw(st.booleans())
     return options
 
 
 @st.composite
-def group_options(draw: st.DrawFn, defaults: dict[str, Any]) -> dict[str, Any]:
+def group_options(draw: st.DrawFn, defaults: dict[str, Any],
+                  without: frozenset[str] = frozenset()) -> dict[str, Any]:
     """Per-group overrides of any hyperparameter, valid once merged with the defaults."""
-    names = draw(st.lists(st.sampled_from(sorted(VALUES)), unique=True, max_size=3))
+    names = draw(st.lists(st.sampled_from(sorted(_names(without))), unique=True, max_size=3))
     options = {name: draw(VALUES[name]) for name in names}
     merged = _valid({**defaults, **options})
     return {k: merged[k] for k in options}
 
 
 @st.composite
-def groups(draw: st.DrawFn, names: list[str], defaults: dict[str, Any]) -> tuple[Group, ...]:
+def groups(draw: st.DrawFn, names: list[str], defaults: dict[str, Any],
+           without: frozenset[str] = frozenset()) -> tuple[Group, ...]:
     """1-4 groups over a permutation of the parameters; some may be left out (for
     add_param_group later), but at least one parameter is grouped."""
     order = draw(st.permutations(names))
@@ -101,29 +112,66 @@ def groups(draw: st.DrawFn, names: list[str], defaults: dict[str, Any]) -> tuple
     cuts = sorted(draw(st.sets(st.integers(1, len(order) - 1), min_size=count - 1,
                                max_size=count - 1))) if count > 1 else []
     bounds = [0, *cuts, len(order)]
-    return tuple(Group(tuple(order[a:b]), draw(group_options(defaults)))
+    return tuple(Group(tuple(order[a:b]), draw(group_options(defaults, without)))
                  for a, b in itertools.pairwise(bounds))
 
 
 @st.composite
-def setups(draw: st.DrawFn, dtypes: tuple[str, ...] = ("float32", "float64")) -> Setup:
+def setups(draw: st.DrawFn, dtypes: tuple[str, ...] = ("float32", "float64"),
+           without: frozenset[str] = frozenset()) -> Setup:
     spec: ModelSpec = draw(model_specs())
     dtype = draw(st.sampled_from(dtypes))
-    defaults = draw(hyperparameters())
-    return Setup(spec, dtype, defaults, draw(groups(spec.parameter_names(), defaults)),
-                 tensor_lr=draw(st.booleans()))
+    defaults = draw(hyperparameters(without))
+    return Setup(spec, dtype, defaults, draw(groups(spec.parameter_names(), defaults, without)),
+                 tensor_lr="tensor-lr" not in without and draw(st.booleans()))
 
 
 @st.composite
-def hyperparameter_change(draw: st.DrawFn, group: dict[str, Any]) -> tuple[str, Any]:
+def hyperparameter_change(draw: st.DrawFn, group: dict[str, Any],
+                          without: frozenset[str] = frozenset()) -> tuple[str, Any]:
     """What a scheduler (or a user) changes mid-run: lr most often; nesterov stays valid."""
-    name = draw(st.sampled_from(["lr", "lr", "momentum", "dampening", "weight_decay",
-                                 "maximize", "nesterov"]))
+    name = draw(st.sampled_from(["lr", *_names(without)]))
     value = draw(VALUES[name])
     merged = _valid({**group, name: value})
     if merged != {**group, name: value}:  # the change would make nesterov invalid
         name, value = "lr", draw(LR)
     return name, value
+
+
+# Hyperparameters torch rejects (ValueError), each with the features it needs.
+_INVALID: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    ((), {"lr": -0.1}),
+    ((), {"lr": -1e-9}),
+    ((), {"momentum": -0.5}),
+    (("weight-decay",), {"weight_decay": -1e-3}),
+    (("nesterov",), {"nesterov": True, "momentum": 0.0}),
+    (("nesterov", "dampening"), {"nesterov": True, "momentum": 0.9, "dampening": 0.1}),
+    (("tensor-lr",), {"lr": [0.1, 0.1]}),  # a tensor lr of two elements
+]
+# Valid values at the edges, which an optimizer must accept.
+_EDGES: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    ((), {"lr": 0.0}),
+    ((), {"momentum": 0.0}),
+    (("dampening",), {"momentum": 0.9, "dampening": 1.0}),
+    (("weight-decay",), {"weight_decay": 0.0}),
+]
+FLAWS = ("duplicate", "non-leaf", "non-tensor")
+
+
+@st.composite
+def constructions(draw: st.DrawFn, without: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The arguments of a `construct` action: hyperparameters torch rejects, valid ones at
+    their edges, or valid ones with a parameter list torch rejects (a `flaw`)."""
+    base = draw(hyperparameters(without))
+    kind = draw(st.sampled_from(["invalid", "edge", "flaw"]))
+    if kind == "flaw":
+        return {"options": base, "flaw": draw(st.sampled_from(FLAWS))}
+    table = _INVALID if kind == "invalid" else _EDGES
+    changes = draw(st.sampled_from([c for needs, c in table if not set(needs) & without]))
+    options = {**base, **changes}
+    if "nesterov" in options and kind == "edge":
+        options = _valid(options)
+    return {"options": options}
 
 
 # Model specs -----------------------------------------------------------------------------------

@@ -15,12 +15,16 @@ from conformance.runner import run
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_sgd_conformance(conformance_config: Config, dtype: str) -> None:
     config = conformance_config
-    result = run(config.optimizer, mode=config.mode, dtypes=(dtype,),
-                 settings=PROFILES[config.profile], seed=config.seed, timeout=config.timeout)
-    print(f"{config.optimizer} {dtype}: {result.coverage.programs} programs, "
-          f"{result.coverage.actions} actions in {result.seconds:.1f} s")
-    if result.divergence is not None:
-        assert result.case is not None
-        pytest.fail(f"{result.divergence}\n\nshrunk case (JSON, replay with "
-                    f"conformance.machine.replay):\n{json.dumps(result.case.to_json())}",
-                    pytrace=False)
+    options = config.options
+    result = run(options, dtypes=(dtype,), settings=PROFILES[config.profile], seed=config.seed,
+                 max_failures=config.max_failures)
+    print(f"{options.implementation} {dtype} ({options.resolved_contract} contract): "
+          f"{result.coverage.programs} programs, {result.coverage.actions} actions in "
+          f"{result.seconds:.1f} s")
+    if options.without:
+        print(f"not verified: {', '.join(sorted(options.without))}")
+    if result.failures:
+        pytest.fail("\n\n".join(
+            f"failure {n} ({json.dumps(f.key)}): {f.divergence}\n\nshrunk case (JSON, replay "
+            f"with conformance.machine.replay):\n{json.dumps(f.case.to_json())}"
+            for n, f in enumerate(result.failures, start=1)), pytrace=False)

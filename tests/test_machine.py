@@ -18,6 +18,7 @@ from conformance.implementations import ImplementationError, implementation
 from conformance.machine import Twins, replay, trajectory
 from conformance.models import ModelSpec
 from conformance.mutants import CorrectSGD
+from conformance.options import RunOptions
 from conformance.profiles import PROFILES
 from conformance.program import Action, Case, Group, Setup
 from conformance.runner import run
@@ -76,7 +77,8 @@ STEP = (Action("backward", {"batch": 1}), Action("step"))
     ("ExitingSGD", "SystemExit: 3"),
 ])
 def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str) -> None:
-    divergence = replay(Case(_setup(), STEP), f"faulty_optimizers:{name}", timeout=0.5)
+    divergence = replay(Case(_setup(), STEP), RunOptions(f"faulty_optimizers:{name}",
+                                                         timeout=0.5))
     assert divergence is not None
     assert divergence.action_index == 1 and divergence.tensor == "exception"
     assert expected in divergence.detail
@@ -132,7 +134,7 @@ def test_setups_round_trip_through_json(setup: Setup) -> None:
 
 
 def test_twins_build_identical_starting_points() -> None:
-    twins = Twins(_setup(), implementation("refimpl"))
+    twins = Twins(_setup(), implementation("refimpl"), RunOptions("refimpl"))
     ref, side = twins.reference.observe(), twins.side.observe()
     for name in ref.params:
         assert ref.params[name].tobytes() == side.params[name].tobytes()
