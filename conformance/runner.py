@@ -87,15 +87,17 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     coverage = Coverage()
     failures: list[Failure] = []
     known: set[str] = set()
+    generated = 0  # programs drawn so far (the budget); shrinking's re-runs are not drawn
     start = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
-        while len(failures) < max_failures and coverage.programs < settings.max_examples:
-            before = coverage.programs
+        while len(failures) < max_failures and generated < settings.max_examples:
+            before = generated
             cls = make_machine(run_options, dtypes, frozenset(known), len(failures))
             if on_program is not None:
-                cls.on_program = lambda c, before=before: on_program(before + c.programs)
+                cls.on_program = lambda c, before=before, cls=cls: on_program(
+                    before + (cls.first_failure or (c.programs,))[0])
             if seed is not None:  # what @hypothesis.seed sets; each round its own
                 cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
             hypothesis_options: dict[str, Any] = {
@@ -114,6 +116,7 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
                 failures.append(Failure(found.divergence, found.case, before + programs,
                                         when - start))
                 coverage.merge(cls.coverage)
+                generated += programs
                 continue
             coverage.merge(cls.coverage)
             break
