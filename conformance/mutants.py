@@ -428,6 +428,116 @@ class MomentumNotPersisted(CorrectSGD):
         pass  # BUG: should set self.state[p]["momentum_buffer"] = buf
 
 
+class AcceptsInvalidConfig(CorrectSGD):
+    """The constructor accepts nesterov with nonzero dampening, which torch rejects with
+    ValueError (a hand-written check that forgets half of the rule); exposed by constructing
+    SGD(nesterov=True, momentum>0, dampening≠0)."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and momentum <= 0:  # BUG: torch also requires dampening == 0
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+        Optimizer.__init__(self, params, {
+            "lr": lr, "momentum": momentum, "dampening": dampening,
+            "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
+            "foreach": foreach, "differentiable": differentiable, "fused": fused})
+        if fused and differentiable:
+            raise RuntimeError("`fused` does not support `differentiable`")
+        if fused and foreach:
+            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+class RejectsZeroLr(CorrectSGD):
+    """The constructor raises ValueError for lr == 0, which torch accepts (a frozen run, the
+    start of a warm-up schedule); exposed by constructing SGD(lr=0)."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused)
+        if lr == 0:  # BUG: torch only rejects lr < 0
+            raise ValueError(f"Invalid learning rate: {lr}")
+
+
+class AddParamGroupNoDefaults(CorrectSGD):
+    """A group added by add_param_group after construction keeps only the keys it was given:
+    the hyperparameters it leaves out are not filled from the defaults (the constructor's
+    groups are), so its step fails with KeyError and its param_groups entry lacks them;
+    exposed by add_param_group with a group that omits a hyperparameter."""
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float | Tensor = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+    ) -> None:
+        self._constructing = True  # the constructor's groups are filled as torch fills them
+        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
+                         maximize=maximize, foreach=foreach, differentiable=differentiable,
+                         fused=fused)
+        self._constructing = False
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if self._constructing:
+            super().add_param_group(param_group)
+            return
+        defaults, self.defaults = self.defaults, {}  # BUG: missing keys must come from these
+        try:
+            super().add_param_group(param_group)  # torch's checks, without the filling
+        finally:
+            self.defaults = defaults
+
+
+class BufferStoredNotRead(CorrectSGD):
+    """The momentum buffer is written to the state every step but never read back: each step
+    starts a fresh buffer b = g, so momentum never accumulates (the state looks right, its
+    values do not); exposed by momentum over two steps of one parameter."""
+
+    def _momentum(self, buf, g, momentum, dampening):
+        return super()._momentum(None, g, momentum, dampening)  # BUG: ignores the stored buf
+
+
 # --------------------------------------------------------------------------------------------
 # Autograd mutants: one wrong derivative rule in refimpl.ops.OPS, for the duration of a `with`
 # --------------------------------------------------------------------------------------------
@@ -551,6 +661,10 @@ OPTIMIZER_MUTANTS: tuple[Mutant, ...] = tuple(
         ("closure-under-no-grad", ClosureUnderNoGrad),
         ("zero-grad-keeps-zeros", ZeroGradKeepsZeros),
         ("momentum-not-persisted", MomentumNotPersisted),
+        ("accepts-invalid-config", AcceptsInvalidConfig),
+        ("rejects-zero-lr", RejectsZeroLr),
+        ("add-param-group-no-defaults", AddParamGroupNoDefaults),
+        ("buffer-stored-not-read", BufferStoredNotRead),
     ]
 )
 
