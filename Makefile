@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: run test lint bench venv walkthrough
+.PHONY: run test bench venv walkthrough third-party
 
 venv: .venv/.installed
 
@@ -30,3 +30,11 @@ bench: venv
 # Regenerates the README walkthrough (docs/walkthrough.md, docs/report.png); needs chromium.
 walkthrough: venv
 	scripts/walkthrough.sh
+
+# Third-party SGD-family optimizers in the configuration each claims equals torch.optim.SGD
+# (examples/third_party/README.md), ci profile: prints the verdict table; reports in
+# reports/third_party/. timm goes in without its dependencies (torchvision pulls a CUDA torch).
+third-party: venv
+	$(PIP) install --quiet -e '.[test,third-party]'
+	$(PIP) install --quiet --no-deps timm==1.0.31
+	$(PY) -m examples.third_party.check_all
