@@ -52,6 +52,10 @@ from conformance.program import Action, Case, Setup
 # --- outcome of one action on one side -----------------------------------------------------------
 
 
+# Kinds of action whose failures are one kind of failure.
+ACTION_CLASSES = {"step_closure": "step", "backward_twice": "backward"}
+
+
 class ActionTimeout(BaseException):
     """The implementation under test ran past the per-action timeout."""
 
@@ -130,8 +134,18 @@ class Divergence:
 
     @property
     def key(self) -> dict[str, Any]:
-        """What distinct failures are told apart by."""
-        return {"tensor": self.tensor, "action": self.kind, "features": list(self.features)}
+        """What distinct failures are told apart by: the differing tensor, the kind of action
+        (a step with or without closure is a step, one backward or two a backward) and the
+        hyperparameter features in play."""
+        return {"tensor": self.tensor, "action": ACTION_CLASSES.get(self.kind, self.kind),
+                "features": list(self.features)}
+
+    def explained_by(self, known: dict[str, Any]) -> bool:
+        """Whether a failure already found (its shrunk key) accounts for this one: the same
+        tensor and kind of action, with at least the features the shrunk failure needed."""
+        key = self.key
+        return key["tensor"] == known["tensor"] and key["action"] == known["action"] and \
+            set(known["features"]) <= set(key["features"])
 
     def __str__(self) -> str:
         where = self.tensor + (f" of {self.parameter}" if self.parameter else "") + \
@@ -178,6 +192,7 @@ class Twins:
         self.strict = options.strict
         self.timeout = options.timeout
         self.actions: list[Action] = []
+        self.found: list[Divergence] = []  # every divergence of the last action
         self._batch: tuple[dict[str, np.ndarray], int] | None = None
         flags = PATH_FLAGS[options.reference_path]
         self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
@@ -236,12 +251,17 @@ class Twins:
             expected = _run(lambda: self.reference.apply(action), None)
             actual = _run(lambda: self.side.apply(action), self.timeout)
         found = closure_checks + self._compare(index, action, expected, actual, pre_step)
-        if not found:
-            return None
         groups_of = {name: g for g in pre_step.groups for name in g["params"]}
         for divergence in found:
             divergence.kind = action.kind
             divergence.features = self._features(groups_of.get(divergence.parameter or ""))
+        self.found = found
+        return self.package(found)
+
+    def package(self, found: list[Divergence]) -> Divergence | None:
+        """The first of an action's divergences, with the others attached to it."""
+        if not found:
+            return None
         first, rest = found[0], found[1:]
         self._attach_errors(first)
         first.others = [{"tensor": d.tensor, "parameter": d.parameter,
@@ -660,8 +680,9 @@ def _trajectory(divergence: Divergence | None,
 class Coverage:
     """What the generated programs exercised (for the report)."""
 
-    programs: int = 0
+    programs: int = 0  # drawn; the runner moves those re-run while shrinking to `shrinking`
     actions: int = 0
+    shrinking: int = 0
     action_kinds: Counter[str] = field(default_factory=Counter)
     model_kinds: Counter[str] = field(default_factory=Counter)
     losses: Counter[str] = field(default_factory=Counter)
@@ -682,6 +703,7 @@ class Coverage:
     def merge(self, other: Coverage) -> None:
         self.programs += other.programs
         self.actions += other.actions
+        self.shrinking += other.shrinking
         for mine, theirs in ((self.action_kinds, other.action_kinds),
                              (self.model_kinds, other.model_kinds),
                              (self.losses, other.losses), (self.dtypes, other.dtypes)):
@@ -691,6 +713,7 @@ class Coverage:
 
     def to_json(self) -> dict[str, Any]:
         return {"programs": self.programs, "actions": self.actions,
+                "programs_rerun_while_shrinking": self.shrinking,
                 "action_kinds": dict(sorted(self.action_kinds.items())),
                 "model_kinds": dict(sorted(self.model_kinds.items())),
                 "losses": dict(sorted(self.losses.items())),
@@ -712,8 +735,8 @@ class SGDMachine(RuleBasedStateMachine):
     coverage: ClassVar[Coverage]
     last_case: ClassVar[Case | None] = None
     on_program: ClassVar[Callable[[Coverage], None] | None] = None  # progress reporting
-    # failures already found (by `failure_class` name): a program that hits one ends quietly
-    known: ClassVar[frozenset[str]] = frozenset()
+    # keys of the failures already found: a program that hits one ends quietly
+    known: ClassVar[tuple[dict[str, Any], ...]] = ()
     first_failure: ClassVar[tuple[int, float] | None] = None  # programs, perf_counter
 
     def __init__(self) -> None:
@@ -744,13 +767,15 @@ class SGDMachine(RuleBasedStateMachine):
         cls.last_case = self.twins.case
         if divergence is None:
             return
-        error = failure_class(divergence.key)
-        if error.__name__ in cls.known:
+        if cls.known:  # the first divergence no failure found so far explains
+            divergence = self.twins.package([d for d in self.twins.found if not any(
+                d.explained_by(key) for key in cls.known)])
+        if divergence is None:
             self.done = True
             return
         if cls.first_failure is None:
             cls.first_failure = (cls.coverage.programs, time.perf_counter())
-        raise error(divergence, self.twins.case)
+        raise failure_class(divergence.key)(divergence, self.twins.case)
 
     @property
     def _setup(self) -> Setup:
@@ -842,25 +867,24 @@ class SGDMachine(RuleBasedStateMachine):
 
 
 def failure_class(key: dict[str, Any]) -> type[DivergenceFound]:
-    """One exception class per kind of failure (tensor, action kind, features): Hypothesis
-    tells failures apart by their exception's class, so each kind is shrunk on its own and a
-    shrunk case keeps the kind it was found with."""
-    return _failure_class(json.dumps(key, sort_keys=True))
+    """One exception class per differing tensor and kind of action: Hypothesis tells failures
+    apart by their exception's class, so each is shrunk on its own and a shrunk case keeps
+    the tensor and action it was found with, while its hyperparameters shrink freely (to the
+    features the failure needs)."""
+    return _failure_class(key["tensor"], key["action"])
 
 
 @functools.cache
-def _failure_class(key_json: str) -> type[DivergenceFound]:
-    key = json.loads(key_json)
-    name = f"Divergence[{key['tensor']}@{key['action']}:{'+'.join(key['features']) or '-'}]"
-    return type(name, (DivergenceFound,), {"key": key})
+def _failure_class(tensor: str, action: str) -> type[DivergenceFound]:
+    return type(f"Divergence[{tensor}@{action}]", (DivergenceFound,), {})
 
 
 def machine(options: RunOptions | str = "refimpl",
             dtypes: tuple[str, ...] = ("float32", "float64"),
-            known: frozenset[str] = frozenset(), round_: int = 0) -> type[SGDMachine]:
+            known: tuple[dict[str, Any], ...] = (), round_: int = 0) -> type[SGDMachine]:
     """A state machine class checking `options.implementation` against torch; programs that
-    hit a `known` failure (by `failure_class` name) end quietly. Each round of a run has its
-    own entry in Hypothesis's example database."""
+    hit a failure a `known` key explains end quietly. Each round of a run has its own entry
+    in Hypothesis's example database."""
     options = options if isinstance(options, RunOptions) else RunOptions(options)
     implementation(options)  # fail early, with ImplementationError, on a bad module:Class
     settings_name = json.dumps(options.to_json(), sort_keys=True)

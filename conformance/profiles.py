@@ -7,10 +7,13 @@ profile generates 2 × 1,000 programs. The example database is Hypothesis's defa
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 _COMMON = {
     "deadline": None,  # the per-action timeout bounds a hang; timing belongs in benchmarks
+    # no explain phase: it traces every line of each shrunk program again (minutes per failure
+    # with several failures a run) for a note in Hypothesis's message, which reports never show
+    "phases": [p for p in Phase if p is not Phase.explain],
     "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
                               HealthCheck.filter_too_much],
     "stateful_step_count": 12,

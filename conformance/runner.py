@@ -3,10 +3,12 @@
 times. The pytest test, the CLI and the mutant kill matrix all call `run`.
 
 A run goes in rounds. Each round is one Hypothesis run over the programs still in the budget;
-it stops at its first failure and shrinks it. The next round starts from the programs left,
-with that kind of failure (tensor, action kind, hyperparameter features; see
-`machine.failure_class`) known: a program that hits it again ends quietly, so the next round
-finds something else. The run ends when the budget is spent or `max_failures` are found.
+it stops at its first failure and shrinks it (keeping the differing tensor and the kind of
+action, `machine.failure_class`; the hyperparameters shrink to the features the failure
+needs). The next round starts from the programs left, with that failure's key known: a
+program whose divergence it explains (same tensor and action, those features among its own)
+ends quietly, so the next round finds something else. The run ends when the budget is spent
+or `max_failures` are found.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 from hypothesis import settings as Settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from conformance.machine import Coverage, Divergence, DivergenceFound, failure_class, history
+from conformance.machine import Coverage, Divergence, DivergenceFound, history
 from conformance.machine import machine as make_machine
 from conformance.options import RunOptions
 from conformance.oracle import Mode
@@ -86,7 +88,7 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
         else RunOptions(target, **options)
     coverage = Coverage()
     failures: list[Failure] = []
-    known: set[str] = set()
+    known: list[dict[str, Any]] = []
     generated = 0  # programs drawn so far (the budget); shrinking's re-runs are not drawn
     start = time.perf_counter()
     threads = torch.get_num_threads()
@@ -94,7 +96,7 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     try:
         while len(failures) < max_failures and generated < settings.max_examples:
             before = generated
-            cls = make_machine(run_options, dtypes, frozenset(known), len(failures))
+            cls = make_machine(run_options, dtypes, tuple(known), len(failures))
             if on_program is not None:
                 cls.on_program = lambda c, before=before, cls=cls: on_program(
                     before + (cls.first_failure or (c.programs,))[0])
@@ -112,9 +114,11 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
                                                                  **hypothesis_options))
             except DivergenceFound as found:
                 programs, when = cls.first_failure or (cls.coverage.programs, time.perf_counter())
-                known.add(failure_class(found.divergence.key).__name__)
+                known.append(found.divergence.key)
                 failures.append(Failure(found.divergence, found.case, before + programs,
                                         when - start))
+                cls.coverage.shrinking += cls.coverage.programs - programs
+                cls.coverage.programs = programs
                 coverage.merge(cls.coverage)
                 generated += programs
                 continue
