@@ -67,14 +67,7 @@ class CorrectSGD(Optimizer):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self._validate(lr, momentum, dampening, weight_decay, nesterov)
         defaults = {
             "lr": lr,
             "momentum": momentum,
@@ -86,14 +79,26 @@ class CorrectSGD(Optimizer):
             "differentiable": differentiable,
             "fused": fused,
         }
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
         super().__init__(params, defaults)
         if fused:
             if differentiable:
                 raise RuntimeError("`fused` does not support `differentiable`")
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        self.constructed = True  # add_param_group calls from here on are the user's
+
+    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
+                  weight_decay: float | Tensor, nesterov: bool) -> None:
+        if isinstance(lr, Tensor) and lr.numel() != 1:
+            raise ValueError("Tensor lr must be 1-element")
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if momentum < 0.0:
+            raise ValueError(f"Invalid momentum value: {momentum}")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -433,61 +438,16 @@ class AcceptsInvalidConfig(CorrectSGD):
     ValueError (a hand-written check that forgets half of the rule); exposed by constructing
     SGD(nesterov=True, momentum>0, dampening≠0)."""
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        if isinstance(lr, Tensor) and lr.numel() != 1:
-            raise ValueError("Tensor lr must be 1-element")
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if momentum < 0.0:
-            raise ValueError(f"Invalid momentum value: {momentum}")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if nesterov and momentum <= 0:  # BUG: torch also requires dampening == 0
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
-        Optimizer.__init__(self, params, {
-            "lr": lr, "momentum": momentum, "dampening": dampening,
-            "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
-            "foreach": foreach, "differentiable": differentiable, "fused": fused})
-        if fused and differentiable:
-            raise RuntimeError("`fused` does not support `differentiable`")
-        if fused and foreach:
-            raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+    def _validate(self, lr, momentum, dampening, weight_decay, nesterov):
+        super()._validate(lr, momentum, 0, weight_decay, nesterov)  # BUG: dampening unchecked
 
 
 class RejectsZeroLr(CorrectSGD):
     """The constructor raises ValueError for lr == 0, which torch accepts (a frozen run, the
     start of a warm-up schedule); exposed by constructing SGD(lr=0)."""
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, foreach=foreach, differentiable=differentiable,
-                         fused=fused)
+    def _validate(self, lr, momentum, dampening, weight_decay, nesterov):
+        super()._validate(lr, momentum, dampening, weight_decay, nesterov)
         if lr == 0:  # BUG: torch only rejects lr < 0
             raise ValueError(f"Invalid learning rate: {lr}")
 
@@ -498,28 +458,8 @@ class AddParamGroupNoDefaults(CorrectSGD):
     groups are), so its step fails with KeyError and its param_groups entry lacks them;
     exposed by add_param_group with a group that omits a hyperparameter."""
 
-    def __init__(
-        self,
-        params: ParamsT,
-        lr: float | Tensor = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float | Tensor = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        self._constructing = True  # the constructor's groups are filled as torch fills them
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, foreach=foreach, differentiable=differentiable,
-                         fused=fused)
-        self._constructing = False
-
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        if self._constructing:
+        if not getattr(self, "constructed", False):
             super().add_param_group(param_group)
             return
         defaults, self.defaults = self.defaults, {}  # BUG: missing keys must come from these
