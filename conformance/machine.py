@@ -1,16 +1,19 @@
 """The twin runner and the Hypothesis state machine.
 
 `Twins` holds two `Side`s built from one `Setup`: the reference (torch's autograd and
-torch.optim.SGD) and the implementation under test. `Twins.run(action)` synchronises the
-implementation from the reference (so every check is local and no budget grows with the number
-of steps), applies the action to both (the implementation under a per-action timeout, its
-exceptions caught), and compares everything observable: raised exceptions, the returned loss,
-each parameter's grad (None exactly where torch has None), momentum buffer (presence and
-values), value and requires_grad, and the groups' hyperparameters. The first difference becomes
-a `Divergence`; `replay` runs a recorded `Case` the same way, outside Hypothesis.
+torch.optim.SGD on the chosen code path) and the implementation under test. `Twins.run(action)`
+synchronises the implementation from the reference (so every check is local and no budget
+grows with the number of steps), applies the action to both (the implementation under a
+per-action timeout, its exceptions caught), and compares everything observable, as the run's
+contract defines (`conformance.options`): raised exceptions, the returned loss, each
+parameter's grad (None exactly where torch has None), momentum buffer (presence and values),
+value and requires_grad, and the groups' hyperparameters. Each difference is a `Divergence`
+(the first is returned, the others attached); `replay` runs a recorded `Case` the same way,
+outside Hypothesis, and `history` records it action by action for the report.
 
-`SGDMachine` is the `RuleBasedStateMachine`: its rules are what users do, each recorded as an
-`Action`, so a failure shrinks to a short `Case` that can be stored and replayed.
+`SGDMachine` is the `RuleBasedStateMachine`: its rules are what users do (never a feature the
+implementation declared absent), each recorded as an `Action`, so a failure shrinks to a short
+`Case` that can be stored and replayed.
 """
 
 from __future__ import annotations
