@@ -183,3 +183,60 @@ def test_mutants_command_prints_the_kill_matrix(monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "lr-read-once" in out and "mse-grad-not-doubled" in out
     assert out.count("killed") == 2 and "SURVIVED" not in out
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--without", "maximise"], "unknown feature(s) maximise"),
+    (["--timeout", "nan"], "--timeout must be a positive number"),
+    (["--timeout", "inf"], "--timeout must be a positive number"),
+    (["--max-failures", "0"], "--max-failures must be at least 1"),
+    (["--optimizer", "contract_optimizers:NoMaximizeSGD"], "--without maximize"),
+])
+def test_bad_run_options_exit_2_before_any_program(args: list[str], message: str,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
+
+    assert main(["run", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+def test_pyproject_settings_apply_and_the_command_line_wins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.sgd-conformance]\noptimizer = "contract_optimizers:DocSGD"\n'
+        'without = ["maximize", "tensor-lr"]\nmax-failures = 2\n')
+    code, run_dir = _run(tmp_path, "--dtype", "float64")
+    assert code == 0 and run_dir is not None
+    data = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["implementation"] == "contract_optimizers:DocSGD"
+    assert data["settings"]["config_file"] == str(tmp_path / "pyproject.toml")
+    assert data["settings"]["max_failures"] == 2 and data["contract"] == "semantic"
+    assert [(n["feature"], n["source"]) for n in data["not_verified"]] == [
+        ("maximize", "pyproject.toml"), ("tensor-lr", "pyproject.toml"),
+        ("float32", "--dtype")]
+    assert "Not verified" in (run_dir / "report.md").read_text()
+    code, run_dir = _run(tmp_path, "--dtype", "float64", "--without", "closure")
+    data = json.loads((run_dir / "report.json").read_text())
+    assert [n["feature"] for n in data["not_verified"]] == ["closure", "float32"]
+    assert "step_closure" not in data["coverage"]["action_kinds"]
+    (tmp_path / "pyproject.toml").write_text('[tool.sgd-conformance]\nwithot = ["closure"]\n')
+    assert main(["run"]) == 2
+
+
+def test_a_doc_written_sgd_fails_only_the_strict_contract(tmp_path: Path) -> None:
+    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
+
+    code, _ = _run(tmp_path, "--optimizer", "contract_optimizers:DocSGD", "--dtype", "float32")
+    assert code == 0
+    code, run_dir = _run(tmp_path, "--optimizer", "contract_optimizers:DocSGD", "--dtype",
+                         "float32", "--contract", "strict")
+    assert code == 1 and run_dir is not None
+    data = json.loads((run_dir / "report.json").read_text())
+    assert data["contract"] == "strict"
+    assert {f["first_divergence"]["tensor"] for f in data["failures"]} <= {
+        "param_groups", "exception"}
