@@ -137,17 +137,23 @@ class Divergence:
 
     @property
     def key(self) -> dict[str, Any]:
-        """What distinct failures are told apart by: the differing tensor, the kind of action
+        """What distinct failures are told apart by: the differing tensor and how it differs
+        (its values, its presence, or a state such as an exception), the kind of action
         (a step with or without closure is a step, one backward or two a backward) and the
-        hyperparameter features in play."""
-        return {"tensor": self.tensor, "action": ACTION_CLASSES.get(self.kind, self.kind),
+        hyperparameter features in play (for param_groups: the differing key, whatever the
+        action)."""
+        action = "any" if self.tensor == "param_groups" else \
+            ACTION_CLASSES.get(self.kind, self.kind)  # a group's state, whatever showed it
+        difference = "values" if self.mismatch is not None else \
+            "presence" if self.tensor in ("grad", "momentum_buffer") else "state"
+        return {"tensor": self.tensor, "difference": difference, "action": action,
                 "features": list(self.features)}
 
     def explained_by(self, known: dict[str, Any]) -> bool:
         """Whether a failure already found (its shrunk key) accounts for this one: the same
         tensor and kind of action, with at least the features the shrunk failure needed."""
         key = self.key
-        return key["tensor"] == known["tensor"] and key["action"] == known["action"] and \
+        return all(key[k] == known[k] for k in ("tensor", "difference", "action")) and \
             set(known["features"]) <= set(key["features"])
 
     def __str__(self) -> str:
@@ -257,7 +263,8 @@ class Twins:
         groups_of = {name: g for g in pre_step.groups for name in g["params"]}
         for divergence in found:
             divergence.kind = action.kind
-            divergence.features = self._features(groups_of.get(divergence.parameter or ""))
+            if divergence.tensor != "param_groups":  # those name the differing key instead
+                divergence.features = self._features(groups_of.get(divergence.parameter or ""))
         self.found = found
         return self.package(found)
 
@@ -367,9 +374,9 @@ class Twins:
             if mismatch is not None:
                 found.append(new("loss", mismatch=mismatch))
         ref_obs, side_obs = self.reference.observe(), self.side.observe()
-        difference = self._group_difference(ref_obs.groups, side_obs.groups)
+        key, difference = self._group_difference(ref_obs.groups, side_obs.groups)
         if difference:
-            found.append(new("param_groups", detail=difference))
+            found.append(new("param_groups", detail=difference, features=[key]))
         stepped = action.kind in ("step", "step_closure")
         computed = action.kind in ("backward", "backward_twice", "step_closure")
         groups_of = {name: g for g in pre_step.groups for name in g["params"]}
@@ -401,14 +408,15 @@ class Twins:
         return found
 
     def _group_difference(self, expected: list[dict[str, Any]], actual: list[dict[str, Any]]
-                          ) -> str:
-        """How the implementation's param_groups differ from torch's, or "". Strict: every
+                          ) -> tuple[str, str]:
+        """The first key in which the implementation's param_groups differ from torch's, and
+        how (("", "") where they agree). Strict: every
         key and value. Semantic: torch's hyperparameters (those the programs use) present and
         equal, by value (a tensor lr may be held as a number); torch's implementation flags
         only where the implementation was given them and stores them; other keys are the
         implementation's own."""
         if len(expected) != len(actual):
-            return f"torch has {len(expected)} groups, the implementation {len(actual)}"
+            return "groups", f"torch has {len(expected)} groups, the implementation {len(actual)}"
         for i, (e, a) in enumerate(zip(expected, actual, strict=True)):
             if self.strict:
                 keys = sorted(set(e) | set(a))
@@ -418,8 +426,9 @@ class Twins:
             for key in keys:
                 want, got = e.get(key, _MISSING), a.get(key, _MISSING)
                 if not _same_value(want, got, self.strict):
-                    return f"group {i} {key}: torch {_show(want)}, the implementation {_show(got)}"
-        return ""
+                    return key, (f"group {i} {key}: torch {_show(want)}, the implementation "
+                                 f"{_show(got)}")
+        return "", ""
 
     def _compare_grads(self, index: int, action: Action, ref_obs: Observation,
                        side_obs: Observation, computed: bool, stepped: bool = False,
@@ -870,16 +879,17 @@ class SGDMachine(RuleBasedStateMachine):
 
 
 def failure_class(key: dict[str, Any]) -> type[DivergenceFound]:
-    """One exception class per differing tensor and kind of action: Hypothesis tells failures
+    """One exception class per differing tensor, kind of difference and kind of action:
+    Hypothesis tells failures
     apart by their exception's class, so each is shrunk on its own and a shrunk case keeps
     the tensor and action it was found with, while its hyperparameters shrink freely (to the
     features the failure needs)."""
-    return _failure_class(key["tensor"], key["action"])
+    return _failure_class(key["tensor"], key["difference"], key["action"])
 
 
 @functools.cache
-def _failure_class(tensor: str, action: str) -> type[DivergenceFound]:
-    return type(f"Divergence[{tensor}@{action}]", (DivergenceFound,), {})
+def _failure_class(tensor: str, difference: str, action: str) -> type[DivergenceFound]:
+    return type(f"Divergence[{tensor} {difference}@{action}]", (DivergenceFound,), {})
 
 
 def machine(options: RunOptions | str = "refimpl",

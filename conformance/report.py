@@ -87,8 +87,8 @@ def _failure(failure: Any, number: int) -> dict[str, Any]:
     divergence = failure.divergence.to_json()
     return {
         "dtype": setup["dtype"],
-        "key": {"tensor": failure.key["tensor"], "action": failure.key["action"],
-                "features": list(failure.key["features"])},
+        "key": {"tensor": failure.key["tensor"], "difference": failure.key["difference"],
+                "action": failure.key["action"], "features": list(failure.key["features"])},
         "found_after_programs": failure.found_after_programs,
         "found_after_seconds": failure.found_after_seconds,
         "program": case["actions"],

@@ -121,7 +121,8 @@ def _tensor_lr_failure() -> Any:
         features=["tensor-lr", "set-hyperparameter"])
     return SimpleNamespace(
         divergence=divergence, case=case,
-        key={"tensor": "param", "action": "step", "features": ["tensor-lr", "set-hyperparameter"]},
+        key={"tensor": "param", "difference": "values", "action": "step",
+             "features": ["tensor-lr", "set-hyperparameter"]},
         found_after_programs=12, found_after_seconds=1.25,
         error_per_action=[0.0, 0.0, 0.0, 4.0],
         trajectory={"tensor": "param", "parameter": "0.weight", "index": [1, 0],
@@ -139,7 +140,8 @@ def _overwritten_grad_failure() -> Any:
                              overwritten="implementation", features=["nesterov", "closure"])
     return SimpleNamespace(
         divergence=divergence, case=case,
-        key={"tensor": "grad", "action": "step_closure", "features": ["nesterov", "closure"]},
+        key={"tensor": "grad", "difference": "values", "action": "step",
+             "features": ["nesterov", "closure"]},
         found_after_programs=40, found_after_seconds=3.5, error_per_action=[9.0],
         trajectory={"tensor": "grad", "parameter": "0.weight", "index": [0, 1],
                     "expected": [1.5], "actual": [2.25]})
@@ -209,7 +211,7 @@ def test_failing_report_records_each_failure() -> None:
     assert data["not_verified"] == NOT_VERIFIED
     first, second = data["failures"]
     assert [f["repro"] for f in data["failures"]] == ["repro_1.py", "repro_2.py"]
-    assert first["key"] == {"tensor": "param", "action": "step",
+    assert first["key"] == {"tensor": "param", "difference": "values", "action": "step",
                             "features": ["tensor-lr", "set-hyperparameter"]}
     assert (first["found_after_programs"], first["found_after_seconds"]) == (12, 1.25)
     assert first["trajectory"]["expected"] == [0.0, 0.0, 0.0, 0.25]
