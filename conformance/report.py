@@ -256,6 +256,10 @@ def markdown(report: dict[str, Any]) -> str:
         f"## {verdict.format(_code(report['implementation']))} torch.optim.SGD"
         f"{_contract(report)}{unverified}",
         "",
+        *([f"First: {failures[0]['dtype']}, {_where(failures[0]['first_divergence'], _code)}"
+           + (f" — {_text(failures[0]['first_divergence']['detail'])}"
+              if failures[0]["first_divergence"].get("detail") else "") + ".", ""]
+          if failures else []),
         f"{found}{cov['programs']:,} programs, {cov['actions']:,} actions "
         f"({', '.join(f'{k} {v}' for k, v in cov['action_kinds'].items())}); {chosen}; "
         f"torch {env['torch']} ({env['torch_cpu_capability']}, {env['rounding_model']} "
@@ -278,8 +282,9 @@ def _markdown_failure(n: int, failure: dict[str, Any]) -> list[str]:
         key = failure["key"]
         features = ", ".join(key["features"]) or "no particular feature"
         lines += [f"Found after {failure['found_after_programs']:,} programs "
-                  f"({failure['found_after_seconds']:.1f} s); key: {_code(key['tensor'])} at "
-                  f"{_code(key['action'])} with {_text(features)}.", ""]
+                  f"({failure['found_after_seconds']:.1f} s); key: {_code(key['tensor'])} "
+                  f"{key.get('difference', 'values')} at {_code(key['action'])} with "
+                  f"{_text(features)}.", ""]
     if d["index"] is not None:
         lines += ["| element | expected | actual | abs error | ULP error | elements differing "
                   "| reason |", "| --- | --- | --- | --- | --- | --- | --- |",

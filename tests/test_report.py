@@ -305,6 +305,7 @@ def test_markdown_of_a_failing_run() -> None:
     headline = text.splitlines()[0]
     assert "diverges from torch.optim.SGD under the semantic contract" in headline
     assert "2 feature(s) not verified" in headline
+    assert text.splitlines()[2].startswith("First: float32, `param` of `0.weight` at action ")
     not_verified = text.split("### Not verified")[1].split("###")[0]
     assert "`maximize` (--without): maximize=True (gradient ascent) is never drawn" in \
         not_verified
