@@ -361,3 +361,13 @@ def test_torch_fused_path_differs_by_nothing_else() -> None:
     for failure in result.failures:
         assert "TypeError: expected Tensor as element" in failure.divergence.detail, \
             str(failure.divergence)
+
+
+@pytest.mark.parametrize("path", ["foreach", "fused"])
+def test_refimpl_is_strictly_torch_on_every_reference_path(path: str) -> None:
+    """refimpl's SGD reproduces each torch path in the strict contract: its side effects
+    (foreach's .grad write, fused's rounding and its TypeError) included."""
+    for dtype in ("float32", "float64"):
+        result = run(RunOptions("refimpl", reference_path=path), dtypes=(dtype,),
+                     settings=PROFILES["dev"], seed=0)
+        assert result.passed, str(result.divergence)
