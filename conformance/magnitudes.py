@@ -272,8 +272,8 @@ class ForwardErrors:
     libraries' results of op i differ by its own rounding δ_i on top of what reaches it from
     upstream, with |δ_i| <= k_i · ulp(T_i) <= k_i · ε · T_i: k_i is the op's OPS budget (at
     least 1: a correctly rounded op may round the other way once its inputs differ), times
-    1 + log2 n for a sum of up to n terms added in another order (as in
-    `ModelSpec.grad_ulp_budget`), ε the dtype's machine epsilon. To first order, then,
+    1 + log2 n where each result sums n terms that the libraries may add in another order
+    (as in `ModelSpec.grad_ulp_budget`), ε the dtype's machine epsilon. To first order, then,
 
         |Δg| <= ε · Σ_i k_i · |∂g/∂v_i| · T_i     (elementwise over g),
 
@@ -290,32 +290,36 @@ class ForwardErrors:
         self.perturbations: list[torch.Tensor] = []
         self.terms: list[torch.Tensor] = []
         self.rows: list[tuple[str, ...]] = []
+        self.lengths: list[int] = []
 
     def rounded(self, value: torch.Tensor, terms: torch.Tensor | None,
-                rows: tuple[str, ...]) -> torch.Tensor:
-        """value + ε; records T = terms and the OPS rows that round value (None: exact)."""
+                rows: tuple[str, ...], length: int = 1) -> torch.Tensor:
+        """value + ε; records T = terms (None: value is exact), the OPS rows that compute
+        value and how many terms each of its elements sums."""
         if terms is None:
             return value
         epsilon = torch.zeros_like(value, requires_grad=True)
         self.perturbations.append(epsilon)
         self.terms.append(terms.detach().expand_as(value))
         self.rows.append(rows)
+        self.lengths.append(length)
         return value + epsilon
 
     # sums of products: rounded against the sum of |products|
     def linear(self, x: Any, w: Any, b: Any = None) -> Any:
         return self.rounded(TF.linear(x, w, b), TF.linear(
-            x.abs(), w.abs(), None if b is None else b.abs()), ("linear",))
+            x.abs(), w.abs(), None if b is None else b.abs()), ("linear",),
+            w.shape[1] + (b is not None))
 
     def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
         return self.rounded(TF.conv1d(x, w, b, stride=stride, padding=padding), TF.conv1d(
             x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding),
-            ("convolution",))
+            ("convolution",), w[0].numel() + (b is not None))
 
     def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
         return self.rounded(TF.conv2d(x, w, b, stride=stride, padding=padding), TF.conv2d(
             x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding),
-            ("convolution",))
+            ("convolution",), w[0].numel() + (b is not None))
 
     def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
         # (x - mean) * rstd * w + b: x - mean cancels, against |x| + mean |x| (the mean's own
@@ -323,11 +327,11 @@ class ForwardErrors:
         rstd = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-5)
         terms = (x.abs() + x.abs().mean(-1, keepdim=True)) * rstd
         terms = terms * (1 if w is None else w.abs()) + (0 if b is None else b.abs())
-        return self.rounded(TF.layer_norm(x, shape, w, b), terms, ("layer_norm",))
+        return self.rounded(TF.layer_norm(x, shape, w, b), terms, ("layer_norm",), x.shape[-1])
 
     def avg_pool2d(self, x: Any, kernel: int) -> Any:
         return self.rounded(TF.avg_pool2d(x, kernel), TF.avg_pool2d(x.abs(), kernel),
-                            ("avg_pool2d",))
+                            ("avg_pool2d",), kernel * kernel)
 
     # exact: a gather, a comparison
     embedding = staticmethod(TF.embedding)
@@ -335,8 +339,9 @@ class ForwardErrors:
 
     def activation(self, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         terms = _ROUNDING_TERMS[name]
+        gelu = name in ("gelu", "gelu_tanh")  # sums 1 and erf (or tanh)
         return self.rounded(y, None if terms is None else terms(x, y),
-                            ("gelu" if name == "gelu_tanh" else name,))
+                            ("gelu",) if gelu else (name,), 2 if gelu else 1)
 
     def relu(self, x: Any) -> Any:
         return self.activation("relu", x, TF.relu(x))
@@ -368,7 +373,7 @@ class ForwardErrors:
     def log_softmax(self, x: Any, dim: int) -> Any:
         shifted = x - x.amax(dim, keepdim=True).detach()
         terms = shifted.abs() + torch.logsumexp(shifted, dim, keepdim=True)  # shifted - lse
-        return self.rounded(TF.log_softmax(x, dim), terms, ("log_softmax",))
+        return self.rounded(TF.log_softmax(x, dim), terms, ("log_softmax",), x.shape[dim])
 
     def cross_entropy(self, x: Any, y: Any, reduction: str = "mean",
                       label_smoothing: float = 0.0) -> Any:
@@ -386,16 +391,18 @@ class ForwardErrors:
         """value, graph op `name` of args (see models.GraphOp), perturbed."""
         if name in ("relu", "abs", "amax"):
             return value
+        length = 1
         if name in ("add", "sub"):
             terms = args[0].abs() + args[1].abs()
         elif name == "matmul":
-            terms = args[0].abs() @ args[1].abs()
+            terms, length = args[0].abs() @ args[1].abs(), args[0].shape[-1]
         elif name in ("sum", "mean"):
             reduce = getattr(args[0].abs(), name)
             terms = (reduce() if dim is None else reduce(dim, keepdim)).reshape(value.shape)
+            length = args[0].numel() // max(value.numel(), 1)
         else:  # mul, div, tanh, exp, sigmoid, pow: a few roundings relative to the result
             terms = value.abs()
-        return self.rounded(value, terms, rows)
+        return self.rounded(value, terms, rows, length)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(TF, name)  # nll_loss and the losses whose results no backward reads

@@ -810,7 +810,8 @@ def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarr
         ε · Σ_i k_i · |∂g/∂v_i| · T_i    over the forward's rounded values v_i,
 
     T_i the terms v_i rounds, k_i = Σ max(OPS[row].ulp, 1) · (1 + log2 n if the row sums)
-    over the rows computing v_i, n the longest sum in the model, ε `dtype`'s machine epsilon.
+    over the rows computing v_i, n the terms each element of v_i sums, ε `dtype`'s machine
+    epsilon.
     The Jacobian is exact, by double backward through a zero perturbation added to each v_i
     (one row per gradient element, batched), in float64 at parameter `values` (`dtype`'s
     numbers) on the batch. Unused parameters get zeros; float64 arrays."""
@@ -837,11 +838,12 @@ def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarr
         rows = torch.autograd.grad(flat, errors.perturbations,
                                    grad_outputs=torch.eye(flat.numel(), dtype=flat.dtype),
                                    is_grads_batched=True, allow_unused=True)
-    longer = 1 + math.log2(max(_analysis(spec).longest_sum, 1))
     total = torch.zeros(flat.numel(), dtype=flat.dtype)
-    for row, terms, names_of_rows in zip(rows, errors.terms, errors.rows, strict=True):
+    for row, terms, ops, length in zip(rows, errors.terms, errors.rows, errors.lengths,
+                                       strict=True):
         if row is not None:
-            k = sum(max(OPS[r].ulp, 1) * (longer if OPS[r].sums else 1) for r in names_of_rows)
+            longer = 1 + math.log2(max(length, 1))
+            k = sum(max(OPS[r].ulp, 1) * (longer if OPS[r].sums else 1) for r in ops)
             total += k * (row.abs() * terms).reshape(flat.numel(), -1).sum(1)
     total *= float(np.finfo(dtype).eps)
     for name, part in zip(names, total.detach().split([g.numel() for g in grads]), strict=True):
