@@ -102,8 +102,13 @@ def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
     def backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
         x, w, b = inputs
         reduce = (0, 2) if dims == 1 else (0, 2, 3)
+        # The padding as explicit zeros: each padding tap is a term |g| · 0, which is
+        # inf · 0 = NaN (overflowed) where the gradient overflowed. The computed gradient is
+        # then NaN or 0 by kernel: torch's float32 kernel for batches of 2 or more skips the
+        # taps, its other kernels and refimpl multiply them.
+        padded = TF.pad(x.abs(), (padding,) * (2 * dims))
         return (grad_input(x.shape, w.abs(), g, stride=stride, padding=padding),
-                grad_weight(x.abs(), w.shape, g, stride=stride, padding=padding),
+                grad_weight(padded, w.shape, g, stride=stride, padding=0),
                 None if b is None else g.sum(reduce))
     return backward
 
