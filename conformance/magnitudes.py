@@ -11,6 +11,11 @@ bound of backward error analysis: an element's error is at most a few ULPs of th
 
 `gradient_magnitudes(spec, dtype, values, batch_seed)` returns, per parameter, that magnitude
 (elementwise). torch computes it; the forward values are the real ones.
+
+That bounds the backward pass's own rounding. The forward values it reads carry rounding too,
+which cancellation can make large next to the values themselves (gelu's 1 + erf): `ForwardErrors`
+below records, for every rounded forward value, what its rounding is bounded by, and
+`models.forward_error_bounds` carries those bounds into the gradient to first order.
 """
 
 from __future__ import annotations
