@@ -54,6 +54,7 @@ from __future__ import annotations
 import functools
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -718,9 +719,9 @@ def _activation(F: Any, name: str, h: Any) -> Any:
     if name == "leaky_relu":
         return F.leaky_relu(h, 0.01)
     if name == "tanh":
-        return F.tanh(h) if hasattr(F, "magnitude") else h.tanh()
+        return F.tanh(h) if hasattr(F, "wraps_activations") else h.tanh()
     if name == "sigmoid":
-        return F.sigmoid(h) if hasattr(F, "magnitude") else h.sigmoid()
+        return F.sigmoid(h) if hasattr(F, "wraps_activations") else h.sigmoid()
     if name == "gelu":
         return F.gelu(h)
     if name == "gelu_tanh":
@@ -760,16 +761,20 @@ def _layers_forward(spec: ModelSpec, F: Any, params: dict[str, Any], h: Any) -> 
 
 
 def _graph_forward(spec: ModelSpec, params: dict[str, Any], x: Any,
-                   magnitude: bool = False) -> Any:
+                   apply: Callable[[GraphOp, list[Any]], Any] | None = None) -> Any:
+    """The graph's output; `apply(op, args)` computes each op (default `_apply_graph_op`)."""
     values = {"x": x, **params}
     v = x
     for i, op in enumerate(spec.ops):
         args = [values[a] for a in op.args]
-        v = magnitudes.graph_op(op.op, args, op.exponent) if magnitude else None
-        if v is None:
-            v = _apply_graph_op(op, args)
+        v = _apply_graph_op(op, args) if apply is None else apply(op, args)
         values[f"v{i}"] = v
     return v
+
+
+def _magnitude_graph_op(op: GraphOp, args: list[Any]) -> Any:
+    v = magnitudes.graph_op(op.op, args, op.exponent)
+    return _apply_graph_op(op, args) if v is None else v
 
 
 def gradient_magnitudes(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
@@ -783,7 +788,7 @@ def gradient_magnitudes(spec: ModelSpec, dtype: str, values: dict[str, np.ndarra
     x = torch.from_numpy(arrays["x"].copy())
     y = torch.from_numpy(arrays["y"].copy())
     with torch.enable_grad():
-        out = (_graph_forward(spec, params, x, magnitude=True) if spec.kind == "graph"
+        out = (_graph_forward(spec, params, x, _magnitude_graph_op) if spec.kind == "graph"
                else _layers_forward(spec, magnitudes.MagnitudeFunctional(), params, x))
         if not out.requires_grad:
             return {k: np.zeros_like(v) for k, v in values.items()}
@@ -795,6 +800,55 @@ def gradient_magnitudes(spec: ModelSpec, dtype: str, values: dict[str, np.ndarra
                                     allow_unused=True)
     return {k: np.zeros_like(values[k]) if g is None else g.detach().numpy()
             for k, g in zip(params, grads, strict=True)}
+
+
+def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+                         batch_seed: int) -> dict[str, np.ndarray]:
+    """Per parameter, elementwise, a first-order bound on how far the forward values' rounding
+    moves its gradient g between two libraries (see conformance.magnitudes.ForwardErrors):
+
+        ε · Σ_i k_i · |∂g/∂v_i| · T_i    over the forward's rounded values v_i,
+
+    T_i the terms v_i rounds, k_i = Σ max(OPS[row].ulp, 1) · (1 + log2 n if the row sums)
+    over the rows computing v_i, n the terms each element of v_i sums, ε `dtype`'s machine
+    epsilon.
+    The Jacobian is exact, by double backward through a zero perturbation added to each v_i
+    (one row per gradient element, batched), in float64 at parameter `values` (`dtype`'s
+    numbers) on the batch. Unused parameters get zeros; float64 arrays."""
+    params = {k: torch.from_numpy(np.array(v, dtype=np.float64)).requires_grad_(True)
+              for k, v in values.items()}
+    arrays = _batch(spec, dtype, batch_seed)
+    x, y = (torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
+            for a in (arrays["x"], arrays["y"]))
+    errors = magnitudes.ForwardErrors()
+    bounds = {k: np.zeros(np.shape(v)) for k, v in values.items()}
+    with torch.enable_grad():
+        out = (_graph_forward(spec, params, x, lambda op, args: errors.graph_op(
+                   op.op, args, _apply_graph_op(op, args), op.dim, op.keepdim,
+                   _GRAPH_OP_ROWS[op.op]))
+               if spec.kind == "graph" else _layers_forward(spec, errors, params, x))
+        if not out.requires_grad:
+            return bounds
+        names = [k for k in params if k in spec.used_parameters()]
+        grads = torch.autograd.grad(_loss(spec, errors, out, y), [params[k] for k in names],
+                                    create_graph=True)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        if not flat.requires_grad:  # no gradient reads a rounded value (a linear model)
+            return bounds
+        rows = torch.autograd.grad(flat, errors.perturbations,
+                                   grad_outputs=torch.eye(flat.numel(), dtype=flat.dtype),
+                                   is_grads_batched=True, allow_unused=True)
+    total = torch.zeros(flat.numel(), dtype=flat.dtype)
+    for row, terms, ops, length in zip(rows, errors.terms, errors.rows, errors.lengths,
+                                       strict=True):
+        if row is not None:
+            longer = 1 + math.log2(max(length, 1))
+            k = sum(max(OPS[r].ulp, 1) * (longer if OPS[r].sums else 1) for r in ops)
+            total += k * (row.abs() * terms).reshape(flat.numel(), -1).sum(1)
+    total *= float(np.finfo(dtype).eps)
+    for name, part in zip(names, total.detach().split([g.numel() for g in grads]), strict=True):
+        bounds[name] = part.numpy().reshape(bounds[name].shape)
+    return bounds
 
 
 def _apply_graph_op(op: GraphOp, args: list[Any]) -> Any:
@@ -1003,6 +1057,7 @@ __all__ = [
     "batch",
     "build",
     "cancelling_op",
+    "forward_error_bounds",
     "grad_error_ulps",
     "gradient_magnitudes",
     "gradient_scales",

@@ -283,18 +283,22 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray 
                fused_tail: np.ndarray | None = None) -> np.ndarray | None:
     """One parameter's step, in place on `param`; returns its momentum buffer (None without
     momentum). Each line is a line of torch's documented algorithm, rounded as torch rounds it.
-    `fused_tail`: for torch's fused kernel, the flat indices of its scalar tail (see _momentum)."""
-    g = -grad if maximize else grad
-    if weight_decay != 0:
-        g = add_scaled(g, param, weight_decay, rounding)  # g + λθ
-    if momentum != 0:
-        if momentum_buffer is None:
-            momentum_buffer = np.array(g, copy=True)  # b₁ = g₁: the first step is not dampened
-        else:
-            momentum_buffer[...] = _momentum(momentum_buffer, g, momentum, dampening, rounding,
-                                             fused_tail)  # μb + (1 − τ)g
-        g = add_scaled(g, momentum_buffer, momentum, rounding) if nesterov else momentum_buffer
-    param[...] = add_scaled(param, g, -lr, rounding)  # θ − γg
+    `fused_tail`: for torch's fused kernel, the flat indices of its scalar tail (see _momentum).
+    Quiet about overflow and NaN, as torch is (an overflowed buffer times μ is inf, inf · 0
+    NaN, in both)."""
+    with np.errstate(all="ignore"):
+        g = -grad if maximize else grad
+        if weight_decay != 0:
+            g = add_scaled(g, param, weight_decay, rounding)  # g + λθ
+        if momentum != 0:
+            if momentum_buffer is None:
+                momentum_buffer = np.array(g, copy=True)  # b₁ = g₁: the first step is not damped
+            else:
+                momentum_buffer[...] = _momentum(momentum_buffer, g, momentum, dampening,
+                                                 rounding, fused_tail)  # μb + (1 − τ)g
+            g = add_scaled(g, momentum_buffer, momentum, rounding) if nesterov \
+                else momentum_buffer
+        param[...] = add_scaled(param, g, -lr, rounding)  # θ − γg
     return momentum_buffer
 
 

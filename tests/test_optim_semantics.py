@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any
 
 import numpy as np
@@ -155,3 +156,17 @@ def test_capability_picks_the_rounding() -> None:
         rounding_for_capability("NEON")
     # refimpl's own detection agrees with the torch running here.
     assert detected_capability() == torch_capability()
+
+
+@pytest.mark.parametrize("momentum", [2.0, 1e-50])
+def test_step_is_quiet_about_overflow_and_nan(momentum: float) -> None:
+    """As torch: a buffer times momentum that overflows (μ = 2), or is inf · 0 (μ = 1e-50 is 0
+    in float32), warns about nothing (long thorough runs printed numpy's RuntimeWarnings)."""
+    p = refimpl.tensor(np.array([3e38, 1.0], np.float32), requires_grad=True)
+    optimizer = SGD([p], lr=1.0, momentum=momentum, cpu_capability=torch_capability())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            p.grad = refimpl.tensor(np.array([3e38, np.inf], np.float32))
+            optimizer.step()
+    assert not np.isfinite(p.detach().numpy()).all()
