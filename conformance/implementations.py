@@ -285,7 +285,7 @@ class Side:
             built.append({"params": built[0]["params"][:1]})
         elif flaw is not None:
             built[0]["params"] = self._flawed(built[0]["params"], flaw)
-        return self.impl.optimizer(built, **self._options(defaults), **self.flags)
+        return self.impl.optimizer(built, **{**self._options(defaults), **self.flags})
 
     def _flawed(self, params: list[Any], flaw: str) -> list[Any]:
         """A parameter list torch rejects: one of the optimizer's parameters again
@@ -370,7 +370,7 @@ class Side:
     def fresh_optimizer(self) -> Any:
         """A new optimizer over the same parameter groups, built from the setup's defaults."""
         groups = [{"params": list(g["params"])} for g in self.optimizer.param_groups]
-        return self.impl.optimizer(groups, **self._options(self.setup.defaults), **self.flags)
+        return self.impl.optimizer(groups, **{**self._options(self.setup.defaults), **self.flags})
 
     def buffer(self, p: Any) -> Any:
         """The momentum buffer of `p`, or None."""

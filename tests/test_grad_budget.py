@@ -31,6 +31,7 @@ import pytest
 import refimpl.kernels as K
 from conformance import machine, models, mutants, oracle
 from conformance.implementations import implementation
+from conformance.options import RunOptions
 from conformance.program import Action, Case
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -45,7 +46,7 @@ def _case(dtype: str, suffix: str = "") -> Case:
 
 def _before_last(case: Case) -> machine.Twins:
     """The twins after every action but the last (which computes the diverging gradient)."""
-    twins = machine.Twins(case.setup, implementation("refimpl"))
+    twins = machine.Twins(case.setup, implementation("refimpl"), RunOptions("refimpl"))
     for action in case.actions[:-1]:
         assert twins.run(action) is None
     return twins
