@@ -512,10 +512,11 @@ class Twins:
         if parameter is None:
             with np.errstate(all="ignore"):
                 scale = models.loss_scale(spec, dtype, values, batch)
-            if not np.isfinite(scale):  # the terms overflowed: see below
+                forward = models.loss_forward_error_bound(spec, dtype, values, batch)
+            if not np.isfinite(scale) or not np.isfinite(forward):  # overflowed: see below
                 return None
             return oracle.compare(expected, actual, "ulp",
-                                  oracle.reduction_budget(expected, ulps, scale=scale))
+                                  oracle.reduction_budget(expected, ulps, scale=scale) + forward)
         with np.errstate(all="ignore"):
             terms = models.gradient_magnitudes(spec, dtype, values, batch)[parameter]
             forward = models.forward_error_bounds(spec, dtype, values, batch)[parameter]

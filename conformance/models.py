@@ -811,44 +811,72 @@ def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarr
 
     T_i the terms v_i rounds, k_i = Σ max(OPS[row].ulp, 1) · (1 + log2 n if the row sums)
     over the rows computing v_i, n the terms each element of v_i sums, ε `dtype`'s machine
-    epsilon.
-    The Jacobian is exact, by double backward through a zero perturbation added to each v_i
-    (one row per gradient element, batched), in float64 at parameter `values` (`dtype`'s
-    numbers) on the batch. Unused parameters get zeros; float64 arrays."""
-    params = {k: torch.from_numpy(np.array(v, dtype=np.float64)).requires_grad_(True)
-              for k, v in values.items()}
-    arrays = _batch(spec, dtype, batch_seed)
-    x, y = (torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
-            for a in (arrays["x"], arrays["y"]))
-    errors = magnitudes.ForwardErrors()
+    epsilon. The Jacobian is exact, by double backward through a zero perturbation added to
+    each v_i (one row per gradient element, batched), in float64 at parameter `values`
+    (`dtype`'s numbers) on the batch. Unused parameters get zeros; float64 arrays."""
     bounds = {k: np.zeros(np.shape(v)) for k, v in values.items()}
     with torch.enable_grad():
-        out = (_graph_forward(spec, params, x, lambda op, args: errors.graph_op(
-                   op.op, args, _apply_graph_op(op, args), op.dim, op.keepdim,
-                   _GRAPH_OP_ROWS[op.op]))
-               if spec.kind == "graph" else _layers_forward(spec, errors, params, x))
-        if not out.requires_grad:
+        params, errors, loss = _perturbed_loss(spec, dtype, values, batch_seed)
+        if not loss.requires_grad:
             return bounds
         names = [k for k in params if k in spec.used_parameters()]
-        grads = torch.autograd.grad(_loss(spec, errors, out, y), [params[k] for k in names],
-                                    create_graph=True)
+        grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=True)
         flat = torch.cat([g.reshape(-1) for g in grads])
         if not flat.requires_grad:  # no gradient reads a rounded value (a linear model)
             return bounds
         rows = torch.autograd.grad(flat, errors.perturbations,
                                    grad_outputs=torch.eye(flat.numel(), dtype=flat.dtype),
                                    is_grads_batched=True, allow_unused=True)
-    total = torch.zeros(flat.numel(), dtype=flat.dtype)
+    total = _reach(errors, rows, flat.numel(), dtype)
+    for name, part in zip(names, total.split([g.numel() for g in grads]), strict=True):
+        bounds[name] = part.numpy().reshape(bounds[name].shape)
+    return bounds
+
+
+def loss_forward_error_bound(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+                             batch_seed: int) -> float:
+    """`forward_error_bounds` for the loss L itself: ε · Σ_i k_i · |∂L/∂v_i| · T_i, how far
+    the rounding of the values before the loss moves it (first order; one backward pass). An
+    output that cancels (large weights, an output of 2e5 from terms of 1e11) is off by far
+    more than its own ULPs, and the loss with it."""
+    with torch.enable_grad():
+        _, errors, loss = _perturbed_loss(spec, dtype, values, batch_seed)
+        if not loss.requires_grad or not errors.perturbations:
+            return 0.0
+        rows = torch.autograd.grad(loss, errors.perturbations, allow_unused=True)
+    return float(_reach(errors, [None if r is None else r[None] for r in rows], 1, dtype)[0])
+
+
+def _perturbed_loss(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
+                    batch_seed: int) -> tuple[dict[str, torch.Tensor],
+                                              magnitudes.ForwardErrors, torch.Tensor]:
+    """The loss at `values` on the batch, in float64, with a zero perturbation added to every
+    rounded forward value (`magnitudes.ForwardErrors`); parameters require grad."""
+    params = {k: torch.from_numpy(np.array(v, dtype=np.float64)).requires_grad_(True)
+              for k, v in values.items()}
+    arrays = _batch(spec, dtype, batch_seed)
+    x, y = (torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
+            for a in (arrays["x"], arrays["y"]))
+    errors = magnitudes.ForwardErrors()
+    out = (_graph_forward(spec, params, x, lambda op, args: errors.graph_op(
+               op.op, args, _apply_graph_op(op, args), op.dim, op.keepdim,
+               _GRAPH_OP_ROWS[op.op]))
+           if spec.kind == "graph" else _layers_forward(spec, errors, params, x))
+    return params, errors, _loss(spec, errors, out, y)
+
+
+def _reach(errors: magnitudes.ForwardErrors, rows: Any, count: int, dtype: str
+           ) -> torch.Tensor:
+    """ε · Σ_i k_i · |row_i| · T_i for `count` results, given each one's derivative row_i
+    with respect to perturbation i (leading dim `count`; None: it does not reach them)."""
+    total = torch.zeros(count, dtype=torch.float64)
     for row, terms, ops, length in zip(rows, errors.terms, errors.rows, errors.lengths,
                                        strict=True):
         if row is not None:
             longer = 1 + math.log2(max(length, 1))
             k = sum(max(OPS[r].ulp, 1) * (longer if OPS[r].sums else 1) for r in ops)
-            total += k * (row.abs() * terms).reshape(flat.numel(), -1).sum(1)
-    total *= float(np.finfo(dtype).eps)
-    for name, part in zip(names, total.detach().split([g.numel() for g in grads]), strict=True):
-        bounds[name] = part.numpy().reshape(bounds[name].shape)
-    return bounds
+            total += k * (row.abs() * terms).reshape(count, -1).sum(1)
+    return total.detach() * float(np.finfo(dtype).eps)
 
 
 def _apply_graph_op(op: GraphOp, args: list[Any]) -> Any:
@@ -1062,6 +1090,7 @@ __all__ = [
     "gradient_magnitudes",
     "gradient_scales",
     "initial_values",
+    "loss_forward_error_bound",
     "loss_scale",
     "zero_gradient_parameters",
 ]

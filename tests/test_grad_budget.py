@@ -15,9 +15,9 @@ the same parameters and batch), in ULPs of the element:
 Neither library is wrong: each gelu output is within 1.2 ULPs of its input's size, far inside
 gelu's 8-ULP budget in `refimpl.ops.OPS`.
 
-A third fixture is what the same float32 run found next: a conv2d weight gradient where the
-upstream gradient overflowed, torch 0 and refimpl NaN at the padding taps (see
-`test_overflowed_gradient_meets_padding_taps`).
+Two more fixtures are what the thorough runs found next: a conv2d weight gradient where the
+upstream gradient overflowed (seed 7, float32; `test_overflowed_gradient_meets_padding_taps`),
+and a loss whose model output cancels (seed 11, float32; `test_loss_of_an_output_that_cancels`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ DTYPES = ("float32", "float64")
 DIVERGED = {"float32": "3.weight", "float64": "5.weight"}  # the gradient each case diverged on
 
 
-def _case(dtype: str, suffix: str = "") -> Case:
-    path = FIXTURES / f"thorough_seed7_{dtype}{suffix}.json"
+def _case(dtype: str, fixture: str = "thorough_seed7_{dtype}") -> Case:
+    path = FIXTURES / f"{fixture.format(dtype=dtype)}.json"
     return Case.from_json(json.loads(path.read_text()))
 
 
@@ -145,7 +145,7 @@ def test_overflowed_gradient_meets_padding_taps() -> None:
     ever see padding get torch's 0 (its float32 kernel for batches of 2 or more skips padding)
     and refimpl's NaN (inf · 0, as torch's float64 and batch-1 kernels compute too). The
     magnitude pass counts the taps as terms, overflows there and leaves them uncompared."""
-    case = _case("float32", "_overflow")
+    case = _case("float32", "thorough_seed7_{dtype}_overflow")
     assert machine.replay(case, "refimpl") is None
     values, batch, expected, actual = _gradients(case, "2.weight")
     taps = (expected == 0) & np.isnan(actual)
@@ -153,3 +153,21 @@ def test_overflowed_gradient_meets_padding_taps() -> None:
     with np.errstate(all="ignore"):
         terms = models.gradient_magnitudes(case.setup.model, "float32", values, batch)
     assert not np.isfinite(terms["2.weight"][taps]).any()
+
+
+def test_loss_of_an_output_that_cancels() -> None:
+    """conv2d -> relu -> linear whose weights grew to 1e6 (lr 3.8): its output, -2e5, sums
+    terms of 1e11, so in float32 torch computes -196924.4, refimpl -196988.4 (float64 at the
+    same parameters: -196996.2), and their L1 losses are 4,096 ULPs apart, beyond the budget in
+    ULPs of the loss and of Σ |dL/d out · out| (32). The forward bound of the loss holds it, at
+    an eighth of the loss: a loss off by that much would still be caught."""
+    case = _case("float32", "thorough_seed11_{dtype}_loss")
+    assert machine.replay(case, "refimpl") is None
+    twins = _before_last(case)
+    values = twins.reference.observe().params
+    batch = case.actions[-1].args["batch"]
+    spec = case.setup.model
+    loss = float(twins.reference.model.loss(batch).detach())
+    scale = models.loss_scale(spec, "float32", values, batch)
+    assert spec.grad_ulp_budget("float32") * oracle.ulp(np.float32(scale)) < 64
+    assert 64 < models.loss_forward_error_bound(spec, "float32", values, batch) < abs(loss) / 8
