@@ -120,16 +120,6 @@ class NoMaximizeSGD(torch.optim.Optimizer):
         super().__init__(params, {"lr": lr, "momentum": momentum})
 
 
-class ForeachForcedSGD(torch.optim.SGD):
-    """torch's own foreach path, whatever the caller asks."""
-
-    def __init__(self, params: Any, lr: Any = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, foreach=True)
-
-
 class FusedForcedSGD(torch.optim.SGD):
     """torch's own fused path, whatever the caller asks."""
 
@@ -154,9 +144,12 @@ class TwoBugsSGD(DocSGD):
 MODULE = "contract_optimizers"
 _module = types.ModuleType(MODULE)
 for _cls in (DocSGD, ExtraKeysSGD, BufKeySGD, SubclassErrorSGD, TypeErrorSGD, NoMaximizeSGD,
-             ForeachForcedSGD, FusedForcedSGD, TwoBugsSGD):
+             FusedForcedSGD, TwoBugsSGD):
     setattr(_module, _cls.__name__, _cls)
 sys.modules[MODULE] = _module
+
+
+FOREACH = "conformance.references:ForeachSGD"  # torch's own foreach path, always
 
 
 def _options(name: str, **kwargs: Any) -> RunOptions:
@@ -222,12 +215,12 @@ def test_torch_foreach_grad_write_is_no_artifact_a_user_must_copy(contract: str)
     reference, strict demands it and semantic accepts an untouched .grad too."""
     case = _case(*STEPS, nesterov=True)
     assert torch_writes_grad(case.setup.defaults)
-    foreach = replay(case, _options("ForeachForcedSGD", contract=contract))
+    foreach = replay(case, RunOptions(FOREACH, contract=contract))
     assert (foreach is None) == (contract == "semantic")
     as_reference = _options("DocSGD", contract=contract, reference_path="foreach")
     untouched = replay(case, as_reference)
     assert (untouched is None) == (contract == "semantic")
-    assert replay(case, _options("ForeachForcedSGD", contract="strict",
+    assert replay(case, RunOptions(FOREACH, contract="strict",
                                  reference_path="foreach")) is None
 
 
