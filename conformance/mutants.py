@@ -37,17 +37,12 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _to_scalar, _use_grad_for_differentiable
 
+from conformance.options import torch_writes_grad
 from refimpl.ops import OPS, _expand_reduced
 
 # --------------------------------------------------------------------------------------------
 # The correct optimizers
 # --------------------------------------------------------------------------------------------
-
-
-def _foreach_writes_grad(group: dict[str, Any]) -> bool:
-    """torch 2.13's foreach SGD computes nesterov's g + μb in place in the gradient tensors
-    when it made no copy of them first (no maximize, no weight decay)."""
-    return not group["maximize"] and group["weight_decay"] == 0
 
 
 class CorrectSGD(Optimizer):
@@ -141,8 +136,7 @@ class CorrectSGD(Optimizer):
         if group["momentum"] != 0:
             buf = self._momentum(buf, g, group["momentum"], group["dampening"])
             g = self._nesterov(g, buf, group["momentum"]) if group["nesterov"] else buf
-            if group["foreach"] and group["nesterov"] and g is not grad and \
-                    _foreach_writes_grad(group):
+            if group["foreach"] and g is not grad and torch_writes_grad(group):
                 grad.copy_(g)  # torch 2.13's foreach path adds μb into .grad itself
         self._descend(p, g, self._lr(group))
         return buf
