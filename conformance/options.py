@@ -28,6 +28,11 @@ from conformance.oracle import Mode
 Contract = Literal["semantic", "strict"]
 ReferencePath = Literal["for-loop", "foreach", "fused"]
 CONTRACTS: tuple[Contract, ...] = ("semantic", "strict")
+# Where the implementation under test runs: in the harness's process, or in a worker process
+# the harness restarts when it exits, crashes, hangs or runs out of memory.
+Isolation = Literal["none", "process"]
+ISOLATIONS: tuple[Isolation, ...] = ("none", "process")
+IN_PROCESS = ("refimpl", "torch.optim:SGD")  # trusted: in-process unless told otherwise
 REFERENCE_PATHS: tuple[ReferencePath, ...] = ("for-loop", "foreach", "fused")
 
 # The hyperparameters torch.optim.SGD defines, and the flags that only pick its code path.
@@ -95,6 +100,14 @@ class RunOptions:
     without: frozenset[str] = field(default_factory=frozenset)
     state_key: str = "momentum_buffer"
     timeout: float | None = 10.0
+    isolation: Isolation | None = None  # None: in-process for refimpl and torch, else process
+    memory_limit: int = 4096  # MiB of address space the worker may add to what it started with
+
+    @property
+    def resolved_isolation(self) -> Isolation:
+        if self.isolation is not None:
+            return self.isolation
+        return "none" if self.implementation in IN_PROCESS else "process"
 
     @property
     def resolved_contract(self) -> Contract:
@@ -124,7 +137,8 @@ class RunOptions:
         return {"optimizer": self.implementation, "contract": self.resolved_contract,
                 "mode": self.mode, "reference_path": self.reference_path,
                 "without": sorted(self.without), "state_key": self.state_key,
-                "timeout": self.timeout}
+                "timeout": self.timeout, "isolation": self.resolved_isolation,
+                "memory_limit": self.memory_limit}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunOptions:
@@ -133,4 +147,5 @@ class RunOptions:
                    mode=data.get("mode"), reference_path=data.get("reference_path", "for-loop"),
                    without=parse_features(data.get("without", [])),
                    state_key=data.get("state_key", "momentum_buffer"),
-                   timeout=data.get("timeout", 10.0))
+                   timeout=data.get("timeout", 10.0), isolation=data.get("isolation"),
+                   memory_limit=data.get("memory_limit", 4096))
