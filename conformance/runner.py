@@ -37,6 +37,7 @@ class Failure:
     found_after_seconds: float
     error_per_action: list[float] = field(default_factory=list)  # of the replayed case
     trajectory: dict[str, Any] | None = None  # the diverging element, both sides, per action
+    flaky: bool = False  # it did not show again when Hypothesis re-ran the program
 
     @property
     def key(self) -> dict[str, Any]:
