@@ -11,11 +11,18 @@ more `Implementation` (and a `Lib` for its tensors), not a change elsewhere.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib
 import inspect
-from dataclasses import dataclass
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -219,8 +226,9 @@ def _arguments(cls: type) -> tuple[frozenset[str], bool]:
 def check_surface(impl: Implementation, options: RunOptions) -> None:
     """Raises ImplementationError when the constructor cannot take an argument the programs
     will pass (one not declared absent): decided before any program runs."""
-    if not isinstance(impl, TorchOptimizerImplementation) or impl.var_keyword:
+    if isinstance(impl, RefimplImplementation) or getattr(impl, "var_keyword", True):
         return
+    assert hasattr(impl, "named")
     for argument in ("lr", "momentum"):
         if argument not in impl.named:
             raise ImplementationError(f"{impl.name} does not take {argument}=")
@@ -233,16 +241,123 @@ def check_surface(impl: Implementation, options: RunOptions) -> None:
 
 def implementation(name: str | RunOptions) -> Implementation:
     """`refimpl` or `module:Class` (or the implementation of a run's options, with its state
-    key and its declared surface checked)."""
+    key and its declared surface checked; under process isolation, loaded and checked in a
+    worker process, never in this one)."""
     options = name if isinstance(name, RunOptions) else RunOptions(name)
     if options.implementation == "refimpl":
         return RefimplImplementation()
-    impl = TorchOptimizerImplementation(options.implementation, options.state_key)
+    impl: Implementation
+    if options.resolved_isolation == "process":
+        from conformance.isolation import IsolatedImplementation
+
+        impl = IsolatedImplementation(options)
+    else:
+        impl = TorchOptimizerImplementation(options.implementation, options.state_key)
     check_surface(impl, options)
     return impl
 
 
 REFERENCE = "torch.optim:SGD"
+
+
+# --- running the implementation's code ----------------------------------------------------------
+
+
+class ActionTimeout(BaseException):
+    """The implementation under test ran past the per-action timeout."""
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raises ActionTimeout in this thread after `seconds` (SIGALRM; main thread only, where
+    Hypothesis, pytest and a worker's loop run; elsewhere no limit applies). Code that never
+    returns to the interpreter (a C call) is not interrupted: a worker process is killed."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise ActionTimeout(f"no result after {seconds:.3g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclass
+class Outcome:
+    """What one call of the implementation's (or torch's) code did: the loss it returned, or
+    the exception it raised (its class, message, traceback and the qualified names of its
+    class and bases, which is what a semantic comparison of classes needs across processes)."""
+
+    loss: np.ndarray | None = None
+    error: tuple[str, str] | None = None  # exception type name, message
+    traceback: str | None = None
+    error_mro: tuple[str, ...] = ()
+    returned: str | None = None  # a step(closure) result that is not a tensor, described
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error is not None and self.error[0] == ActionTimeout.__name__
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _run(call: Callable[[], Any], timeout: float | None) -> Outcome:
+    """Runs `call` under `timeout`; whatever it raises becomes the Outcome (a faulty
+    implementation must never crash the harness). A Ctrl-C of the user's still stops the run
+    in-process; a worker process ignores SIGINT, so there a KeyboardInterrupt is the
+    implementation's."""
+    try:
+        with deadline(timeout):
+            result = call()
+    except KeyboardInterrupt:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            raise
+        return _raised()
+    except BaseException:
+        return _raised()
+    if isinstance(result, Returned):
+        return Outcome(returned=str(result))
+    return Outcome(loss=result)
+
+
+class Returned(str):
+    """What step(closure) returned where it is not a tensor, described."""
+
+
+def _raised() -> Outcome:
+    error = sys.exc_info()[1]
+    assert error is not None
+    try:
+        message = str(error)
+    except BaseException:  # a hostile __str__: the exception was still raised
+        message = f"<{type(error).__name__} whose str() raised>"
+    return Outcome(error=(type(error).__name__, message), traceback=traceback.format_exc(),
+                   error_mro=tuple(_qualified(c) for c in type(error).__mro__))
+
+
+@dataclass
+class Step:
+    """One action on one side, as the harness sees it: synchronising the state from
+    torch's, the action itself, what the closure saw after each backward (step with
+    closure), the state afterwards (None where observing it raised: `observed` says how) and
+    for a state-dict round trip from the implementation, its state dict in torch's format."""
+
+    synced: Outcome
+    outcome: Outcome = field(default_factory=Outcome)
+    closure: list[Observation] = field(default_factory=list)
+    after: Observation | None = None
+    observed: Outcome = field(default_factory=Outcome)
+    state: dict[str, Any] | None = None
+    seconds: float = 0.0
 
 
 # --- one side of the comparison ------------------------------------------------------------------
@@ -346,7 +461,9 @@ class Side:
                 return loss
 
             result = self.optimizer.step(closure)
-            return None if result is None else self.lib.numpy(result)
+            if result is None or self.lib.is_tensor(result):
+                return None if result is None else self.lib.numpy(result)
+            return Returned(f"a {type(result).__name__}, not a tensor")
         if action.kind == "set_hyperparameter":
             group = self.optimizer.param_groups[a["group"] % len(self.optimizer.param_groups)]
             group[a["name"]] = self._options({a["name"]: a["value"]})[a["name"]]
@@ -366,6 +483,60 @@ class Side:
             self.params[a["param"]].requires_grad_(action.kind == "unfreeze")
             return None
         raise ValueError(f"{action.kind} is run by the twins, not one side")
+
+    def act(self, before: Observation, action: Action, timeout: float | None,
+            closure_grads: Observation | None = None,
+            state: dict[str, Any] | None = None,
+            torch_defaults: dict[str, Any] | None = None) -> Step:
+        """Synchronises from torch's state `before`, applies `action` and observes, all
+        within `timeout` (one deadline for the three). A closure records what it sees after
+        each backward and then takes `closure_grads` (torch's closure's grads), so the step
+        is judged on torch's inputs. A state-dict round trip loads `state` (torch's state
+        dict, source "reference") or the optimizer's own; from source "implementation" the
+        Step carries the optimizer's state dict in torch's format (filled with
+        `torch_defaults`)."""
+        start = time.perf_counter()
+        end = None if not timeout else start + timeout
+        left = lambda: None if end is None else max(end - time.perf_counter(), 1e-3)
+        step = Step(_run(lambda: self.synchronise(before), left()))
+        if step.synced.error is not None:
+            return step
+        if action.kind == "save_load":
+            own: dict[str, Any] = {}
+            step.outcome = _run(lambda: self._save_load(action.args["source"], state, own),
+                                left())
+            if "state" in own and action.args["source"] == "implementation":
+                converted: dict[str, Any] = {}
+                _run(lambda: converted.update(state=self.impl.to_torch_state(
+                    own["state"], torch_defaults)), left())
+                step.state = converted.get("state")
+        elif action.kind == "step_closure":
+            def seen(side: Side) -> None:
+                step.closure.append(side.observe())
+                if closure_grads is not None:
+                    side.synchronise(closure_grads, grads_only=True)
+
+            step.outcome = _run(lambda: self.apply(action, seen), left())
+        else:
+            step.outcome = _run(lambda: self.apply(action), left())
+        observed: list[Observation] = []
+        step.observed = _run(lambda: observed.append(self.observe()), left())
+        step.after = observed[0] if observed else None
+        step.seconds = time.perf_counter() - start
+        return step
+
+    def _save_load(self, source: str, state: dict[str, Any] | None,
+                   own: dict[str, Any]) -> None:
+        """state_dict(), then a fresh optimizer over the same groups that loads torch's state
+        dict (source "reference") or its own."""
+        own["state"] = self.optimizer.state_dict()
+        fresh = self.fresh_optimizer()
+        if source == "reference":
+            assert state is not None
+            fresh.load_state_dict(self.impl.load_torch_state(state))
+        else:
+            fresh.load_state_dict(own["state"])
+        self.optimizer = fresh
 
     def fresh_optimizer(self) -> Any:
         """A new optimizer over the same parameter groups, built from the setup's defaults."""
@@ -391,12 +562,24 @@ class Side:
             for key, value in group.items():
                 if key == "params":
                     observed[key] = [self.names.get(id(p), "?") for p in value]
-                elif self.lib.is_tensor(value):
-                    observed[key] = ("tensor", float(self.lib.numpy(value).reshape(-1)[0]))
                 else:
-                    observed[key] = value
+                    observed[key] = self._plain(value)
             groups.append(observed)
         return Observation(params, grads, buffers, requires_grad, groups)
+
+    def _plain(self, value: Any) -> Any:
+        """A group's value as plain data: a tensor as ("tensor", its first element); numbers,
+        strings, None and their tuples and lists as they are; any other object as
+        ("object", its repr), which no class of the implementation's is needed to read."""
+        if self.lib.is_tensor(value):
+            return ("tensor", float(self.lib.numpy(value).reshape(-1)[0]))
+        if isinstance(value, np.generic):
+            return value.item()
+        if value is None or type(value) in (bool, int, float, str):
+            return value
+        if type(value) in (tuple, list):
+            return type(value)(self._plain(v) for v in value)
+        return ("object", repr(value))
 
     def synchronise(self, reference: Observation, grads_only: bool = False) -> None:
         """Sets parameters, grads and momentum buffers to the reference's values, in place

@@ -18,15 +18,11 @@ implementation declared absent), each recorded as an `Action`, so a failure shri
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import signal
-import threading
 import time
-import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,10 +35,13 @@ from conformance.implementations import (
     REFERENCE,
     Implementation,
     Observation,
+    Outcome,
     Side,
     TorchOptimizerImplementation,
+    _run,
     implementation,
 )
+from conformance.isolation import IsolatedImplementation, Lost, RemoteSide
 from conformance.options import (
     IMPLEMENTATION_FLAGS,
     PATH_FLAGS,
@@ -59,49 +58,6 @@ from conformance.program import Action, Case, Setup
 ACTION_CLASSES = {"step_closure": "step", "backward_twice": "backward"}
 
 
-class ActionTimeout(BaseException):
-    """The implementation under test ran past the per-action timeout."""
-
-
-@contextlib.contextmanager
-def deadline(seconds: float | None) -> Iterator[None]:
-    """Raises ActionTimeout in this thread after `seconds` (SIGALRM; main thread only, where
-    Hypothesis and pytest run; elsewhere no limit applies)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise ActionTimeout(f"no result after {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-@dataclass
-class Outcome:
-    loss: np.ndarray | None = None
-    error: tuple[str, str] | None = None  # exception type name, message
-    traceback: str | None = None
-    error_type: type[BaseException] | None = None
-
-
-def _run(call: Callable[[], np.ndarray | None], timeout: float | None) -> Outcome:
-    try:
-        with deadline(timeout):
-            return Outcome(loss=call())
-    except KeyboardInterrupt:
-        raise
-    except BaseException as error:  # a faulty implementation must never crash the harness
-        return Outcome(error=(type(error).__name__, str(error)),
-                       traceback=traceback.format_exc(), error_type=type(error))
-
-
 def same_error(expected: Outcome, actual: Outcome, strict: bool) -> bool:
     """Both raised or neither did; strict: the same class and message, semantic: the
     implementation's exception is an instance of torch's class (the message is only shown)."""
@@ -109,8 +65,7 @@ def same_error(expected: Outcome, actual: Outcome, strict: bool) -> bool:
         return expected.error is None and actual.error is None
     if strict:
         return expected.error == actual.error
-    assert expected.error_type is not None and actual.error_type is not None
-    return issubclass(actual.error_type, expected.error_type)
+    return bool(expected.error_mro) and expected.error_mro[0] in actual.error_mro
 
 
 # --- divergences ---------------------------------------------------------------------------------
@@ -122,7 +77,8 @@ class Divergence:
 
     action_index: int
     action: str
-    tensor: str  # grad | param | momentum_buffer | requires_grad | loss | param_groups | exception
+    tensor: str  # grad | param | momentum_buffer | requires_grad | loss | param_groups |
+    # exception | process (the implementation exited, died, hung or ran out of memory)
     parameter: str | None = None
     group: int | None = None
     mismatch: Mismatch | None = None
@@ -160,6 +116,8 @@ class Divergence:
         where = self.tensor + (f" of {self.parameter}" if self.parameter else "") + \
             (f" (group {self.group})" if self.group is not None else "")
         text = f"action {self.action_index} {self.action}: {where} differs"
+        if self.tensor == "process":  # the detail says what happened to it
+            text = f"action {self.action_index} {self.action}"
         if self.mismatch is not None:
             m = self.mismatch
             text += (f" at {m.index}: expected {m.expected!r}, got {m.actual!r} "
@@ -205,7 +163,17 @@ class Twins:
         self._batch: tuple[dict[str, np.ndarray], int] | None = None
         flags = PATH_FLAGS[options.reference_path]
         self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
-        self.setup_error = _run(lambda: self._build(flags), self.timeout)
+        self.side_obs: Observation | None = None  # the implementation after the last action
+        self.lost: str | None = None  # its worker process was lost: what happened
+        self.side: Side | RemoteSide
+        if isinstance(impl, IsolatedImplementation):
+            self.side = impl.side(setup, flags)
+            try:
+                self.setup_error = self.side.build(self.timeout)
+            except Lost as lost:
+                self.setup_error, self.lost = Outcome(), str(lost)
+        else:
+            self.setup_error = _run(lambda: self._build(flags), self.timeout)
 
     def _build(self, flags: dict[str, bool]) -> None:
         self.side = Side(self.impl, self.setup, flags)
@@ -218,6 +186,8 @@ class Twins:
         """Applies `action` to both sides and returns the first difference, if any."""
         index = len(self.actions)
         self.actions.append(action)
+        if self.lost is not None:
+            return Divergence(index, str(action), "process", detail=self.lost, kind=action.kind)
         if self.setup_error.error is not None:
             return Divergence(index, str(action), "exception",
                               detail=f"constructing the optimizer raised "
@@ -229,37 +199,52 @@ class Twins:
         # the action and its batch (grads accumulated over earlier batches only add terms)
         batch = action.args.get("batch")
         self._batch = None if batch is None else (before.params, batch)
-        synced = _run(lambda: self.side.synchronise(before), self.timeout)
-        if synced.error is not None:
-            return Divergence(index, str(action), "exception",
-                              detail="synchronising the implementation's state raised "
-                                     f"{synced.error[0]}: {synced.error[1]}",
-                              traceback=synced.traceback, kind=action.kind)
-        closure_checks: list[Divergence] = []
         pre_step = before
+        closure_grads: Observation | None = None
+        ref_state: dict[str, Any] | None = None
         if action.kind == "save_load":
-            expected, actual = self._save_load(action.args["source"])
+            ref_state = self.reference.optimizer.state_dict()
+            ref_fresh = self.reference.fresh_optimizer()
         elif action.kind == "step_closure":
             recorded: list[Observation] = []
             expected = _run(lambda: self.reference.apply(
                 action, lambda side: recorded.append(side.observe())), None)
-            if recorded:
-                pre_step = recorded[-1]
-
-            def check_closure(side: Side) -> None:
-                # the closure's grads are checked, then replaced by torch's: the step that
-                # follows is then judged on identical inputs
-                if recorded:
-                    found = self._compare_grads(index, action, recorded[-1], side.observe(),
-                                                computed=True)
-                    closure_checks.extend(found)
-                    side.synchronise(recorded[-1], grads_only=True)
-
-            actual = _run(lambda: self.side.apply(action, check_closure), self.timeout)
+            if recorded:  # the closure's grads are checked, then replaced by torch's: the
+                pre_step = closure_grads = recorded[-1]  # step is judged on torch's inputs
         else:
             expected = _run(lambda: self.reference.apply(action), None)
-            actual = _run(lambda: self.side.apply(action), self.timeout)
-        found = closure_checks + self._compare(index, action, expected, actual, pre_step)
+        try:
+            step = self.side.act(
+                before, action, self.timeout, closure_grads,
+                ref_state if action.args.get("source") == "reference" else None,
+                self.reference.optimizer.defaults if action.kind == "save_load" else None)
+        except Lost as lost:
+            self.lost = str(lost)
+            return self._process(index, action, str(lost))
+        if step.synced.error is not None:
+            return self._process(index, action, step.synced) or \
+                Divergence(index, str(action), "exception",
+                           detail="synchronising the implementation's state raised "
+                                  f"{step.synced.error[0]}: {step.synced.error[1]}",
+                           traceback=step.synced.traceback, kind=action.kind)
+        if action.kind == "save_load":
+            expected = self._load_reference(action.args["source"], ref_state, ref_fresh,
+                                            step.state)
+        timed_out = self._process(index, action, step.outcome)
+        if timed_out is not None:
+            return timed_out
+        if step.after is None:
+            error = step.observed.error or ("?", "")
+            return Divergence(index, str(action), "exception", kind=action.kind,
+                              detail=f"observing the implementation's state (parameters, "
+                                     f"grads, param_groups, state) raised {error[0]}: "
+                                     f"{error[1]}", traceback=step.observed.traceback)
+        self.side_obs = step.after
+        closure_checks = [d for seen in step.closure if closure_grads is not None
+                          for d in self._compare_grads(index, action, closure_grads, seen,
+                                                       computed=True)]
+        found = closure_checks + self._compare(index, action, expected, step.outcome,
+                                               pre_step)
         groups_of = {name: g for g in pre_step.groups for name in g["params"]}
         for divergence in found:
             divergence.kind = action.kind
@@ -267,6 +252,38 @@ class Twins:
                 divergence.features = self._features(groups_of.get(divergence.parameter or ""))
         self.found = found
         return self.package(found)
+
+    def _process(self, index: int, action: Action, what: str | Outcome
+                 ) -> Divergence | None:
+        """A divergence naming what happened to the implementation's process (lost: `what`
+        says how) or to its action (an Outcome that ran past the timeout); None otherwise."""
+        if isinstance(what, Outcome):
+            if not what.timed_out:
+                return None
+            detail = f"the implementation ran past the {self.timeout:g} s timeout during " \
+                     f"{action} and was interrupted"
+            divergence = Divergence(index, str(action), "process", detail=detail,
+                                    traceback=what.traceback, kind=action.kind)
+        else:
+            divergence = Divergence(index, str(action), "process", detail=what,
+                                    kind=action.kind)
+        self.found = [divergence]
+        return divergence
+
+    def _load_reference(self, source: str, ref_state: dict[str, Any] | None, ref_fresh: Any,
+                        side_state: dict[str, Any] | None) -> Outcome:
+        """torch's half of a state-dict round trip: a fresh torch optimizer loads its own
+        state dict or (source "implementation") the implementation's, in torch's format."""
+        def load() -> None:
+            if source == "implementation":
+                if side_state is None:
+                    raise RuntimeError("the implementation's state_dict() failed")
+                ref_fresh.load_state_dict(side_state)
+            else:
+                ref_fresh.load_state_dict(ref_state)
+            self.reference.optimizer = ref_fresh
+
+        return _run(load, None)
 
     def package(self, found: list[Divergence]) -> Divergence | None:
         """The first of an action's divergences, with the others attached to it."""
@@ -303,7 +320,9 @@ class Twins:
 
     def _tensor_pair(self, tensor: str, name: str | None
                      ) -> tuple[np.ndarray, np.ndarray] | None:
-        ref, side = self.reference.observe(), self.side.observe()
+        ref, side = self.reference.observe(), self.side_obs
+        if side is None:
+            return None
         table = {"param": (ref.params, side.params), "grad": (ref.grads, side.grads),
                  "momentum_buffer": (ref.buffers, side.buffers)}
         if tensor not in table or name is None:
@@ -314,7 +333,9 @@ class Twins:
     def error_profile(self) -> float:
         """After an action: the largest ULP distance between the two sides over every
         parameter, grad and buffer they both have (inf where NaN or infinities differ)."""
-        ref, side = self.reference.observe(), self.side.observe()
+        ref, side = self.reference.observe(), self.side_obs
+        if side is None:
+            return float("inf")
         worst = 0.0
         for table_ref, table_side in ((ref.params, side.params), (ref.grads, side.grads),
                                       (ref.buffers, side.buffers)):
@@ -325,35 +346,6 @@ class Twins:
                 worst = max(worst, float(oracle.ulp_distance(actual, expected).max(
                     initial=0.0)))
         return worst
-
-    def _save_load(self, source: str) -> tuple[Outcome, Outcome]:
-        ref, side = self.reference, self.side
-        ref_state = ref.optimizer.state_dict()
-        ref_fresh = ref.fresh_optimizer()
-        own: dict[str, Any] = {}
-
-        def load_side() -> None:
-            state = side.optimizer.state_dict()
-            own["state"] = state
-            fresh = side.fresh_optimizer()
-            fresh.load_state_dict(self.impl.load_torch_state(ref_state)
-                                  if source == "reference" else state)
-            side.optimizer = fresh
-
-        actual = _run(load_side, self.timeout)
-
-        def load_reference() -> None:
-            if source == "implementation":
-                if "state" not in own:
-                    raise RuntimeError("the implementation's state_dict() failed")
-                ref_fresh.load_state_dict(self.impl.to_torch_state(
-                    own["state"], ref.optimizer.defaults))
-            else:
-                ref_fresh.load_state_dict(ref_state)
-            ref.optimizer = ref_fresh
-
-        expected = _run(load_reference, None)
-        return expected, actual
 
     # --- comparisons ---
 
@@ -366,14 +358,18 @@ class Twins:
                                                  f"the implementation {_fmt_error(actual.error)}",
                              traceback=actual.traceback))
             return found  # the states after a different exception say nothing more
-        if (expected.loss is None) != (actual.loss is None):
+        if actual.returned is not None:
+            found.append(new("loss", detail=f"torch returned {_fmt_loss(expected.loss)}, "
+                                            f"the implementation {actual.returned}"))
+        elif (expected.loss is None) != (actual.loss is None):
             found.append(new("loss", detail=f"torch returned {_fmt_loss(expected.loss)}, "
                                             f"the implementation {_fmt_loss(actual.loss)}"))
         elif expected.loss is not None and actual.loss is not None:
             mismatch = self._compare_values(expected.loss, actual.loss, computed=True)
             if mismatch is not None:
                 found.append(new("loss", mismatch=mismatch))
-        ref_obs, side_obs = self.reference.observe(), self.side.observe()
+        ref_obs, side_obs = self.reference.observe(), self.side_obs
+        assert side_obs is not None
         key, difference = self._group_difference(ref_obs.groups, side_obs.groups)
         if difference:
             found.append(new("param_groups", detail=difference, features=[key]))
@@ -658,7 +654,7 @@ def history(case: Case, target: Implementation | str | RunOptions,
             return History(divergence, [-1.0], None)
         try:
             error = twins.error_profile()
-            seen.append((twins.reference.observe(), twins.side.observe()))
+            seen.append((twins.reference.observe(), twins.side_obs))
         except Exception:  # whatever the implementation holds, the report is written
             error = -1.0
             seen.append((None, None))
@@ -922,8 +918,9 @@ def trajectory(setup: Setup, impl: Implementation | str, steps: int = 50) -> lis
     """Trains both sides `steps` iterations (zero_grad, backward on batch i, step) WITHOUT
     synchronising and returns the drift: after each step, the largest ULP distance between any
     parameter of the two sides (inf once NaN or infinities differ). The local checks of `Twins`
-    keep budgets from growing; this measures how far the differences carry over a run."""
-    impl = implementation(impl) if isinstance(impl, str) else impl
+    keep budgets from growing; this measures how far the differences carry over a run. The
+    implementation runs in this process."""
+    impl = implementation(RunOptions(impl, isolation="none")) if isinstance(impl, str) else impl
     flags = PATH_FLAGS["for-loop"]
     reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
     side = Side(impl, setup, flags)

@@ -4,8 +4,6 @@ what the strict contract still demands, and how a declared surface reaches the p
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import pytest
@@ -141,12 +139,35 @@ class TwoBugsSGD(DocSGD):
         return None
 
 
-MODULE = "contract_optimizers"
-_module = types.ModuleType(MODULE)
-for _cls in (DocSGD, ExtraKeysSGD, BufKeySGD, SubclassErrorSGD, TypeErrorSGD, NoMaximizeSGD,
-             FusedForcedSGD, TwoBugsSGD):
-    setattr(_module, _cls.__name__, _cls)
-sys.modules[MODULE] = _module
+class WritesGrad(DocSGD):
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(1.5)
+        return loss
+
+
+class NudgedClosure(DocSGD):
+    def step(self, closure: Any = None) -> Any:
+        if closure is None:
+            return super().step()
+
+        def nudged() -> Any:
+            loss = closure()
+            with torch.no_grad():
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            p.grad.copy_(torch.nextafter(p.grad, p.grad + 1))
+            return loss
+
+        return super().step(nudged)
+
+
+MODULE = __name__  # the classes above, importable by a worker process as tests.test_contract
 
 
 FOREACH = "conformance.references:ForeachSGD"  # torch's own foreach path, always
@@ -227,17 +248,6 @@ def test_torch_foreach_grad_write_is_no_artifact_a_user_must_copy(contract: str)
 def test_a_wrong_grad_write_is_still_caught() -> None:
     """Accepting torch's write is not accepting any write."""
 
-    class WritesGrad(DocSGD):
-        @torch.no_grad()
-        def step(self, closure: Any = None) -> Any:
-            loss = super().step(closure)
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        p.grad.mul_(1.5)
-            return loss
-
-    _module.WritesGrad = WritesGrad  # type: ignore[attr-defined]
     for nesterov in (True, False):
         divergence = replay(_case(*STEPS, nesterov=nesterov), _options("WritesGrad"))
         assert divergence is not None and divergence.tensor == "grad"
@@ -256,23 +266,6 @@ def test_tolerance_mode_judges_gradients_with_tolerance() -> None:
     """A gradient one rounding off (as from a compiled closure) fails exact and ulp modes,
     which compare torch's own autograd bitwise, and passes tolerance."""
 
-    class NudgedClosure(DocSGD):
-        def step(self, closure: Any = None) -> Any:
-            if closure is None:
-                return super().step()
-
-            def nudged() -> Any:
-                loss = closure()
-                with torch.no_grad():
-                    for group in self.param_groups:
-                        for p in group["params"]:
-                            if p.grad is not None:
-                                p.grad.copy_(torch.nextafter(p.grad, p.grad + 1))
-                return loss
-
-            return super().step(nudged)
-
-    _module.NudgedClosure = NudgedClosure  # type: ignore[attr-defined]
     case = _case(Action("step_closure", {"batch": 3}))
     divergence = replay(case, _options("NudgedClosure"))
     assert divergence is not None and divergence.tensor == "grad"

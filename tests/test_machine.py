@@ -5,8 +5,6 @@ faulty implementation (exceptions, hangs, wrong results) never crashes the harne
 from __future__ import annotations
 
 import json
-import sys
-import types
 from typing import Any
 
 import pytest
@@ -40,11 +38,15 @@ class ExitingSGD(CorrectSGD):
         raise SystemExit(3)
 
 
-_faulty = types.ModuleType("faulty_optimizers")
-_faulty.RaisingSGD, _faulty.HangingSGD, _faulty.ExitingSGD = RaisingSGD, HangingSGD, ExitingSGD
-_faulty.NotAClass = 3
-_faulty.NoLr = type("NoLr", (), {"__init__": lambda self, params: None})
-sys.modules["faulty_optimizers"] = _faulty
+NotAClass = 3
+
+
+class NoLr:
+    def __init__(self, params: Any) -> None:
+        pass
+
+
+FAULTY = __name__  # importable by a worker process as tests.test_machine
 
 
 def _simplest_spec() -> ModelSpec:
@@ -73,14 +75,17 @@ STEP = (Action("backward", {"batch": 1}), Action("step"))
 
 @pytest.mark.parametrize(("name", "expected"), [
     ("RaisingSGD", "RuntimeError: kernel launch failed"),
-    ("HangingSGD", "ActionTimeout: no result after 0.5 s"),
+    ("HangingSGD", "ran past the 0.5 s timeout during step() and was interrupted"),
     ("ExitingSGD", "SystemExit: 3"),
 ])
-def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str) -> None:
-    divergence = replay(Case(_setup(), STEP), RunOptions(f"faulty_optimizers:{name}",
-                                                         timeout=0.5))
+@pytest.mark.parametrize("isolation", ["none", "process"])
+def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str,
+                                                        isolation: str) -> None:
+    divergence = replay(Case(_setup(), STEP), RunOptions(f"{FAULTY}:{name}", timeout=0.5,
+                                                         isolation=isolation))
     assert divergence is not None
-    assert divergence.action_index == 1 and divergence.tensor == "exception"
+    assert divergence.action_index == 1
+    assert divergence.tensor == ("process" if name == "HangingSGD" else "exception")
     assert expected in divergence.detail
     assert divergence.traceback and "test_machine.py" in divergence.traceback  # user frames
 
@@ -88,9 +93,9 @@ def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str
 @pytest.mark.parametrize(("target", "message"), [
     ("nocolon", "expected module:Class"),
     ("no_such_module_xyz:SGD", "cannot import 'no_such_module_xyz'"),
-    ("faulty_optimizers:Missing", "has no attribute 'Missing'"),
-    ("faulty_optimizers:NotAClass", "is not a class"),
-    ("faulty_optimizers:NoLr", "does not construct like torch.optim.SGD"),
+    (f"{FAULTY}:Missing", "has no attribute 'Missing'"),
+    (f"{FAULTY}:NotAClass", "is not a class"),
+    (f"{FAULTY}:NoLr", "does not construct like torch.optim.SGD"),
 ])
 def test_bad_module_class_is_a_configuration_error(target: str, message: str) -> None:
     with pytest.raises(ImplementationError, match=message.replace("(", r"\(")):
