@@ -7,9 +7,15 @@ deduplicated by, when it was found, the diverging element's trajectory and the f
 hyperparameters), the contract it checked, and what it did not verify. The renderers also
 accept a version 1 `report.json`, whose failures lack those fields, so old reports re-render.
 
+Additions that keep version 2 (optional, so older version 2 reports still validate): a
+failure's `flaky` (it did not show again when Hypothesis re-ran the program) and the settings'
+`isolation` and `memory_limit`.
+
 A report directory is written atomically: everything goes to a hidden temporary directory
 beside it, which is renamed to `DIR/<run-id>` only when complete, so an interrupted run leaves
-no half-written report.
+no half-written report. `check_directory` and `check_file` say up front, with a probe, whether
+a report can be written where asked; `check_replayable` whether a report.json read back is one
+this version can replay (validated against `report_schema.json`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 2
+SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
+FLAKY = "flaky: did not show again on a re-run"
 
 # The hyperparameter that carries each feature a failure key can name, so the HTML can
 # highlight it in the failing group's table (features that are actions, such as closure or
@@ -105,6 +113,7 @@ def _failure(failure: Any, number: int) -> dict[str, Any]:
         "trajectory": failure.trajectory,
         "error_per_action": list(failure.error_per_action),
         "repro": f"repro_{number}.py",
+        "flaky": bool(getattr(failure, "flaky", False)),
     }
 
 
@@ -278,6 +287,9 @@ def markdown(report: dict[str, Any]) -> str:
 def _markdown_failure(n: int, failure: dict[str, Any]) -> list[str]:
     d = failure["first_divergence"]
     lines = [f"### {n}. {failure['dtype']}: {_where(d, _code)}", ""]
+    if failure.get("flaky"):
+        lines += [f"**{FLAKY}**: Hypothesis ran the program again and it conformed; the "
+                  "divergence is reported, not dropped.", ""]
     if "found_after_programs" in failure:
         key = failure["key"]
         features = ", ".join(key["features"]) or "no particular feature"
@@ -401,6 +413,10 @@ def _html_failure(n: int, failure: dict[str, Any]) -> str:
     d = failure["first_divergence"]
     parts = [f"<section class='failure' id='failure-{n}'>"
              f"<h2>Failure {n} ({e(failure['dtype'])}): {_where(d, _html_code, e)}</h2>"]
+    if failure.get("flaky"):
+        parts.append(f"<p class='flaky'><strong>{e(FLAKY)}</strong>: Hypothesis ran the "
+                     "program again and it conformed; the divergence is reported, not "
+                     "dropped.</p>")
     if "found_after_programs" in failure:
         key = failure["key"]
         parts.append(f"<p>Found after {e(_found_after(failure))}; key: "
@@ -607,7 +623,8 @@ def junit(report: dict[str, Any]) -> str:
 def _summary(failure: dict[str, Any]) -> str:
     d = failure["first_divergence"]
     where = d["tensor"] + (f" of {d['parameter']}" if d["parameter"] else "")
-    return f"{where} differs at action {d['action_index']} {d['action']}"
+    flaky = f" ({FLAKY})" if failure.get("flaky") else ""
+    return f"{where} differs at action {d['action_index']} {d['action']}{flaky}"
 
 
 def repro_script(report: dict[str, Any], failure: dict[str, Any]) -> str:
@@ -646,6 +663,100 @@ sys.exit(1)
 '''
 
 
+# --- checks up front ----------------------------------------------------------------------------
+
+
+def check_directory(path: Path) -> None:
+    """Raises ValueError, with a one-line reason, unless a report can be written into
+    `path`: it is created where missing, then a probe file is written there and removed."""
+    try:
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"cannot create the directory {path}: {_reason(error)}") from error
+    _probe(path)
+
+
+def check_file(path: Path) -> None:
+    """Raises ValueError, with a one-line reason, unless a file can be written at `path`: not
+    a directory, its parent directory created where missing and writable (a probe), and an
+    existing file opened for appending (which changes nothing)."""
+    try:
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not a file")
+    except OSError as error:
+        raise ValueError(f"cannot use {path}: {_reason(error)}") from error
+    check_directory(path.parent)
+    try:
+        if path.exists():
+            with path.open("ab"):
+                pass
+    except OSError as error:
+        raise ValueError(f"cannot write {path}: {_reason(error)}") from error
+
+
+def _probe(directory: Path) -> None:
+    try:
+        handle, name = tempfile.mkstemp(prefix=".conformance-probe-", dir=directory)
+        os.close(handle)
+        os.unlink(name)
+    except OSError as error:
+        raise ValueError(f"cannot write in {directory}: {_reason(error)}") from error
+
+
+def _reason(error: OSError) -> str:
+    return error.strerror or str(error)
+
+
+def schema() -> dict[str, Any]:
+    """report_schema.json: the JSON Schema of report.json at SCHEMA_VERSION."""
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def check_replayable(data: Any) -> None:
+    """Raises ValueError, with a one-line reason, unless `data` (a report.json, parsed) is a
+    report this version can replay: version 2 against the whole schema; version 1 (which has
+    no schema here) in what a replay reads, its settings and its failures' cases."""
+    import jsonschema
+
+    if not isinstance(data, dict):
+        raise ValueError(f"not a report: a JSON object expected, found {_json_type(data)}")
+    if "schema_version" not in data:
+        raise ValueError("not a report: it has no schema_version")
+    version = data["schema_version"]
+    if isinstance(version, int) and not isinstance(version, bool) and \
+            version > SCHEMA_VERSION:
+        raise ValueError(f"report schema_version {version} is newer than this conformance "
+                         f"({SCHEMA_VERSION}); upgrade sgd-conformance")
+    if version not in (1, SCHEMA_VERSION) or isinstance(version, bool):
+        raise ValueError(f"report schema_version {version!r} is unknown to this conformance "
+                         f"(it reads 1 and {SCHEMA_VERSION})")
+    full = schema()
+    if version == 1:
+        full = {"$defs": full["$defs"], "type": "object",
+                "required": ["settings", "failures"],
+                "properties": {
+                    "settings": {**full["properties"]["settings"], "required": ["optimizer"]},
+                    "failures": {"type": "array", "items": {
+                        "type": "object", "required": ["case"],
+                        "properties": {"case": {"$ref": "#/$defs/case"}}}}}}
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(full).iter_errors(data))
+    if error is not None:
+        message = " ".join(error.message.split())
+        if len(message) > 200:
+            message = message[:200] + "…"
+        raise ValueError(f"not a valid report of schema_version {version}: at "
+                         f"{error.json_path}: {message}")
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
 def write(report: dict[str, Any], directory: Path, run_id: str | None = None) -> Path:
     """Writes report.json, report.md, report.html, junit.xml and repro_<n>.py into
     `directory/<run-id>`, atomically; returns that path."""
@@ -675,6 +786,11 @@ def write(report: dict[str, Any], directory: Path, run_id: str | None = None) ->
 
 
 def _run_id(report: dict[str, Any]) -> str:
-    stamp = re.sub(r"[^0-9T]", "", report["created"].split("+")[0])
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(report["implementation"])).strip("-")
+    return run_id(report["created"], report["implementation"])
+
+
+def run_id(created: str, implementation: str) -> str:
+    """The report directory's name: the time it was created and the implementation."""
+    stamp = re.sub(r"[^0-9T]", "", created.split("+")[0])
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", str(implementation)).strip("-")
     return f"{stamp}-{slug}"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
@@ -69,9 +70,14 @@ class Divergence:
         return copy.deepcopy(self.data)
 
 
+# Two linear layers: parameters 0.weight, 0.bias, 1.weight and 1.bias.
+MODEL = {"kind": "mlp", "input_shape": [2, 3], "loss": "mse", "seed": 0,
+         "layers": [{"op": "linear", "out": 3}, {"op": "linear", "out": 1}]}
+
+
 def _case(actions: list[dict[str, Any]], *, tensor_lr: bool, groups: list[dict[str, Any]],
           nesterov: bool = False, dtype: str = "float32") -> Any:
-    setup = {"model": {"kind": "mlp", "loss": "mse", "layers": [2, 3, 1]}, "dtype": dtype,
+    setup = {"model": MODEL, "dtype": dtype,
              "defaults": {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
                           "maximize": False, "nesterov": nesterov, "foreach": None},
              "groups": groups, "tensor_lr": tensor_lr}
@@ -536,7 +542,7 @@ def test_renderers_read_the_json_alone_without_torch(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def test_a_version_1_report_still_renders() -> None:
+def _version_1() -> dict[str, Any]:
     data = _failing()
     data["schema_version"] = 1
     for name in ("contract", "not_verified"):
@@ -547,8 +553,116 @@ def test_a_version_1_report_still_renders() -> None:
             del failure[name]
         for name in ("overwritten", "features"):
             del failure["first_divergence"][name]
+        del failure["flaky"]
+    return data
+
+
+def test_a_version_1_report_still_renders() -> None:
+    data = _version_1()
     text = report.markdown(data)
     assert "conforms" not in text and "Not verified" not in text and "### 2. " in text
     page = report.html(data)
     assert _Page(page).count("img") == 4  # no trajectories: error per action, error map
     assert ET.fromstring(report.junit(data)).get("skipped") == "0"
+
+
+# --- additions within version 2: flaky failures, isolation settings ------------------------------
+
+
+def _flaky() -> dict[str, Any]:
+    failure = _tensor_lr_failure()
+    failure.flaky = True
+    return report.build([_result("float32", [failure])],
+                        _settings(isolation="process", memory_limit=4096), CREATED,
+                        not_verified=[])
+
+
+def test_a_flaky_failure_is_reported_and_said_to_be_flaky() -> None:
+    data = _flaky()
+    jsonschema.validate(data, SCHEMA)
+    assert data["failures"][0]["flaky"] is True and data["result"] == "fail"
+    assert [f["flaky"] for f in _failing()["failures"]] == [False, False]  # no such attribute
+    assert report.FLAKY == "flaky: did not show again on a re-run"
+    assert report.FLAKY in report.markdown(data)
+    assert report.FLAKY not in report.markdown(_failing())
+    page = report.html(data)
+    assert page.count(report.FLAKY) == 1
+    assert ("p", {"class": "flaky"}) in _Page(page).tags
+    failure = ET.fromstring(report.junit(data)).find("testcase/failure")
+    assert failure is not None and report.FLAKY in (failure.get("message") or "")
+
+
+def test_the_additions_are_optional_and_checked() -> None:
+    older = _failing()  # a version 2 report from before the additions still validates
+    for failure in older["failures"]:
+        del failure["flaky"]
+    jsonschema.validate(older, SCHEMA)
+    for field_name, bad in (("isolation", "thread"), ("memory_limit", 0)):
+        data = _flaky()
+        data["settings"][field_name] = bad
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(data, SCHEMA)
+    data = _flaky()
+    data["failures"][0]["flaky"] = "yes"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(data, SCHEMA)
+
+
+# --- what a replay reads -------------------------------------------------------------------------
+
+
+def test_a_report_of_either_version_is_replayable() -> None:
+    report.check_replayable(_failing())
+    report.check_replayable(_version_1())
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d.update(schema_version=7),
+     "report schema_version 7 is newer than this conformance (2); upgrade sgd-conformance"),
+    (lambda d: d.update(schema_version="2"), "schema_version '2' is unknown"),
+    (lambda d: d.pop("schema_version"), "it has no schema_version"),
+    (lambda d: d["failures"][0]["case"]["setup"].update(dtype="float16"),
+     "at $.failures[0].case.setup.dtype: 'float16' is not one of"),
+    (lambda d: d["failures"][1]["case"]["actions"].append({"kind": "explode", "args": {}}),
+     "at $.failures[1].case.actions[1].kind: 'explode' is not one of"),
+    (lambda d: d.pop("failures"), "'failures' is a required property"),
+])
+def test_a_report_a_replay_cannot_read_is_named_in_one_line(
+        change: Callable[[dict[str, Any]], Any], message: str) -> None:
+    for data in (json.loads(json.dumps(_failing())), json.loads(json.dumps(_version_1()))):
+        change(data)  # on the JSON as read back: the program and the case are two lists
+        with pytest.raises(ValueError) as error:
+            report.check_replayable(data)
+        assert message in str(error.value) and "\n" not in str(error.value)
+        if "newer" in message:
+            assert str(error.value) == message
+
+
+def test_check_replayable_of_a_list() -> None:
+    with pytest.raises(ValueError, match="a JSON object expected, found an array"):
+        report.check_replayable([_failing()])
+
+
+# --- where a report can be written ---------------------------------------------------------------
+
+
+def test_check_directory_creates_it_and_leaves_no_probe(tmp_path: Path) -> None:
+    target = tmp_path / "a" / "b"
+    report.check_directory(target)
+    assert target.is_dir() and list(target.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="exists and is not a directory"):
+        report.check_directory(tmp_path / "file")
+    with pytest.raises(ValueError, match="cannot create the directory"):
+        report.check_directory(tmp_path / "file" / "sub")
+
+
+def test_check_file_wants_a_writable_file_and_changes_none(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is a directory, not a file"):
+        report.check_file(tmp_path)
+    existing = tmp_path / "junit.xml"
+    existing.write_text("kept")
+    report.check_file(existing)
+    assert existing.read_text() == "kept"
+    report.check_file(tmp_path / "new" / "junit.xml")
+    assert (tmp_path / "new").is_dir() and not (tmp_path / "new" / "junit.xml").exists()
