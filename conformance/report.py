@@ -654,12 +654,18 @@ from conformance.program import Case  # noqa: E402
 SETTINGS = json.loads({json.dumps(report["settings"])!r})
 CASE = json.loads({json.dumps(failure["case"])!r})
 
-divergence = replay(Case.from_json(CASE), RunOptions.from_json(SETTINGS))
-if divergence is None:
-    print("conforms: no divergence")
-    sys.exit(0)
-print(divergence)
-sys.exit(1)
+
+def main() -> int:
+    divergence = replay(Case.from_json(CASE), RunOptions.from_json(SETTINGS))
+    if divergence is None:
+        print("conforms: no divergence")
+        return 0
+    print(divergence)
+    return 1
+
+
+if __name__ == "__main__":  # a worker process (--isolation process) imports this module too
+    sys.exit(main())
 '''
 
 
