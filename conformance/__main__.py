@@ -6,42 +6,78 @@
 
 `run` reads `[tool.sgd-conformance]` from ./pyproject.toml where there is one (keys named as
 the long options: optimizer, contract, mode, reference-path, without, state-key, dtype,
-profile, examples, seed, timeout, max-failures); the command line wins.
+profile, examples, seed, timeout, max-failures, isolation, memory-limit, report-dir, junit);
+the command line wins.
 
-Exit status: 0 conformant, 1 a divergence was found (or a mutant survived), 2 a usage or
-configuration error (with a one-line message saying what to fix).
+Exit status, and no other ever escapes:
+
+* 0: conformant, with every program run (or every mutant killed).
+* 1: a divergence was found (or a mutant survived), always with a complete report.
+* 2: a usage or configuration error: one line saying what to fix, decided before any program
+  runs (bad options or pyproject.toml keys, an unwritable --report-dir or --junit, a
+  `module:Class` that is no SGD-like optimizer, a report `replay` cannot read, the
+  `[conformance]` extra not installed).
+* 3: the harness itself failed, a bug in sgd-conformance and not in the optimizer under test:
+  the traceback, then a line asking to file it.
+* 130: the user's own interrupt (Ctrl-C) of this process; not a verdict.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import sys
 import tomllib
+import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from conformance.options import CONTRACTS, DTYPES, FEATURES, REFERENCE_PATHS
+from conformance.options import CONTRACTS, DTYPES, FEATURES, ISOLATIONS, REFERENCE_PATHS
 
-USAGE_ERROR, DIVERGED, CONFORMS = 2, 1, 0
+CONFORMS, DIVERGED, USAGE_ERROR, INTERNAL_ERROR, INTERRUPTED = 0, 1, 2, 3, 130
 CONFIG_TABLE = "sgd-conformance"
+PROFILE_NAMES = ("dev", "ci", "thorough")
+MODES = ("exact", "ulp", "tolerance")
 # run's options and their defaults, where neither the command line nor pyproject.toml says
 RUN_DEFAULTS: dict[str, Any] = {
     "optimizer": "refimpl", "contract": None, "mode": None, "reference_path": "for-loop",
     "without": "", "state_key": "momentum_buffer", "dtype": "both", "profile": "ci",
-    "examples": None, "seed": None, "timeout": 10.0, "max_failures": 5,
+    "examples": None, "seed": None, "timeout": 10.0, "max_failures": 5, "isolation": None,
+    "memory_limit": 4096, "report_dir": "reports", "junit": None,
 }
+# What the `[conformance]` extra installs (numpy, the one base dependency, is always there).
+EXTRA_MODULES = ("torch", "hypothesis", "tqdm", "matplotlib", "jsonschema")
+INSTALL_HINT = "install the suite with pip install 'sgd-conformance[conformance]' " \
+               "(torch==2.13.0 first)"
+INTERNAL_ERROR_LINE = "conformance: internal error (a bug in sgd-conformance, not in your " \
+                      "optimizer): please file it with the traceback above"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors (an unknown option, a bad choice, a value of the wrong
+    type) in one line; they exit 2 from parse_args, as argparse's own do."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {_one_line(message)} "
+                               f"(see {self.prog} --help)\n")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="conformance", description="Checks an optimizer against torch.optim.SGD with "
-        "Hypothesis-generated programs and writes a diff report.")
+        "Hypothesis-generated programs and writes a diff report.",
+        epilog="Exit status: 0 conformant, 1 a divergence (with a complete report), 2 a usage "
+               "or configuration error (one line, before any program runs), 3 an internal "
+               "error of sgd-conformance (please file it), 130 interrupted by the user.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="run the conformance suite and write a report",
         description="Checks an optimizer against torch.optim.SGD. Options may also be set in "
-                    "./pyproject.toml under [tool.sgd-conformance] (the command line wins).")
+                    "./pyproject.toml under [tool.sgd-conformance], keys named as the long "
+                    "options (the command line wins).")
     run.add_argument("--optimizer",
                      help="refimpl (default) or module:Class, a class constructed like "
                           "torch.optim.SGD")
@@ -60,21 +96,31 @@ def _parser() -> argparse.ArgumentParser:
                           f"as not verified in the report: {', '.join(FEATURES)}")
     run.add_argument("--state-key", metavar="NAME",
                      help="the state key of the momentum buffer (default momentum_buffer)")
-    run.add_argument("--profile", choices=["dev", "ci", "thorough"],
+    run.add_argument("--profile", choices=PROFILE_NAMES,
                      help="programs per dtype: dev 50, ci 1,000 (default), thorough 25,000")
     run.add_argument("--examples", type=int, help="programs per dtype (overrides --profile)")
     run.add_argument("--seed", type=int,
                      help="Hypothesis seed (default: random, with failures saved in "
                           ".hypothesis/ and replayed first next time)")
     run.add_argument("--dtype", choices=[*DTYPES, "both"], help="default both")
-    run.add_argument("--mode", choices=["exact", "ulp", "tolerance"],
+    run.add_argument("--mode", choices=MODES,
                      help="how values are judged (default: exact for refimpl, ulp otherwise)")
     run.add_argument("--max-failures", type=int,
                      help="distinct failures to find and shrink per dtype before stopping "
                           "(default 5)")
-    run.add_argument("--report-dir", type=Path, default=Path("reports"),
-                     help="where the report directory is written (default: reports/)")
-    run.add_argument("--junit", type=Path, help="also write the JUnit XML here")
+    run.add_argument("--isolation", choices=ISOLATIONS,
+                     help="where the optimizer runs: process (default for a module:Class) "
+                          "runs it in a worker process, so a crash, a hang or running out "
+                          "of memory is a reported divergence, not the end of the run; none "
+                          "(default for refimpl and torch.optim:SGD) runs it in this process")
+    run.add_argument("--memory-limit", type=int, metavar="MIB",
+                     help="MiB of address space the worker process may add to what it "
+                          "started with (default 4096; with --isolation process)")
+    run.add_argument("--report-dir", type=Path,
+                     help="where the report directory is written (default: reports/; "
+                          "created where missing, and must be writable)")
+    run.add_argument("--junit", type=Path, metavar="FILE",
+                     help="also write the JUnit XML to this file")
     run.add_argument("--timeout", type=float,
                      help="seconds one action of the implementation may take (default 10)")
     replay = sub.add_parser("replay", help="re-run a recorded failure and print its first "
@@ -83,26 +129,66 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--case", type=int, default=1, help="which failure (default 1)")
     mutants = sub.add_parser("mutants", help="run the self-check catalogue, print the kill "
                                              "matrix")
-    mutants.add_argument("--profile", choices=["dev", "ci", "thorough"], default="ci")
+    mutants.add_argument("--profile", choices=PROFILE_NAMES, default="ci")
     mutants.add_argument("--seed", type=int, default=0)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command; its return value is the exit status (see the module docstring). argparse's
+    own usage errors (an unknown option, a value of the wrong type) exit 2 from here."""
     args = _parser().parse_args(argv)
+    commands: dict[str, Callable[[argparse.Namespace], int]] = {
+        "run": _run, "replay": _replay, "mutants": _mutants}
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "replay":
-            return _replay(args)
-        return _mutants(args)
+        _check_extra()
+        return commands[args.command](args)
     except _UsageError as error:
-        print(f"conformance: error: {error}", file=sys.stderr)
+        print(f"conformance: error: {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in EXTRA_MODULES:
+            return _internal_error()
+        print(f"conformance: error: {_not_installed([error.name or ''])}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("conformance: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    except BaseException:  # a bug of ours: no other status may escape
+        return _internal_error()
 
 
 class _UsageError(Exception):
     pass
+
+
+def _internal_error() -> int:
+    traceback.print_exc()
+    print(INTERNAL_ERROR_LINE, file=sys.stderr, flush=True)
+    return INTERNAL_ERROR
+
+
+def _one_line(error: BaseException | str) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def _not_installed(modules: list[str]) -> str:
+    names = ", ".join(modules)
+    return f"{names} {'is' if len(modules) == 1 else 'are'} not installed; {INSTALL_HINT}"
+
+
+def _check_extra() -> None:
+    """The `[conformance]` extra's modules are importable: a cheap look-up, no import."""
+    missing = []
+    for module in EXTRA_MODULES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # ValueError: loaded, without a __spec__
+            found = module in sys.modules and sys.modules[module] is not None
+        if not found:
+            missing.append(module)
+    if missing:
+        raise _UsageError(_not_installed(missing))
 
 
 def _progress(total: int, label: str) -> Any:
@@ -123,14 +209,18 @@ def _progress(total: int, label: str) -> Any:
 def _config(path: Path) -> dict[str, Any]:
     """`[tool.sgd-conformance]` of a pyproject.toml, with keys as run's option names."""
     try:
-        table = tomllib.loads(path.read_text()).get("tool", {}).get(CONFIG_TABLE, {})
-    except (OSError, tomllib.TOMLDecodeError) as error:
+        table = tomllib.loads(path.read_text(encoding="utf-8")).get("tool", {}) \
+            .get(CONFIG_TABLE, {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as error:
         raise _UsageError(f"cannot read {path}: {error}") from error
+    if not isinstance(table, dict):
+        raise _UsageError(f"{path}: [tool.{CONFIG_TABLE}] must be a table")
     config = {key.replace("-", "_"): value for key, value in table.items()}
     unknown = sorted(set(config) - set(RUN_DEFAULTS))
     if unknown:
         raise _UsageError(f"{path} [tool.{CONFIG_TABLE}]: unknown key(s) "
-                          f"{', '.join(unknown)}")
+                          f"{', '.join(unknown)}; known: "
+                          f"{', '.join(k.replace('_', '-') for k in RUN_DEFAULTS)}")
     return config
 
 
@@ -152,30 +242,42 @@ def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, str]]
     return values, sources
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
     """The run's options, every value checked: a bad one is a usage error before any work."""
     from conformance.options import RunOptions, parse_features
 
+    def bad(key: str, why: str) -> _UsageError:
+        where = " (from pyproject.toml)" if sources[key] == "pyproject.toml" else ""
+        return _UsageError(f"--{key.replace('_', '-')} {why}, got {values[key]!r}{where}")
+
     choices = {"contract": (None, *CONTRACTS), "reference_path": REFERENCE_PATHS,
-               "mode": (None, "exact", "ulp", "tolerance"), "dtype": (*DTYPES, "both"),
-               "profile": ("dev", "ci", "thorough")}
+               "mode": (None, *MODES), "dtype": (*DTYPES, "both"), "profile": PROFILE_NAMES,
+               "isolation": (None, *ISOLATIONS)}
     for key, allowed in choices.items():
         if values[key] not in allowed:
-            raise _UsageError(f"{key.replace('_', '-')} must be one of "
-                              f"{', '.join(a for a in allowed if a)}, got {values[key]!r} "
-                              f"(from {sources[key]})")
-    for key, low in (("examples", 1), ("max_failures", 1)):
+            raise bad(key, f"must be one of {', '.join(a for a in allowed if a)}")
+    for key in ("examples", "max_failures", "memory_limit"):
         value = values[key]
-        if value is not None and (not isinstance(value, int) or value < low):
-            raise _UsageError(f"--{key.replace('_', '-')} must be at least {low}")
+        if value is not None and (not _is_int(value) or value < 1):
+            raise bad(key, "must be at least 1")
     timeout = values["timeout"]
-    if not isinstance(timeout, int | float) or not 0 < timeout < float("inf"):
-        raise _UsageError(f"--timeout must be a positive number of seconds, got {timeout!r}")
-    if values["seed"] is not None and not isinstance(values["seed"], int):
-        raise _UsageError(f"--seed must be an integer, got {values['seed']!r}")
-    if not isinstance(values["optimizer"], str) or not isinstance(values["state_key"], str) \
-            or not values["state_key"]:
-        raise _UsageError("--optimizer and --state-key must be non-empty strings")
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) \
+            or not 0 < timeout < math.inf:
+        raise bad("timeout", "must be a positive number of seconds (finite)")
+    if values["seed"] is not None and not _is_int(values["seed"]):
+        raise bad("seed", "must be an integer")
+    for key in ("optimizer", "state_key"):
+        if not isinstance(values[key], str) or not values[key]:
+            raise bad(key, "must be a non-empty string")
+    if not isinstance(values["report_dir"], str | Path) or not str(values["report_dir"]):
+        raise bad("report_dir", "must be a directory name")
+    if values["junit"] is not None and (not isinstance(values["junit"], str | Path)
+                                        or not str(values["junit"])):
+        raise bad("junit", "must be a file name")
     try:
         without = parse_features(values["without"])
     except (ValueError, AttributeError, TypeError) as error:
@@ -183,7 +285,27 @@ def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
     return RunOptions(implementation=values["optimizer"], contract=values["contract"],
                       mode=values["mode"], reference_path=values["reference_path"],
                       without=without, state_key=values["state_key"],
-                      timeout=float(timeout))
+                      timeout=float(timeout), isolation=values["isolation"],
+                      memory_limit=values["memory_limit"])
+
+
+def _outputs(values: dict[str, Any]) -> tuple[Path, Path | None]:
+    """The report directory and the JUnit file, each checked writable by writing and removing
+    a probe (the directory is created where missing), before any program runs."""
+    from conformance import report
+
+    report_dir = Path(values["report_dir"])
+    junit = None if values["junit"] is None else Path(values["junit"])
+    try:
+        report.check_directory(report_dir)
+    except ValueError as error:
+        raise _UsageError(f"--report-dir: {error}") from error
+    if junit is not None:
+        try:
+            report.check_file(junit)
+        except ValueError as error:
+            raise _UsageError(f"--junit: {error}") from error
+    return report_dir, junit
 
 
 def _not_verified(options: Any, dtypes: list[str], sources: dict[str, str]
@@ -206,6 +328,7 @@ def _run(args: argparse.Namespace) -> int:
 
     values, sources = _settings(args)
     options = _options(values, sources)
+    report_dir, junit = _outputs(values)
     try:
         impl = implementation(options)
     except ImplementationError as error:
@@ -223,8 +346,10 @@ def _run(args: argparse.Namespace) -> int:
         finally:
             close()
         results.append(result)
+        flaky = sum(getattr(f, "flaky", False) for f in result.failures)
         verdict = "conforms" if result.passed else \
-            f"DIVERGES ({len(result.failures)} distinct failure(s)); first: {result.divergence}"
+            f"DIVERGES ({len(result.failures)} distinct failure(s)" + \
+            (f", {flaky} flaky" if flaky else "") + f"); first: {result.divergence}"
         print(f"{impl.name} {dtype}: {result.coverage.programs} programs, "
               f"{result.coverage.actions} actions, {result.seconds:.1f} s: "
               f"{verdict.splitlines()[0]}")
@@ -235,34 +360,43 @@ def _run(args: argparse.Namespace) -> int:
         "max_failures": values["max_failures"], "config_file": values["config_file"]}
     data = report.build(results, settings_json,
                         not_verified=_not_verified(options, dtypes, sources))
-    path = report.write(data, args.report_dir)
-    if args.junit:
-        args.junit.parent.mkdir(parents=True, exist_ok=True)
-        args.junit.write_text(report.junit(data))
+    path = report.write(data, report_dir)
+    if junit is not None:
+        junit.write_text(report.junit(data), encoding="utf-8")
     print(f"report: {path}/report.md")
     return CONFORMS if data["result"] == "pass" else DIVERGED
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from conformance import report
     from conformance.implementations import ImplementationError
     from conformance.machine import replay
     from conformance.options import RunOptions
     from conformance.program import Case
 
     try:
-        data = json.loads(args.report.read_text())
+        data = json.loads(args.report.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise _UsageError(f"cannot read {args.report}: {error}") from error
-    failures = data.get("failures", [])
+    try:
+        report.check_replayable(data)
+    except ValueError as error:
+        raise _UsageError(f"{args.report}: {error}") from error
+    failures = data["failures"]
     if not 1 <= args.case <= len(failures):
         raise _UsageError(f"{args.report} has {len(failures)} failure(s); --case {args.case} "
                           "is not one of them")
-    failure = failures[args.case - 1]
     try:
-        case = Case.from_json(failure["case"])
+        case = Case.from_json(failures[args.case - 1]["case"])
         options = RunOptions.from_json(data["settings"])
+        names = set(case.setup.model.parameter_names())
     except (KeyError, TypeError, ValueError) as error:
-        raise _UsageError(f"{args.report} is not a report of this version: {error}") from error
+        raise _UsageError(f"{args.report}: failure {args.case} is not a case this version "
+                          f"can replay: {error}") from error
+    unknown = sorted({p for g in case.setup.groups for p in g.params} - names)
+    if unknown:
+        raise _UsageError(f"{args.report}: failure {args.case}'s groups name parameters its "
+                          f"model lacks: {', '.join(unknown)}")
     try:
         divergence = replay(case, options)
     except ImplementationError as error:

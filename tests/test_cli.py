@@ -3,12 +3,15 @@ determinism and atomic writes."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -190,12 +193,10 @@ def test_mutants_command_prints_the_kill_matrix(monkeypatch: pytest.MonkeyPatch,
     (["--timeout", "nan"], "--timeout must be a positive number"),
     (["--timeout", "inf"], "--timeout must be a positive number"),
     (["--max-failures", "0"], "--max-failures must be at least 1"),
-    (["--optimizer", "contract_optimizers:NoMaximizeSGD"], "--without maximize"),
+    (["--optimizer", "tests.test_contract:NoMaximizeSGD"], "--without maximize"),
 ])
 def test_bad_run_options_exit_2_before_any_program(args: list[str], message: str,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
-
     assert main(["run", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1, err
@@ -203,17 +204,15 @@ def test_bad_run_options_exit_2_before_any_program(args: list[str], message: str
 
 def test_pyproject_settings_apply_and_the_command_line_wins(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
-
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.sgd-conformance]\noptimizer = "contract_optimizers:DocSGD"\n'
+        '[tool.sgd-conformance]\noptimizer = "tests.test_contract:DocSGD"\n'
         'without = ["maximize", "tensor-lr"]\nmax-failures = 2\n')
     code, run_dir = _run(tmp_path, "--dtype", "float64")
     assert code == 0 and run_dir is not None
     data = json.loads((run_dir / "report.json").read_text())
     jsonschema.validate(data, SCHEMA)
-    assert data["implementation"] == "contract_optimizers:DocSGD"
+    assert data["implementation"] == "tests.test_contract:DocSGD"
     assert data["settings"]["config_file"] == str(tmp_path / "pyproject.toml")
     assert data["settings"]["max_failures"] == 2 and data["contract"] == "semantic"
     assert [(n["feature"], n["source"]) for n in data["not_verified"]] == [
@@ -229,14 +228,295 @@ def test_pyproject_settings_apply_and_the_command_line_wins(
 
 
 def test_a_doc_written_sgd_fails_only_the_strict_contract(tmp_path: Path) -> None:
-    import tests.test_contract  # noqa: F401  (registers contract_optimizers)
-
-    code, _ = _run(tmp_path, "--optimizer", "contract_optimizers:DocSGD", "--dtype", "float32")
+    code, _ = _run(tmp_path, "--optimizer", "tests.test_contract:DocSGD", "--dtype", "float32")
     assert code == 0
-    code, run_dir = _run(tmp_path, "--optimizer", "contract_optimizers:DocSGD", "--dtype",
+    code, run_dir = _run(tmp_path, "--optimizer", "tests.test_contract:DocSGD", "--dtype",
                          "float32", "--contract", "strict")
     assert code == 1 and run_dir is not None
     data = json.loads((run_dir / "report.json").read_text())
     assert data["contract"] == "strict"
     assert {f["first_divergence"]["tensor"] for f in data["failures"]} <= {
         "param_groups", "exception"}
+
+
+# --- containment: every bad input exits 2 with one line, before any program runs -------------
+
+
+@pytest.fixture
+def no_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that runs fails the test: through main, as an internal error (status 3)."""
+    import conformance.machine
+    import conformance.runner
+
+    def ran(*_: object, **__: object) -> None:
+        raise AssertionError("a program ran")
+
+    monkeypatch.setattr(conformance.runner, "run", ran)
+    monkeypatch.setattr(conformance.machine, "replay", ran)
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    return err.strip()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds (finite), got nan"),
+    (["--timeout", "inf"], "--timeout must be a positive number of seconds (finite), got inf"),
+    (["--timeout", "0"], "--timeout must be a positive number"),
+    (["--timeout", "-1"], "--timeout must be a positive number"),
+    (["--examples", "0"], "--examples must be at least 1, got 0"),
+    (["--max-failures", "0"], "--max-failures must be at least 1, got 0"),
+    (["--memory-limit", "0"], "--memory-limit must be at least 1, got 0"),
+    (["--report-dir", "/proc"], "--report-dir: cannot write in /proc"),
+    (["--report-dir", "/proc/foo"], "--report-dir: cannot create the directory /proc/foo"),
+    (["--junit", "/proc/junit.xml"], "--junit: cannot write in /proc"),
+])
+def test_bad_values_exit_2_with_one_line_before_any_program(
+        args: list[str], message: str, no_program: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", *args]) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith("conformance: error: ") and message in err, err
+
+
+def test_report_dir_and_junit_of_the_wrong_kind_exit_2(
+        tmp_path: Path, no_program: None, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "reports.txt"
+    a_file.write_text("mine")
+    assert main(["run", "--report-dir", str(a_file)]) == 2
+    assert f"--report-dir: {a_file} exists and is not a directory" in _one_error_line(capsys)
+    assert a_file.read_text() == "mine"
+    assert main(["run", "--report-dir", str(tmp_path / "r"), "--junit", str(tmp_path)]) == 2
+    assert f"--junit: {tmp_path} is a directory, not a file" in _one_error_line(capsys)
+    assert main(["run", "--report-dir", str(tmp_path / "r"),
+                 "--junit", str(a_file / "junit.xml")]) == 2
+    assert f"--junit: {a_file} exists and is not a directory" in _one_error_line(capsys)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_a_read_only_report_dir_exits_2(tmp_path: Path, no_program: None,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        assert main(["run", "--report-dir", str(read_only)]) == 2
+        assert f"--report-dir: cannot write in {read_only}" in _one_error_line(capsys)
+    finally:
+        read_only.chmod(0o755)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "--isolation", "bogus"], ["run", "--memory-limit", "lots"],
+    ["run", "--no-such-option"], ["replay"], [],
+])
+def test_argparse_usage_errors_exit_2_in_one_line(args: list[str],
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    err = _one_error_line(capsys)
+    assert ": error: " in err and "--help" in err
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("isolation = \"bogus\"", "--isolation must be one of none, process, got 'bogus' "
+                              "(from pyproject.toml)"),
+    ("memory-limit = 0", "--memory-limit must be at least 1, got 0 (from pyproject.toml)"),
+    ("timeout = inf", "--timeout must be a positive number of seconds (finite), got inf "
+                      "(from pyproject.toml)"),
+    ("timeout = nan", "got nan (from pyproject.toml)"),
+    ("examples = true", "--examples must be at least 1, got True (from pyproject.toml)"),
+    ("max-failures = 1.5", "--max-failures must be at least 1, got 1.5"),
+    ("report-dir = \"/proc/foo\"", "--report-dir: cannot create the directory /proc/foo"),
+    ("junit = 3", "--junit must be a file name, got 3"),
+    ("[tool.sgd-conformance.nested]", "unknown key(s) nested"),
+])
+def test_bad_pyproject_values_exit_2_with_one_line(
+        toml: str, message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        no_program: None, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(f"[tool.sgd-conformance]\n{toml}\n")
+    assert main(["run"]) == 2
+    assert message in _one_error_line(capsys)
+
+
+def test_isolation_memory_limit_and_report_dir_from_pyproject_reach_the_report(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.sgd-conformance]\nisolation = "none"\nmemory-limit = 512\n'
+        'report-dir = "out"\njunit = "ci/junit.xml"\nexamples = 2\ndtype = "float64"\n')
+    assert main(["run", "--seed", "0"]) == 0
+    (run_dir,) = (tmp_path / "out").iterdir()
+    data = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert (data["settings"]["isolation"], data["settings"]["memory_limit"]) == ("none", 512)
+    assert ET.parse(tmp_path / "ci" / "junit.xml").getroot().get("tests") == "2"
+
+
+@pytest.fixture(scope="module")
+def diverging_report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A real report.json with one failure (float64), read back."""
+    reports = tmp_path_factory.mktemp("reports")
+    code = main(["run", "--optimizer", _target("maximize-ignored"), "--dtype", "float64",
+                 "--examples", "10", "--seed", "1", "--max-failures", "1", "--isolation",
+                 "none", "--report-dir", str(reports)])
+    assert code == 1
+    (run_dir,) = reports.iterdir()
+    return json.loads((run_dir / "report.json").read_text())
+
+
+def _a_report(tmp_path: Path, original: dict[str, Any], change: Callable[[Any], Any]
+              ) -> Path:
+    data = copy.deepcopy(original)
+    data = change(data) or data
+    path = tmp_path / "report.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(path: str, value: Any) -> Callable[[Any], None]:
+    def change(data: Any) -> None:
+        *parents, last = path.split(".")
+        for key in parents:
+            data = data[int(key)] if key.isdigit() else data[key]
+        data[int(last) if last.isdigit() else last] = value
+    return change
+
+
+@pytest.mark.parametrize(("change", "args", "message"), [
+    (lambda d: [d], [], "not a report: a JSON object expected, found an array"),
+    (lambda d: d.pop("failures") and None, [], "'failures' is a required property"),
+    (_set("failures.0.case", {"setup": {}, "actions": []}), [],
+     "at $.failures[0].case.setup: 'model' is a required property"),
+    (_set("failures.0.case.actions.0.kind", "explode"), [],
+     "at $.failures[0].case.actions[0].kind: 'explode' is not one of"),
+    (_set("failures.0.case.setup.dtype", "float16"), [],
+     "at $.failures[0].case.setup.dtype: 'float16' is not one of"),
+    (_set("schema_version", 7), [],
+     "report schema_version 7 is newer than this conformance (2); upgrade sgd-conformance"),
+    (_set("schema_version", "2"), [], "report schema_version '2' is unknown"),
+    (_set("failures.0.case.setup.groups.0.params", ["no.such.parameter"]), [],
+     "groups name parameters its model lacks: no.such.parameter"),
+    (_set("failures.0.case.setup.model.layers", [{"op": "no-such-layer"}]), [],
+     "failure 1 is not a case this version can replay"),
+    (lambda d: None, ["--case", "2"], "has 1 failure(s); --case 2 is not one of them"),
+    (lambda d: None, ["--case", "0"], "--case 0 is not one of them"),
+])
+def test_replay_of_a_report_it_cannot_read_exits_2_with_one_line(
+        change: Callable[[Any], Any], args: list[str], message: str, tmp_path: Path,
+        diverging_report: dict[str, Any], no_program: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = _a_report(tmp_path, diverging_report, change)
+    assert main(["replay", str(path), *args]) == 2
+    err = _one_error_line(capsys)
+    assert err.startswith(f"conformance: error: {path}") and message in err, err
+
+
+def test_the_replay_fixture_is_a_valid_report_that_still_replays(
+        tmp_path: Path, diverging_report: dict[str, Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    path = _a_report(tmp_path, diverging_report, lambda d: None)
+    jsonschema.validate(json.loads(path.read_text()), SCHEMA)
+    assert main(["replay", str(path)]) == 1
+    assert "momentum_buffer" in capsys.readouterr().out
+
+
+def test_a_missing_extra_names_it_in_one_line(
+        monkeypatch: pytest.MonkeyPatch, no_program: None,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "hypothesis", None)  # what find_spec reads first
+    assert main(["run"]) == 2
+    assert _one_error_line(capsys) == (
+        "conformance: error: hypothesis is not installed; install the suite with pip install "
+        "'sgd-conformance[conformance]' (torch==2.13.0 first)")
+
+
+def test_a_missing_extra_through_the_entry_point_exits_2() -> None:
+    code = ("import runpy, sys\nsys.modules['tqdm'] = None\nsys.modules['jsonschema'] = None\n"
+            "sys.argv = ['conformance', 'run', '--profile', 'dev']\n"
+            "runpy.run_module('conformance', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        "conformance: error: tqdm, jsonschema are not installed; install the suite with pip "
+        "install 'sgd-conformance[conformance]' (torch==2.13.0 first)")
+
+
+def test_an_extra_module_that_fails_to_import_late_is_still_a_usage_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import conformance.__main__ as cli
+
+    monkeypatch.setattr(cli, "_check_extra", lambda: None)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert main(["run", "--report-dir", str(tmp_path)]) == 2
+    assert "tqdm is not installed; install the suite" in _one_error_line(capsys)
+
+
+# --- a bug of ours is status 3; the user's interrupt 130 -------------------------------------
+
+
+def test_an_internal_error_prints_the_traceback_and_exits_3(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import conformance.runner
+    from conformance.__main__ import INTERNAL_ERROR_LINE
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("the harness broke")
+
+    monkeypatch.setattr(conformance.runner, "run", broken)
+    assert main(["run", "--report-dir", str(tmp_path)]) == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "Traceback (most recent call last):"
+    assert "RuntimeError: the harness broke" in err
+    assert err[-1] == INTERNAL_ERROR_LINE == (
+        "conformance: internal error (a bug in sgd-conformance, not in your optimizer): "
+        "please file it with the traceback above")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_report_that_cannot_be_written_after_a_divergence_is_status_3_not_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(_: dict) -> str:
+        raise ValueError("a renderer broke")
+
+    monkeypatch.setattr(report, "markdown", broken)
+    code, run_dir = _run(tmp_path, "--optimizer", _target("maximize-ignored"), "--dtype",
+                         "float64", "--isolation", "none")
+    assert code == 3 and run_dir is None  # no half-written report either
+    err = capsys.readouterr().err
+    assert "ValueError: a renderer broke" in err and "please file it" in err
+
+
+def test_the_users_interrupt_is_130_not_a_verdict(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    import conformance.runner
+
+    def interrupted(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conformance.runner, "run", interrupted)
+    assert main(["run", "--report-dir", str(tmp_path)]) == 130
+    assert _one_error_line(capsys) == "conformance: interrupted"
+
+
+# --- the pytest route ------------------------------------------------------------------------
+
+
+def test_pytest_route_checks_its_options_before_any_program(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs",
+         "conformance", "--conformance-memory-limit", "0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 4, done.stdout + done.stderr
+    assert "conformance: error: --conformance-memory-limit must be at least 1, got 0" in \
+        done.stdout + done.stderr
+    assert not (tmp_path / "reports").exists()
