@@ -520,3 +520,26 @@ def test_pytest_route_checks_its_options_before_any_program(tmp_path: Path) -> N
     assert "conformance: error: --conformance-memory-limit must be at least 1, got 0" in \
         done.stdout + done.stderr
     assert not (tmp_path / "reports").exists()
+
+
+def test_pytest_route_writes_the_report_a_failing_test_names(tmp_path: Path) -> None:
+    reports = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs",
+         "conformance", "-k", "float64", "--optimizer", _target("maximize-ignored"),
+         "--conformance-profile", "dev", "--conformance-seed", "1",
+         "--conformance-max-failures", "1", "--conformance-isolation", "none",
+         "--conformance-report-dir", str(reports)],
+        capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 1, done.stdout + done.stderr
+    (run_dir,) = reports.iterdir()
+    assert f"report (written when the session ends): {run_dir}/report.md" in done.stdout
+    assert f"sgd-conformance report: {run_dir}/report.md" in done.stdout
+    data = json.loads((run_dir / "report.json").read_text())
+    jsonschema.validate(data, SCHEMA)
+    assert data["result"] == "fail" and data["settings"]["dtypes"] == ["float64"]
+    assert data["settings"]["isolation"] == "none"
+    assert [(n["feature"], n["source"]) for n in data["not_verified"]] == [
+        ("float32", "pytest selection")]
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "junit.xml", "report.html", "report.json", "report.md", "repro_1.py"]
