@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 import tomllib
 import traceback
@@ -48,10 +47,16 @@ RUN_DEFAULTS: dict[str, Any] = {
     "examples": None, "seed": None, "timeout": 10.0, "max_failures": 5, "isolation": None,
     "memory_limit": 4096, "report_dir": "reports", "junit": None,
 }
+# Bounds a value must be within to mean anything to the clocks and rlimits it reaches.
+MAX_TIMEOUT = 86400.0  # seconds (a day) for one action
+MAX_MEMORY_LIMIT = 2**30  # MiB (a PiB)
 # What the `[conformance]` extra installs (numpy, the one base dependency, is always there).
 EXTRA_MODULES = ("torch", "hypothesis", "tqdm", "matplotlib", "jsonschema")
 INSTALL_HINT = "install the suite with pip install 'sgd-conformance[conformance]' " \
                "(torch==2.13.0 first)"
+EXIT_STATUSES = "Exit status: 0 conformant, 1 a divergence (with a complete report), 2 a " \
+                "usage or configuration error (one line, before any program runs), 3 an " \
+                "internal error of sgd-conformance (please file it), 130 interrupted by you."
 INTERNAL_ERROR_LINE = "conformance: internal error (a bug in sgd-conformance, not in your " \
                       "optimizer): please file it with the traceback above"
 
@@ -68,16 +73,13 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="conformance", description="Checks an optimizer against torch.optim.SGD with "
-        "Hypothesis-generated programs and writes a diff report.",
-        epilog="Exit status: 0 conformant, 1 a divergence (with a complete report), 2 a usage "
-               "or configuration error (one line, before any program runs), 3 an internal "
-               "error of sgd-conformance (please file it), 130 interrupted by the user.")
+        "Hypothesis-generated programs and writes a diff report.", epilog=EXIT_STATUSES)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="run the conformance suite and write a report",
         description="Checks an optimizer against torch.optim.SGD. Options may also be set in "
                     "./pyproject.toml under [tool.sgd-conformance], keys named as the long "
-                    "options (the command line wins).")
+                    "options (the command line wins).", epilog=EXIT_STATUSES)
     run.add_argument("--optimizer",
                      help="refimpl (default) or module:Class, a class constructed like "
                           "torch.optim.SGD")
@@ -264,10 +266,12 @@ def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
         value = values[key]
         if value is not None and (not _is_int(value) or value < 1):
             raise bad(key, "must be at least 1")
+    if values["memory_limit"] > MAX_MEMORY_LIMIT:
+        raise bad("memory_limit", f"must be at most {MAX_MEMORY_LIMIT} (MiB)")
     timeout = values["timeout"]
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) \
-            or not 0 < timeout < math.inf:
-        raise bad("timeout", "must be a positive number of seconds (finite)")
+            or not 0 < timeout <= MAX_TIMEOUT:
+        raise bad("timeout", f"must be a positive number of seconds, at most {MAX_TIMEOUT:g}")
     if values["seed"] is not None and not _is_int(values["seed"]):
         raise bad("seed", "must be an integer")
     for key in ("optimizer", "state_key"):

@@ -20,7 +20,6 @@ package is installed, with or without its `[conformance]` extra.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from conformance.__main__ import MAX_MEMORY_LIMIT, MAX_TIMEOUT
 from conformance.options import (
     CONTRACTS,
     DTYPES,
@@ -110,12 +110,15 @@ def _read_config(config: pytest.Config) -> Config:
     except ValueError as error:
         raise ValueError(f"--conformance-without: {error}") from error
     timeout = option("--conformance-timeout")
-    if not 0 < timeout < math.inf:
-        raise ValueError(f"--conformance-timeout must be a positive number of seconds "
-                         f"(finite), got {timeout!r}")
+    if not 0 < timeout <= MAX_TIMEOUT:
+        raise ValueError(f"--conformance-timeout must be a positive number of seconds, at "
+                         f"most {MAX_TIMEOUT:g}, got {timeout!r}")
     for name in ("--conformance-max-failures", "--conformance-memory-limit"):
         if option(name) < 1:
             raise ValueError(f"{name} must be at least 1, got {option(name)!r}")
+    if option("--conformance-memory-limit") > MAX_MEMORY_LIMIT:
+        raise ValueError(f"--conformance-memory-limit must be at most {MAX_MEMORY_LIMIT} "
+                         f"(MiB), got {option('--conformance-memory-limit')!r}")
     if not option("--optimizer") or not option("--conformance-state-key"):
         raise ValueError("--optimizer and --conformance-state-key must not be empty")
     options = RunOptions(implementation=option("--optimizer"),

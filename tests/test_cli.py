@@ -262,13 +262,17 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--timeout", "nan"], "--timeout must be a positive number of seconds (finite), got nan"),
-    (["--timeout", "inf"], "--timeout must be a positive number of seconds (finite), got inf"),
+    (["--timeout", "nan"], "--timeout must be a positive number of seconds, at most 86400, "
+                           "got nan"),
+    (["--timeout", "inf"], "--timeout must be a positive number of seconds, at most 86400, "
+                           "got inf"),
+    (["--timeout", "1e300"], "--timeout must be a positive number of seconds"),
     (["--timeout", "0"], "--timeout must be a positive number"),
     (["--timeout", "-1"], "--timeout must be a positive number"),
     (["--examples", "0"], "--examples must be at least 1, got 0"),
     (["--max-failures", "0"], "--max-failures must be at least 1, got 0"),
     (["--memory-limit", "0"], "--memory-limit must be at least 1, got 0"),
+    (["--memory-limit", "100000000000000"], "--memory-limit must be at most 1073741824 (MiB)"),
     (["--report-dir", "/proc"], "--report-dir: cannot write in /proc"),
     (["--report-dir", "/proc/foo"], "--report-dir: cannot create the directory /proc/foo"),
     (["--junit", "/proc/junit.xml"], "--junit: cannot write in /proc"),
@@ -325,7 +329,7 @@ def test_argparse_usage_errors_exit_2_in_one_line(args: list[str],
     ("isolation = \"bogus\"", "--isolation must be one of none, process, got 'bogus' "
                               "(from pyproject.toml)"),
     ("memory-limit = 0", "--memory-limit must be at least 1, got 0 (from pyproject.toml)"),
-    ("timeout = inf", "--timeout must be a positive number of seconds (finite), got inf "
+    ("timeout = inf", "--timeout must be a positive number of seconds, at most 86400, got inf "
                       "(from pyproject.toml)"),
     ("timeout = nan", "got nan (from pyproject.toml)"),
     ("examples = true", "--examples must be at least 1, got True (from pyproject.toml)"),
