@@ -5,6 +5,7 @@
 # build), then the wheel with its [conformance] extra; then, from an empty directory (so the
 # source tree cannot be imported), `conformance run --profile dev` (refimpl) must exit 0 and
 # write a report, and `pytest --pyargs conformance` must pass both dtypes and write one too.
+# Installed without the extra (numpy only), `conformance run` must exit 2 naming the extra.
 # `make test` runs it after pytest and ruff. PYTHON: the interpreter with `build` (default
 # .venv/bin/python); BASE_PYTHON: the one the clean venv is made from (default python3).
 set -euo pipefail
@@ -39,6 +40,16 @@ missing += [f"sdist: {n}" for n in needed if n not in sdist]
 if missing:
     sys.exit("missing " + ", ".join(missing))
 EOF
+
+echo "check-install: without the [conformance] extra, a run says what to install (exit 2)"
+"$base" -m venv "$work/bare"
+"$work/bare/bin/python" -m pip --quiet --disable-pip-version-check install "$wheel"
+mkdir "$work/bare-run"
+rc=0
+(cd "$work/bare-run" && "$work/bare/bin/conformance" run --profile dev) 2>"$work/bare.err" || rc=$?
+[ "$rc" -eq 2 ] || { cat "$work/bare.err" >&2; fail "conformance run without the extra exited $rc (2 expected)"; }
+grep -q "pip install 'sgd-conformance\[conformance\]'" "$work/bare.err" && [ "$(wc -l <"$work/bare.err")" -eq 1 ] \
+    || { cat "$work/bare.err" >&2; fail "conformance run without the extra did not name it in one line"; }
 
 echo "check-install: installing torch==2.13.0, then the wheel with [conformance], into a clean venv"
 "$base" -m venv "$work/venv"
