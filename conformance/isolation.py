@@ -50,7 +50,7 @@ from conformance.implementations import (
 from conformance.options import RunOptions
 from conformance.program import Action, Setup
 
-GRACE = 1.0  # seconds past the timeout before a worker that does not answer is killed
+GRACE = 0.5  # seconds past the timeout before a worker that does not answer is killed
 SHORT_TIMEOUT = 0.5  # the timeout after a hang (or 4x the slowest answer, when longer)
 
 
@@ -65,7 +65,7 @@ class HarnessError(RuntimeError):
 
 def _context() -> Any:
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["conformance.isolation"])
+    context.set_forkserver_preload(["conformance.isolation", "torch._dynamo"])
     return context
 
 
@@ -89,19 +89,21 @@ class Worker:
         self.process: Any = None
         self.conn: Connection | None = None
         self.hung = False  # a hang was seen: later calls get a short timeout
-        self.slowest = 0.0  # the slowest answer so far, seconds
+        self.slowest = 0.0  # the slowest answer to an action so far, seconds
         self.starts = 0
 
     def _start(self) -> None:
         context = _context()
         parent, child = context.Pipe()
-        self.process = context.Process(
+        process = context.Process(
             target=_serve, name="conformance-worker", daemon=True,
             args=(child, self.options.implementation, self.options.state_key,
                   self.options.memory_limit, list(sys.path), os.getcwd()))
-        self.process.start()
-        child.close()
-        self.conn = parent
+        try:
+            process.start()
+        finally:
+            child.close()
+        self.process, self.conn = process, parent
         self.starts += 1
 
     def stop(self) -> None:
@@ -157,7 +159,8 @@ class Worker:
                                f"{value}")
         if status == "config":
             raise ImplementationError(value)
-        self.slowest = max(self.slowest, time.perf_counter() - start)
+        if method == "act":
+            self.slowest = max(self.slowest, time.perf_counter() - start)
         return value
 
 
@@ -302,6 +305,8 @@ def _serve(conn: Connection, target: str, state_key: str, memory_limit: int,
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the harness's
     sys.path[:] = path
     os.chdir(cwd)
+    if cwd not in sys.path:  # a module in the current directory, as `python -m` finds it
+        sys.path.append(cwd)
     torch.set_num_threads(1)  # as the harness runs torch: tiny tensors
     _limit_memory(memory_limit)
     server = _Server(target, state_key)

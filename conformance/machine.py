@@ -54,6 +54,10 @@ from conformance.program import Action, Case, Setup
 # --- outcome of one action on one side -----------------------------------------------------------
 
 
+# How many times a round re-runs a program that crashed or hung its implementation's process
+# (each costs a restart or a timeout) before shrinking stops re-running such programs.
+MAX_INCIDENTS = 8
+
 # Kinds of action whose failures are one kind of failure.
 ACTION_CLASSES = {"step_closure": "step", "backward_twice": "backward"}
 
@@ -118,7 +122,9 @@ class Divergence:
         text = f"action {self.action_index} {self.action}: {where} differs"
         if self.tensor == "process":  # the detail says what happened to it
             text = f"action {self.action_index} {self.action}"
-        if self.mismatch is not None:
+        if self.mismatch is not None and self.mismatch.reason.startswith(("shape ", "dtype ")):
+            text += f": {self.mismatch.reason}"  # no element to show
+        elif self.mismatch is not None:
             m = self.mismatch
             text += (f" at {m.index}: expected {m.expected!r}, got {m.actual!r} "
                      f"(abs {m.abs_error:.3g}, {m.ulp_error:.3g} ULP; {m.reason}; "
@@ -754,6 +760,10 @@ class SGDMachine(RuleBasedStateMachine):
     # keys of the failures already found: a program that hits one ends quietly
     known: ClassVar[tuple[dict[str, Any], ...]] = ()
     first_failure: ClassVar[tuple[int, float] | None] = None  # programs, perf_counter
+    # the implementation's process lost (exit, signal, hang): how often in this round, and
+    # the shortest case that showed it; past MAX_INCIDENTS, shrinking stops re-running it
+    incidents: ClassVar[int] = 0
+    incident: ClassVar[tuple[Divergence, Case] | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -777,6 +787,14 @@ class SGDMachine(RuleBasedStateMachine):
         if self.done:
             return
         cls = type(self)
+        if cls.incidents >= MAX_INCIDENTS and cls.incident is not None:
+            # Each attempt to shrink a crash or a hang costs a restart or a timeout: past
+            # the bound, a program fails as the shortest case seen at the same kind of
+            # action, without running, so Hypothesis ends with that (genuine) case.
+            divergence, case = cls.incident
+            if ACTION_CLASSES.get(action.kind, action.kind) == divergence.key["action"]:
+                self._fail(divergence, case)
+            return
         cls.coverage.actions += 1
         cls.coverage.action_kinds[action.kind] += 1
         divergence = self.twins.run(action)
@@ -791,7 +809,16 @@ class SGDMachine(RuleBasedStateMachine):
             return
         if cls.first_failure is None:
             cls.first_failure = (cls.coverage.programs, time.perf_counter())
-        raise failure_class(divergence.key)(divergence, self.twins.case)
+        case = self.twins.case
+        if divergence.tensor == "process":
+            cls.incidents += 1
+            if cls.incident is None or len(case.actions) < len(cls.incident[1].actions):
+                cls.incident = (divergence, case)
+        self._fail(divergence, case)
+
+    @staticmethod
+    def _fail(divergence: Divergence, case: Case) -> None:
+        raise failure_class(divergence.key)(divergence, case)
 
     @property
     def _setup(self) -> Setup:
@@ -908,7 +935,7 @@ def machine(options: RunOptions | str = "refimpl",
     name = f"SGDConformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
     return type(name, (SGDMachine,), {
         "options": options, "dtypes": dtypes, "coverage": Coverage(), "last_case": None,
-        "known": known, "first_failure": None})
+        "known": known, "first_failure": None, "incidents": 0, "incident": None})
 
 
 # --- trajectory ----------------------------------------------------------------------------------

@@ -7,8 +7,13 @@ it stops at its first failure and shrinks it (keeping the differing tensor and t
 action, `machine.failure_class`; the hyperparameters shrink to the features the failure
 needs). The next round starts from the programs left, with that failure's key known: a
 program whose divergence it explains (same tensor and action, those features among its own)
-ends quietly, so the next round finds something else. The run ends when the budget is spent
-or `max_failures` are found.
+ends quietly, so the next round finds something else. The run ends when the budget is spent,
+`max_failures` are found, or a failure was the implementation's process lost (a crash or a
+hang: past it, each program would pay a restart or a timeout).
+
+A `module:Class` runs in a worker process (`conformance.isolation`, multiprocessing's
+forkserver): a script that calls `run` must guard its entry point with
+`if __name__ == "__main__":`, as multiprocessing requires.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from typing import Any
 
 import torch
 from hypothesis import settings as Settings
+from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import run_state_machine_as_test
 
+from conformance.isolation import stop_workers
 from conformance.machine import Coverage, Divergence, DivergenceFound, history
 from conformance.machine import machine as make_machine
 from conformance.options import RunOptions
@@ -111,17 +118,23 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
             if not shrink:
                 hypothesis_options["phases"] = [p for p in settings.phases if p.name != "shrink"]
             try:
-                run_state_machine_as_test(cls, settings=Settings(settings,
-                                                                 **hypothesis_options))
+                try:
+                    run_state_machine_as_test(cls, settings=Settings(settings,
+                                                                     **hypothesis_options))
+                except FlakyFailure as flaky:  # it failed, then passed when re-run
+                    raise _flaky(flaky) from flaky
             except DivergenceFound as found:
                 programs, when = cls.first_failure or (cls.coverage.programs, time.perf_counter())
                 known.append(found.divergence.key)
                 failures.append(Failure(found.divergence, found.case, before + programs,
-                                        when - start))
+                                        when - start, flaky=isinstance(found, _Flaky)))
                 cls.coverage.shrinking += cls.coverage.programs - programs
                 cls.coverage.programs = programs
                 coverage.merge(cls.coverage)
                 generated += programs
+                if found.divergence.tensor == "process":
+                    break  # past a crash or a hang, every program would pay a restart or a
+                    # timeout to look for more: the run ends with what it found
                 continue
             coverage.merge(cls.coverage)
             break
@@ -132,4 +145,23 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
                     replayed.error_per_action, replayed.trajectory
     finally:
         torch.set_num_threads(threads)
+        stop_workers()
     return RunResult(run_options, dtypes, failures, coverage, time.perf_counter() - start)
+
+
+class _Flaky(DivergenceFound):
+    """A divergence Hypothesis saw once and not again on a re-run (a timeout a cold cache
+    caused, say): reported as a failure marked flaky, never a crash of the run."""
+
+
+def _flaky(group: BaseExceptionGroup) -> BaseException:
+    """The first divergence in a FlakyFailure, as a _Flaky (the group itself when it holds
+    none: that is the harness's own failure)."""
+    for error in group.exceptions:
+        if isinstance(error, DivergenceFound):
+            return _Flaky(error.divergence, error.case)
+        if isinstance(error, BaseExceptionGroup):
+            found = _flaky(error)
+            if isinstance(found, _Flaky):
+                return found
+    return group
