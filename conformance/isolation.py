@@ -137,7 +137,10 @@ class Worker:
         if not self.conn.poll(wait):
             self.stop()
             self.hung = True
-            raise Lost(f"no answer after {timeout:g} s during {during} (the worker was killed)")
+            note = "" if timeout == self.options.timeout else \
+                f"; once a hang was seen the {self.options.timeout:g} s timeout is shortened"
+            raise Lost(f"no answer after {timeout:g} s during {during} (the worker was "
+                       f"killed{note})")
         try:
             status, value = self.conn.recv()
         except (EOFError, OSError):
@@ -220,9 +223,9 @@ class RemoteSide:
 
     def build(self, timeout: float | None) -> Outcome:
         """Builds the model and constructs the optimizer in the worker (raises Lost)."""
+        timeout = self.worker.timeout(timeout)
         outcome: Outcome = self.worker.call(
-            "build", (self.setup, self.flags, self.worker.timeout(timeout)), timeout,
-            "constructing the optimizer")
+            "build", (self.setup, self.flags, timeout), timeout, "constructing the optimizer")
         return outcome
 
     def act(self, before: Observation, action: Action, timeout: float | None,

@@ -266,8 +266,8 @@ class Twins:
         if isinstance(what, Outcome):
             if not what.timed_out:
                 return None
-            detail = f"the implementation ran past the {self.timeout:g} s timeout during " \
-                     f"{action} and was interrupted"
+            detail = f"the implementation ran past the timeout during {action} and was " \
+                     f"interrupted: {what.error[1] if what.error else ''}"
             divergence = Divergence(index, str(action), "process", detail=detail,
                                     traceback=what.traceback, kind=action.kind)
         else:
