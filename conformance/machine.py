@@ -360,9 +360,13 @@ class Twins:
         found: list[Divergence] = []
         new = lambda tensor, **kw: Divergence(index, str(action), tensor, **kw)
         if not same_error(expected, actual, self.strict):
-            found.append(new("exception", detail=f"torch raised {_fmt_error(expected.error)}, "
-                                                 f"the implementation {_fmt_error(actual.error)}",
-                             traceback=actual.traceback))
+            detail = f"torch raised {_fmt_error(expected.error)}, the implementation " \
+                     f"{_fmt_error(actual.error)}"
+            if actual.error is not None and actual.error[0] == "MemoryError" and \
+                    isinstance(self.impl, IsolatedImplementation):
+                detail += f" (its process may add {self.options.memory_limit} MiB of " \
+                          "address space: --memory-limit)"
+            found.append(new("exception", detail=detail, traceback=actual.traceback))
             return found  # the states after a different exception say nothing more
         if actual.returned is not None:
             found.append(new("loss", detail=f"torch returned {_fmt_loss(expected.loss)}, "
@@ -558,6 +562,10 @@ class Twins:
         value = lambda key: _value(group, key)
         momentum = value("momentum")
         buffer = pre.buffers[name] if momentum != 0 else None
+        if grad.shape != pre.params[name].shape or \
+                (buffer is not None and buffer.shape != grad.shape):
+            return None, None  # a state no SGD step has (loaded from the implementation's
+            # state dict): torch's result is whatever it is, to be matched exactly
         return oracle.sgd_step_budget(
             pre.params[name], grad, buffer, lr=value("lr"), momentum=momentum,
             dampening=value("dampening"), weight_decay=value("weight_decay"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import time
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,19 @@ class FloatLoss(MinimalSGD):
     def step(self, closure: Any = None) -> Any:
         loss = super().step(closure)
         return None if loss is None else float(loss)
+
+
+class ColdStart(MinimalSGD):
+    """Correct, but its process's first step takes 5 s (a cold compile cache): a timeout that
+    does not happen again when Hypothesis re-runs the program (not hostile: flaky)."""
+
+    warm = False
+
+    def step(self, closure: Any = None) -> Any:
+        if not ColdStart.warm:
+            ColdStart.warm = True
+            time.sleep(5)
+        return super().step(closure)
 
 
 HOSTILE = ["ExitZero", "ExitThree", "Segfault", "CSleep", "PythonLoop", "MemoryBomb",

@@ -94,3 +94,17 @@ def test_pytest_route_ends_with_status_1_and_a_report(name: str, tmp_path: Path)
         capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     _check(_report(tmp_path), name)
+
+
+def test_a_timeout_that_passes_when_re_run_is_a_flaky_failure_not_a_crash(
+        tmp_path: Path) -> None:
+    """The first step in the worker times out, its re-run passes: Hypothesis calls that
+    flaky; the run reports it as a failure marked flaky (status 1), never a traceback."""
+    code = main(["run", "--optimizer", "tests.hostile:ColdStart", "--profile", "dev",
+                 "--dtype", "float32", "--seed", "0", "--timeout", TIMEOUT,
+                 "--report-dir", str(tmp_path)])
+    assert code == 1
+    data = _report(tmp_path)
+    first = data["failures"][0]
+    assert first["flaky"] is True and first["first_divergence"]["tensor"] == "process"
+    assert "flaky" in next(tmp_path.glob("*/report.md")).read_text()
