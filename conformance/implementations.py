@@ -525,6 +525,12 @@ class Side:
         step.seconds = time.perf_counter() - start
         return step
 
+    def begin(self, before: Observation, action: Action, timeout: float | None
+              ) -> Callable[[], Step]:
+        """`act`, deferred: what a worker process runs while the harness runs torch's side,
+        run here when its result is asked for."""
+        return lambda: self.act(before, action, timeout)
+
     def _save_load(self, source: str, state: dict[str, Any] | None,
                    own: dict[str, Any]) -> None:
         """state_dict(), then a fresh optimizer over the same groups that loads torch's state

@@ -25,12 +25,14 @@ every attempt; the state machine also bounds how many such attempts a round make
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
@@ -127,13 +129,23 @@ class Worker:
              during: str) -> Any:
         """Sends one request and returns the worker's answer; raises Lost (and stops the
         worker) when there is none."""
+        return self.receive(method, self.send(method, args), timeout, during)
+
+    def send(self, method: str, args: tuple[Any, ...]) -> float:
+        """Sends a request (starting a worker if there is none); returns when it was sent."""
         if self.process is None or not self.process.is_alive():
             self.stop()
             self._start()
         assert self.conn is not None
-        start = time.perf_counter()
-        self.conn.send((method, args))
-        wait = None if timeout is None else timeout + GRACE
+        with contextlib.suppress(OSError):  # it died since: receive() says how
+            self.conn.send((method, args))
+        return time.perf_counter()
+
+    def receive(self, method: str, sent: float, timeout: float | None, during: str) -> Any:
+        """The answer to the request sent at `sent`, waiting until `timeout` (+ GRACE) after
+        it; raises Lost (and stops the worker) when there is none."""
+        assert self.conn is not None and self.process is not None
+        wait = None if timeout is None else max(sent + timeout + GRACE - time.perf_counter(), 0)
         if not self.conn.poll(wait):
             self.stop()
             self.hung = True
@@ -163,7 +175,7 @@ class Worker:
         if status == "config":
             raise ImplementationError(value)
         if method == "act":
-            self.slowest = max(self.slowest, time.perf_counter() - start)
+            self.slowest = max(self.slowest, time.perf_counter() - sent)
         return value
 
 
@@ -232,16 +244,29 @@ class RemoteSide:
             closure_grads: Observation | None = None,
             state: dict[str, Any] | None = None,
             torch_defaults: dict[str, Any] | None = None) -> Step:
+        """`Side.act` in the worker (raises Lost)."""
+        return self.begin(before, action, timeout, closure_grads, state, torch_defaults)()
+
+    def begin(self, before: Observation, action: Action, timeout: float | None,
+              closure_grads: Observation | None = None,
+              state: dict[str, Any] | None = None,
+              torch_defaults: dict[str, Any] | None = None) -> Callable[[], Step]:
+        """Sends the action to the worker and returns what waits for its Step: the harness
+        runs torch's side meanwhile."""
         timeout = self.worker.timeout(timeout)
-        step: Step = self.worker.call(
-            "act", (before, action, timeout, closure_grads, to_wire(state),
-                    to_wire(torch_defaults)), timeout, f"{action}")
-        step.state = from_wire(step.state)
-        if step.outcome.timed_out:
-            self.worker.hung = True
-        if step.outcome.error is not None and step.outcome.error[0] == "MemoryError":
-            self.worker.stop()  # whatever it left behind is not the next program's
-        return step
+        sent = self.worker.send("act", (before, action, timeout, closure_grads, to_wire(state),
+                                        to_wire(torch_defaults)))
+
+        def finish() -> Step:
+            step: Step = self.worker.receive("act", sent, timeout, f"{action}")
+            step.state = from_wire(step.state)
+            if step.outcome.timed_out:
+                self.worker.hung = True
+            if step.outcome.error is not None and step.outcome.error[0] == "MemoryError":
+                self.worker.stop()  # whatever it left behind is not the next program's
+            return step
+
+        return finish
 
 
 # --- the wire: what crosses the process boundary besides observations ----------------------------

@@ -217,13 +217,16 @@ class Twins:
                 action, lambda side: recorded.append(side.observe())), None)
             if recorded:  # the closure's grads are checked, then replaced by torch's: the
                 pre_step = closure_grads = recorded[-1]  # step is judged on torch's inputs
-        else:
-            expected = _run(lambda: self.reference.apply(action), None)
         try:
-            step = self.side.act(
-                before, action, self.timeout, closure_grads,
-                ref_state if action.args.get("source") == "reference" else None,
-                self.reference.optimizer.defaults if action.kind == "save_load" else None)
+            if action.kind in ("save_load", "step_closure"):
+                step = self.side.act(
+                    before, action, self.timeout, closure_grads,
+                    ref_state if action.args.get("source") == "reference" else None,
+                    self.reference.optimizer.defaults if action.kind == "save_load" else None)
+            else:  # a worker process acts while torch does
+                finish = self.side.begin(before, action, self.timeout)
+                expected = _run(lambda: self.reference.apply(action), None)
+                step = finish()
         except Lost as lost:
             self.lost = str(lost)
             return self._process(index, action, str(lost))
