@@ -66,6 +66,11 @@ class HarnessError(RuntimeError):
 
 
 def _context() -> Any:
+    """forkserver, with torch and the harness imported once in the server (torch.optim
+    imports torch._dynamo on first use: 0.9 s a worker otherwise); spawn where there is no
+    forkserver (Windows), each worker then importing torch itself."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["conformance.isolation", "torch._dynamo"])
     return context
