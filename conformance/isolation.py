@@ -223,9 +223,11 @@ def _worker(options: RunOptions) -> Worker:
 
 
 def stop_workers() -> None:
-    """Stops every worker (the end of a run; also at exit)."""
+    """Stops every worker at the end of a run (the next run starts afresh: no shortened
+    timeout carries over)."""
     for worker in _WORKERS.values():
         worker.stop()
+    _WORKERS.clear()
 
 
 class RemoteSide:
