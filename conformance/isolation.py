@@ -98,6 +98,7 @@ class Worker:
         self.hung = False  # a hang was seen: later calls get a short timeout
         self.slowest = 0.0  # the slowest answer to an action so far, seconds
         self.starts = 0
+        self.described: tuple[frozenset[str], bool] | None = None  # the constructor's arguments
 
     def _start(self) -> None:
         context = _context()
@@ -195,12 +196,14 @@ class IsolatedImplementation:
     def __init__(self, options: RunOptions) -> None:
         self.name, self.state_key = options.implementation, options.state_key
         self.worker = _worker(options)
-        try:
-            named, self.var_keyword = self.worker.call(
-                "load", (), options.timeout, f"loading {self.name}")
-        except Lost as lost:
-            raise ImplementationError(f"loading it in a worker process: {lost}") from None
-        self.named = frozenset(named)
+        if self.worker.described is None:  # once per run: a restarted worker loads it itself
+            try:
+                named, var_keyword = self.worker.call(
+                    "load", (), options.timeout, f"loading {self.name}")
+            except Lost as lost:
+                raise ImplementationError(f"loading it in a worker process: {lost}") from None
+            self.worker.described = (frozenset(named), var_keyword)
+        self.named, self.var_keyword = self.worker.described
 
     def accepts(self, argument: str) -> bool:
         return argument in self.named
@@ -390,5 +393,6 @@ class _Server:
         raise ValueError(f"unknown request {method!r}")
 
     def _build(self, setup: Setup, flags: dict[str, bool]) -> None:
-        assert self.impl is not None
+        if self.impl is None:  # a restarted worker: the class was checked in an earlier one
+            self.impl = TorchOptimizerImplementation(self.target, self.state_key)
         self.side = Side(self.impl, setup, flags)
