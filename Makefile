@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: run test bench venv walkthrough third-party
+.PHONY: run test bench bench-containment venv walkthrough third-party
 
 venv: .venv/.installed
 
@@ -29,6 +29,10 @@ test: venv
 
 bench: venv
 	$(PY) benchmarks/bench_autograd.py
+
+# What each hostile implementation (tests/hostile.py) makes of a run, and isolation's cost.
+bench-containment: venv
+	$(PY) benchmarks/bench_containment.py
 
 # Regenerates the README walkthrough (docs/walkthrough.md, docs/report.png); needs chromium.
 walkthrough: venv

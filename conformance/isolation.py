@@ -180,7 +180,7 @@ class Worker:
                                f"{value}")
         if status == "config":
             raise ImplementationError(value)
-        if method == "act":
+        if method == "act" and not value.outcome.timed_out:  # what a normal action takes
             self.slowest = max(self.slowest, time.perf_counter() - sent)
         return value
 

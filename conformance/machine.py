@@ -265,12 +265,19 @@ class Twins:
     def _process(self, index: int, action: Action, what: str | Outcome
                  ) -> Divergence | None:
         """A divergence naming what happened to the implementation's process (lost: `what`
-        says how) or to its action (an Outcome that ran past the timeout); None otherwise."""
+        says how) or to its action (an Outcome that ran past the timeout, or in a worker
+        process ran out of memory); None otherwise."""
         if isinstance(what, Outcome):
-            if not what.timed_out:
+            error = what.error or ("", "")
+            if what.timed_out:
+                detail = f"the implementation ran past the timeout during {action} and was " \
+                         f"interrupted: {error[1]}"
+            elif error[0] == "MemoryError" and isinstance(self.impl, IsolatedImplementation):
+                detail = f"the implementation ran out of memory during {action} (its process " \
+                         f"may add {self.options.memory_limit} MiB of address space: " \
+                         f"--memory-limit): MemoryError: {error[1]}"
+            else:
                 return None
-            detail = f"the implementation ran past the timeout during {action} and was " \
-                     f"interrupted: {what.error[1] if what.error else ''}"
             divergence = Divergence(index, str(action), "process", detail=detail,
                                     traceback=what.traceback, kind=action.kind)
         else:
@@ -363,13 +370,9 @@ class Twins:
         found: list[Divergence] = []
         new = lambda tensor, **kw: Divergence(index, str(action), tensor, **kw)
         if not same_error(expected, actual, self.strict):
-            detail = f"torch raised {_fmt_error(expected.error)}, the implementation " \
-                     f"{_fmt_error(actual.error)}"
-            if actual.error is not None and actual.error[0] == "MemoryError" and \
-                    isinstance(self.impl, IsolatedImplementation):
-                detail += f" (its process may add {self.options.memory_limit} MiB of " \
-                          "address space: --memory-limit)"
-            found.append(new("exception", detail=detail, traceback=actual.traceback))
+            found.append(new("exception", detail=f"torch raised {_fmt_error(expected.error)}, "
+                                                 f"the implementation {_fmt_error(actual.error)}",
+                             traceback=actual.traceback))
             return found  # the states after a different exception say nothing more
         if actual.returned is not None:
             found.append(new("loss", detail=f"torch returned {_fmt_loss(expected.loss)}, "
