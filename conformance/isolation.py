@@ -97,7 +97,6 @@ class Worker:
         self.conn: Connection | None = None
         self.hung = False  # a hang was seen: later calls get a short timeout
         self.slowest = 0.0  # the slowest answer to an action so far, seconds
-        self.starts = 0
         self.described: tuple[frozenset[str], bool] | None = None  # the constructor's arguments
 
     def _start(self) -> None:
@@ -112,7 +111,6 @@ class Worker:
         finally:
             child.close()
         self.process, self.conn = process, parent
-        self.starts += 1
 
     def stop(self) -> None:
         """Kills the worker (if any); the next call starts another."""
