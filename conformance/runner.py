@@ -4,7 +4,7 @@ times. The pytest test, the CLI and the mutant kill matrix all call `run`.
 
 A run goes in rounds. Each round is one Hypothesis run over the programs still in the budget;
 it stops at its first failure and shrinks it (keeping the differing tensor and the kind of
-action, `machine.failure_class`; the hyperparameters shrink to the features the failure
+action, `stateful.failure_class`; the hyperparameters shrink to the features the failure
 needs). The next round starts from the programs left, with that failure's key known: a
 program whose divergence it explains (same tensor and action, those features among its own)
 ends quietly, so the next round finds something else. The run ends when the budget is spent,
@@ -29,11 +29,12 @@ from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import run_state_machine_as_test
 
 from conformance.isolation import stop_workers
-from conformance.machine import Coverage, Divergence, DivergenceFound, history
-from conformance.machine import machine as make_machine
+from conformance.machine import Divergence, DivergenceFound, history
 from conformance.options import RunOptions
 from conformance.oracle import Mode
 from conformance.program import Case
+from conformance.stateful import Coverage
+from conformance.stateful import machine as make_machine
 
 
 @dataclass

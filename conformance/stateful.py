@@ -1,0 +1,274 @@
+"""The Hypothesis state machine that drives `conformance.machine.Twins`, and the coverage
+of a run.
+
+`SGDMachine` is the `RuleBasedStateMachine`: its rules are what users do (never a feature the
+implementation declared absent), each recorded as an `Action`, so a failure shrinks to a short
+`Case` that can be stored and replayed. `machine(...)` configures a subclass for one run's
+round.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
+
+from conformance import strategies
+from conformance.implementations import implementation
+from conformance.machine import ACTION_CLASSES, Divergence, DivergenceFound, Twins
+from conformance.options import RunOptions
+from conformance.program import Action, Case, Setup
+
+# How many times a round re-runs a program that crashed or hung its implementation's process
+# (each costs a restart or a timeout) before shrinking stops re-running such programs.
+MAX_INCIDENTS = 8
+
+
+# --- coverage ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Coverage:
+    """What the generated programs exercised (for the report)."""
+
+    programs: int = 0  # drawn; the runner moves those re-run while shrinking to `shrinking`
+    actions: int = 0
+    shrinking: int = 0
+    action_kinds: Counter[str] = field(default_factory=Counter)
+    model_kinds: Counter[str] = field(default_factory=Counter)
+    losses: Counter[str] = field(default_factory=Counter)
+    dtypes: Counter[str] = field(default_factory=Counter)
+    hyperparameters: set[str] = field(default_factory=set)
+    group_layouts: set[str] = field(default_factory=set)
+
+    def add_setup(self, setup: Setup) -> None:
+        self.programs += 1
+        self.model_kinds[setup.model.kind] += 1
+        self.losses[setup.model.loss] += 1
+        self.dtypes[setup.dtype] += 1
+        for group in setup.groups:
+            merged = {**setup.defaults, **group.options}
+            self.hyperparameters.add(repr(sorted(merged.items())) + repr(setup.tensor_lr))
+        self.group_layouts.add(repr([len(g.params) for g in setup.groups]))
+
+    def merge(self, other: Coverage) -> None:
+        self.programs += other.programs
+        self.actions += other.actions
+        self.shrinking += other.shrinking
+        for mine, theirs in ((self.action_kinds, other.action_kinds),
+                             (self.model_kinds, other.model_kinds),
+                             (self.losses, other.losses), (self.dtypes, other.dtypes)):
+            mine.update(theirs)
+        self.hyperparameters |= other.hyperparameters
+        self.group_layouts |= other.group_layouts
+
+    def to_json(self) -> dict[str, Any]:
+        return {"programs": self.programs, "actions": self.actions,
+                "programs_rerun_while_shrinking": self.shrinking,
+                "action_kinds": dict(sorted(self.action_kinds.items())),
+                "model_kinds": dict(sorted(self.model_kinds.items())),
+                "losses": dict(sorted(self.losses.items())),
+                "dtypes": dict(sorted(self.dtypes.items())),
+                "distinct_hyperparameter_configurations": len(self.hyperparameters),
+                "distinct_group_layouts": len(self.group_layouts)}
+
+
+# --- the state machine ---------------------------------------------------------------------------
+
+
+class SGDMachine(RuleBasedStateMachine):
+    """Rules are what users do; after each, every observable must match torch (see Twins).
+    A feature the options declare absent is never exercised. Configure a subclass with
+    `machine(...)`."""
+
+    options: ClassVar[RunOptions] = RunOptions()
+    dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
+    coverage: ClassVar[Coverage]
+    last_case: ClassVar[Case | None] = None
+    on_program: ClassVar[Callable[[Coverage], None] | None] = None  # progress reporting
+    # keys of the failures already found: a program that hits one ends quietly
+    known: ClassVar[tuple[dict[str, Any], ...]] = ()
+    first_failure: ClassVar[tuple[int, float] | None] = None  # programs, perf_counter
+    # the implementation's process lost (exit, signal, hang): how often in this round, and
+    # the shortest case that showed it; past MAX_INCIDENTS, shrinking stops re-running it
+    incidents: ClassVar[int] = 0
+    incident: ClassVar[tuple[Divergence, Case] | None] = None
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.twins: Twins | None = None
+        self.done = False  # the program hit a known failure: its remaining actions are skipped
+
+    def _has(self, feature: str) -> bool:
+        return type(self).options.has(feature)
+
+    @initialize(data=st.data())
+    def build(self, data: st.DataObject) -> None:
+        cls = type(self)
+        setup = data.draw(strategies.setups(cls.dtypes, cls.options.without), label="setup")
+        self.twins = Twins(setup, implementation(cls.options), cls.options)
+        cls.coverage.add_setup(setup)
+        if cls.on_program is not None:
+            cls.on_program(cls.coverage)
+
+    def _do(self, action: Action) -> None:
+        assert self.twins is not None
+        if self.done:
+            return
+        cls = type(self)
+        if cls.incidents >= MAX_INCIDENTS and cls.incident is not None:
+            # Each attempt to shrink a crash or a hang costs a restart or a timeout: past
+            # the bound, a program fails as the shortest case seen at the same kind of
+            # action, without running, so Hypothesis ends with that (genuine) case.
+            divergence, case = cls.incident
+            if ACTION_CLASSES.get(action.kind, action.kind) == divergence.key["action"]:
+                self._fail(divergence, case)
+            return
+        cls.coverage.actions += 1
+        cls.coverage.action_kinds[action.kind] += 1
+        divergence = self.twins.run(action)
+        cls.last_case = self.twins.case
+        if divergence is None:
+            return
+        if cls.known:  # the first divergence no failure found so far explains
+            divergence = self.twins.package([d for d in self.twins.found if not any(
+                d.explained_by(key) for key in cls.known)])
+        if divergence is None:
+            self.done = True
+            return
+        if cls.first_failure is None:
+            cls.first_failure = (cls.coverage.programs, time.perf_counter())
+        case = self.twins.case
+        if divergence.tensor == "process":
+            cls.incidents += 1
+            if cls.incident is None or len(case.actions) < len(cls.incident[1].actions):
+                cls.incident = (divergence, case)
+        self._fail(divergence, case)
+
+    @staticmethod
+    def _fail(divergence: Divergence, case: Case) -> None:
+        raise failure_class(divergence.key)(divergence, case)
+
+    @property
+    def _setup(self) -> Setup:
+        assert self.twins is not None
+        return self.twins.setup
+
+    @rule(batch=strategies.batch_seeds())
+    def backward(self, batch: int) -> None:
+        self._do(Action("backward", {"batch": batch}))
+
+    @rule(batch=strategies.batch_seeds())
+    def backward_twice(self, batch: int) -> None:
+        self._do(Action("backward_twice", {"batch": batch}))
+
+    @rule(data=st.data())
+    def zero_grad(self, data: st.DataObject) -> None:
+        set_to_none = data.draw(st.booleans(), label="set_to_none") \
+            if self._has("set-to-none-false") else True
+        self._do(Action("zero_grad", {"set_to_none": set_to_none}))
+
+    @rule()
+    def step(self) -> None:
+        self._do(Action("step"))
+
+    @precondition(lambda self: self._has("closure"))
+    @rule(batch=strategies.batch_seeds())
+    def step_closure(self, batch: int) -> None:
+        self._do(Action("step_closure", {"batch": batch}))
+
+    @precondition(lambda self: self._has("set-hyperparameter"))
+    @rule(data=st.data())
+    def set_hyperparameter(self, data: st.DataObject) -> None:
+        assert self.twins is not None
+        groups = self.twins.reference.optimizer.param_groups
+        index = data.draw(st.integers(0, len(groups) - 1), label="group")
+        group = groups[index]
+        name, value = data.draw(strategies.hyperparameter_change(
+            {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
+            type(self).options.without), label="change")
+        self._do(Action("set_hyperparameter", {"group": index, "name": name, "value": value}))
+
+    def _ungrouped(self) -> list[str]:
+        assert self.twins is not None
+        grouped = {id(p) for g in self.twins.reference.optimizer.param_groups
+                   for p in g["params"]}
+        return [n for n, p in self.twins.reference.params.items() if id(p) not in grouped]
+
+    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
+                  and bool(self._ungrouped()))
+    @rule(data=st.data())
+    def add_param_group(self, data: st.DataObject) -> None:
+        free = self._ungrouped()
+        names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True),
+                          label="params")
+        options = data.draw(strategies.group_options(self._setup.defaults,
+                                                     type(self).options.without),
+                            label="options")
+        self._do(Action("add_param_group", {"params": names, "options": options}))
+
+    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
+                  and self._has("invalid-hyperparameters"))
+    @rule(data=st.data())
+    def add_flawed_param_group(self, data: st.DataObject) -> None:
+        free = self._ungrouped()
+        names = data.draw(st.lists(st.sampled_from(free), unique=True), label="params") \
+            if free else []
+        flaw = data.draw(st.sampled_from(strategies.FLAWS), label="flaw")
+        self._do(Action("add_param_group", {"params": names, "options": {}, "flaw": flaw}))
+
+    @precondition(lambda self: self._has("invalid-hyperparameters"))
+    @rule(data=st.data())
+    def construct(self, data: st.DataObject) -> None:
+        arguments = data.draw(strategies.constructions(type(self).options.without),
+                              label="construct")
+        self._do(Action("construct", arguments))
+
+    @rule(data=st.data(), freeze=st.booleans())
+    def set_requires_grad(self, data: st.DataObject, freeze: bool) -> None:
+        name = data.draw(st.sampled_from(self._setup.model.parameter_names()), label="param")
+        self._do(Action("freeze" if freeze else "unfreeze", {"param": name}))
+
+    @precondition(lambda self: self._has("state-dict"))
+    @rule(data=st.data())
+    def save_load(self, data: st.DataObject) -> None:
+        sources = ["self", "reference", "implementation"] if self._has("cross-load") \
+            else ["self"]
+        self._do(Action("save_load", {"source": data.draw(st.sampled_from(sources),
+                                                          label="source")}))
+
+
+def failure_class(key: dict[str, Any]) -> type[DivergenceFound]:
+    """One exception class per differing tensor, kind of difference and kind of action:
+    Hypothesis tells failures
+    apart by their exception's class, so each is shrunk on its own and a shrunk case keeps
+    the tensor and action it was found with, while its hyperparameters shrink freely (to the
+    features the failure needs)."""
+    return _failure_class(key["tensor"], key["difference"], key["action"])
+
+
+@functools.cache
+def _failure_class(tensor: str, difference: str, action: str) -> type[DivergenceFound]:
+    return type(f"Divergence[{tensor} {difference}@{action}]", (DivergenceFound,), {})
+
+
+def machine(options: RunOptions | str = "refimpl",
+            dtypes: tuple[str, ...] = ("float32", "float64"),
+            known: tuple[dict[str, Any], ...] = (), round_: int = 0) -> type[SGDMachine]:
+    """A state machine class checking `options.implementation` against torch; programs that
+    hit a failure a `known` key explains end quietly. Each round of a run has its own entry
+    in Hypothesis's example database."""
+    options = options if isinstance(options, RunOptions) else RunOptions(options)
+    implementation(options)  # fail early, with ImplementationError, on a bad module:Class
+    settings_name = json.dumps(options.to_json(), sort_keys=True)
+    name = f"SGDConformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
+    return type(name, (SGDMachine,), {
+        "options": options, "dtypes": dtypes, "coverage": Coverage(), "last_case": None,
+        "known": known, "first_failure": None, "incidents": 0, "incident": None})
