@@ -4,6 +4,8 @@
     pytest conformance                                    # in a clone: refimpl, ci profile
     pytest conformance --optimizer mypkg.optim:MySGD --conformance-without maximize,closure
     pytest conformance --conformance-mode tolerance --conformance-profile thorough
+    pytest --pyargs conformance -n auto                   # every core (the [xdist] extra)
+    pytest --pyargs conformance --tx ssh=me@host//python=/venv/bin/python --tx ...  # hosts
 
 The options are checked once a conformance test is collected, before any program runs: a
 bad one ends the session with one line and pytest's usage-error status (4); the report
@@ -13,15 +15,29 @@ that ran get one complete report, the same as `conformance run` writes (report.j
 failing test names it. A session without conformance tests is left alone: nothing is checked,
 created or written.
 
-Nothing here imports hypothesis or torch at import time: the plugin is registered wherever the
-package is installed, with or without its `[conformance]` extra.
+Shards. Each dtype's run is split into `--conformance-shards N` parts, one test item each
+(`test_sgd_conformance[float32-shard1of2]`): by default one per pytest-xdist worker (`-n N`,
+`-n auto`, or one per `--tx` gateway), and 1 without xdist, which is the whole run as one
+item per dtype (`test_sgd_conformance[float32]`). Shard i runs `runner.run(..., shard=(i, N))`:
+its share of the budget and of the canonical cases, with a seed derived from the session's
+(`runner.shard_seed`), whichever worker or host runs it. Each item's RunResult travels back
+with its test report (pickled, base64, as an attribute xdist serialises with the report); the
+controlling process — the only one that writes — merges each dtype's shards in shard order
+(`runner.merge`) and writes the one report. So a seed and a shard count give the same report
+whichever worker ran which shard, in whatever order they finished. Under xdist the options are
+checked by the controller as soon as a worker has collected a conformance test.
+
+Nothing here imports hypothesis, torch or xdist at import time: the plugin is registered
+wherever the package is installed, with or without its `[conformance]` and `[xdist]` extras.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as _dt
-from collections.abc import Callable
-from dataclasses import dataclass
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +55,9 @@ from conformance.options import (
 )
 
 PROFILE_NAMES = ("dev", "ci", "thorough")
+TEST_NAME = "test_sgd_conformance"  # the conformance test (conformance/test_conformance.py)
+_RESULT_ATTRIBUTE = "sgd_conformance_result"  # a test report's shard result (base64 pickle)
+_TARGET_INPUT = "sgd_conformance_report"  # workerinput: where the controller writes the report
 
 
 @dataclass(frozen=True)
@@ -48,21 +67,24 @@ class Config:
     seed: int | None
     max_failures: int
     report_dir: Path = Path("reports")
+    shards: int = 1  # parts each dtype's run is split into, one test item each
 
 
 @dataclass
 class _Session:
-    """What the conformance tests of one session leave for its report."""
+    """What the conformance tests of one session leave for its report (the controlling
+    process's: never a worker's)."""
 
-    config: Config
-    results: dict[str, Any]  # dtype -> the runner's RunResult
-    created: str  # the report's timestamp, fixed when the first test asked for its path
+    created: str  # the report's timestamp, fixed when the first test (or worker) needed a path
     target: Path  # where the report directory will be written
+    # (dtype, shard index) -> (shard count, the runner's RunResult of that shard)
+    results: dict[tuple[str, int], tuple[int, Any]] = field(default_factory=dict)
     written: Path | None = None
 
 
 CONFIG = pytest.StashKey[Config]()
 SESSION = pytest.StashKey[_Session]()
+_RESULT = pytest.StashKey[str]()  # on an item: its encoded shard result, for its report
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -100,6 +122,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-report-dir", default="reports", metavar="DIR",
                     help="where the report directory is written when the session ends "
                          "(default reports/)")
+    group.addoption("--conformance-shards", type=int, default=None, metavar="N",
+                    help="split each dtype's run into N test items, each with its share of "
+                         "the programs and a seed of its own, merged into one report (default: "
+                         "one per pytest-xdist worker, 1 without xdist)")
+
+
+def _worker_input(config: pytest.Config) -> dict[str, Any] | None:
+    """What the xdist controller sent this worker; None in the controlling process."""
+    return getattr(config, "workerinput", None)
+
+
+def shard_count(config: pytest.Config) -> int:
+    """How many shards each dtype's run is split into: `--conformance-shards` when given
+    (a value below 1 counts as 1 here; the option check rejects it), else one per xdist worker
+    (as the controller told this worker), else 1. Every worker computes the same count, so
+    every worker collects the same items, as xdist requires."""
+    explicit = config.getoption("--conformance-shards")
+    if explicit is not None:
+        return max(1, explicit)
+    workerinput = _worker_input(config)
+    if workerinput is not None:
+        return max(1, int(workerinput.get("workercount", 1)))
+    return 1
 
 
 def _read_config(config: pytest.Config) -> Config:
@@ -119,6 +164,9 @@ def _read_config(config: pytest.Config) -> Config:
     if option("--conformance-memory-limit") > MAX_MEMORY_LIMIT:
         raise ValueError(f"--conformance-memory-limit must be at most {MAX_MEMORY_LIMIT} "
                          f"(MiB), got {option('--conformance-memory-limit')!r}")
+    shards = option("--conformance-shards")
+    if shards is not None and shards < 1:
+        raise ValueError(f"--conformance-shards must be at least 1, got {shards!r}")
     if not option("--optimizer") or not option("--conformance-state-key"):
         raise ValueError("--optimizer and --conformance-state-key must not be empty")
     options = RunOptions(implementation=option("--optimizer"),
@@ -130,30 +178,78 @@ def _read_config(config: pytest.Config) -> Config:
                          memory_limit=option("--conformance-memory-limit"))
     return Config(options, option("--conformance-profile"), option("--conformance-seed"),
                   option("--conformance-max-failures"),
-                  Path(option("--conformance-report-dir")))
+                  Path(option("--conformance-report-dir")), shard_count(config))
 
 
 def _is_conformance_test(item: pytest.Item) -> bool:
     return "conformance_config" in getattr(item, "fixturenames", ())
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    """Checks the options (and that the report directory is writable) once a conformance
-    test is to run: a usage error ends the session before any program runs."""
-    if not any(_is_conformance_test(item) for item in session.items):
+def _check_options(config: pytest.Config) -> None:
+    """Checks the options and that the report directory is writable (creating it), keeping
+    the result; a usage error ends the session, in one line, before any program runs."""
+    if CONFIG in config.stash:
         return
     from conformance import report
 
     try:
-        config = _read_config(session.config)
+        checked = _read_config(config)
         try:
-            report.check_directory(config.report_dir)
+            report.check_directory(checked.report_dir)
         except ValueError as error:
             raise ValueError(f"--conformance-report-dir: {error}") from error
     except ValueError as error:
         message = " ".join(str(error).split())
         pytest.exit(f"conformance: error: {message}", returncode=pytest.ExitCode.USAGE_ERROR)
-    session.config.stash[CONFIG] = config
+    config.stash[CONFIG] = checked
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Checks the options once a conformance test is to run (see `_check_options`). An xdist
+    worker leaves that to the controller (`pytest_xdist_node_collection_finished`): only the
+    controller writes, and only it can end the session cleanly."""
+    if not any(_is_conformance_test(item) for item in session.items):
+        return
+    if _worker_input(session.config) is None:
+        _check_options(session.config)  # imports conformance.report
+    else:
+        # Hypothesis mixes constants of the local modules loaded so far into what it draws
+        # (`hypothesis.internal.conjecture.providers._get_local_constants`): a worker loads
+        # the module the check loads in a session without xdist, so a seed and a shard
+        # count draw the same programs in a worker as there.
+        from conformance import report  # noqa: F401
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: Sequence[str]) -> None:
+    """xdist's controller, as a worker reports what it collected (before any test runs):
+    the options are checked here when a conformance test is among them."""
+    if any(f"::{TEST_NAME}[" in nodeid or nodeid.endswith(f"::{TEST_NAME}") for nodeid in ids):
+        _check_options(node.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller, as it starts a worker: tells it where the report will be, so a
+    failing test can name it."""
+    node.workerinput[_TARGET_INPUT] = str(_session(node.config).target)
+
+
+def _session(config: pytest.Config) -> _Session:
+    """The controlling process's report state, made (and its path fixed) on first use."""
+    session = config.stash.get(SESSION, None)
+    if session is None:
+        from conformance import report
+
+        created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+        report_dir = Path(config.getoption("--conformance-report-dir"))
+        run_id = report.run_id(created, config.getoption("--optimizer"))
+        target, n = report_dir / run_id, 1
+        while target.exists():
+            n += 1
+            target = report_dir / f"{run_id}-{n}"
+        session = config.stash[SESSION] = _Session(created, target)
+    return session
 
 
 @pytest.fixture
@@ -169,32 +265,80 @@ def conformance_config(request: pytest.FixtureRequest) -> Config:
 
 
 @pytest.fixture
-def conformance_record(request: pytest.FixtureRequest, conformance_config: Config
-                       ) -> Callable[[Any], Path]:
-    """`record(result)` keeps a dtype's RunResult for the session's report and returns the
-    report directory it will be written to when the session ends."""
-    stash = request.config.stash
+def conformance_record(request: pytest.FixtureRequest) -> Callable[..., Path]:
+    """`record(result, shard=(i, n))` keeps a shard of a dtype's RunResult for the
+    session's report (it travels with the test's report to the process that writes it) and
+    returns the report directory it will be written to when the session ends."""
+    node, config = request.node, request.config
 
-    def record(result: Any) -> Path:
-        from conformance import report
-
-        session = stash.get(SESSION, None)
-        if session is None:
-            created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-            run_id = report.run_id(created, conformance_config.options.implementation)
-            target, n = conformance_config.report_dir / run_id, 1
-            while target.exists():
-                n += 1
-                target = conformance_config.report_dir / f"{run_id}-{n}"
-            session = stash[SESSION] = _Session(conformance_config, {}, created, target)
-        for dtype in result.dtypes:
-            session.results[dtype] = result
-        return session.target
+    def record(result: Any, shard: tuple[int, int] = (0, 1)) -> Path:
+        (dtype,) = result.dtypes
+        node.stash[_RESULT] = base64.b64encode(
+            pickle.dumps((dtype, shard, result), protocol=pickle.HIGHEST_PROTOCOL)).decode()
+        workerinput = _worker_input(config)
+        if workerinput is not None and _TARGET_INPUT in workerinput:
+            return Path(workerinput[_TARGET_INPUT])
+        return _session(config).target
     return record
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Any:
+    """Attaches a conformance test's shard result to its call report (xdist sends a report's
+    extra attributes to the controller with it)."""
+    report = yield
+    if call.when == "call" and _RESULT in item.stash:
+        setattr(report, _RESULT_ATTRIBUTE, item.stash[_RESULT])
+    return report
+
+
+class _Results:
+    """Registered in the controlling process only (never in an xdist worker): keeps the shard
+    result each test report brings, its own tests' or the workers'."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        encoded = getattr(report, _RESULT_ATTRIBUTE, None)
+        if encoded is None:
+            return
+        dtype, (index, count), result = pickle.loads(base64.b64decode(encoded))
+        _session(self.config).results[dtype, index] = (count, result)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _worker_input(config) is None:
+        config.pluginmanager.register(_Results(config), "sgd-conformance-results")
+
+
+def _merged(config: Config, results: dict[tuple[str, int], tuple[int, Any]]
+            ) -> tuple[dict[str, Any], dict[str, list[int]], int]:
+    """Each dtype's result (its shards merged in shard order), the shards of each dtype that
+    did not report (deselected, or their worker was lost), and the shard count."""
+    from conformance.runner import merge
+
+    merged: dict[str, Any] = {}
+    missing: dict[str, list[int]] = {}
+    count = max(c for c, _ in results.values())
+    for dtype in DTYPES:
+        shards = sorted((index, result) for (d, index), (_, result) in results.items()
+                        if d == dtype)
+        if not shards:
+            continue
+        parts = [result for _, result in shards]
+        merged[dtype] = parts[0] if count == 1 else merge(parts, config.max_failures)
+        present = {index for index, _ in shards}
+        missing[dtype] = [i for i in range(count) if i not in present]
+    return merged, missing, count
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """Writes the report of the dtypes that ran (the others are listed as not verified)."""
+    """Writes the report of the dtypes that ran (the others are listed as not verified), in
+    the controlling process only."""
+    if _worker_input(session.config) is not None:
+        return
     state = session.config.stash.get(SESSION, None)
     if state is None or not state.results or state.written is not None:
         return
@@ -202,21 +346,25 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     from conformance.implementations import implementation
     from conformance.profiles import PROFILES
 
-    config, options = state.config, state.config.options
-    dtypes = [d for d in DTYPES if d in state.results]
-    results = list(dict.fromkeys(id(state.results[d]) for d in dtypes))
-    by_id = {id(r): r for r in state.results.values()}
+    config = session.config.stash.get(CONFIG, None) or _read_config(session.config)
+    options = config.options
+    merged, missing, count = _merged(config, state.results)
+    dtypes = list(merged)
     settings = {
         **options.to_json(), "profile": config.profile,
         "examples": PROFILES[config.profile].max_examples, "seed": config.seed,
         "mode": options.mode or implementation(options).default_mode, "dtypes": dtypes,
-        "max_failures": config.max_failures, "config_file": None}
+        "max_failures": config.max_failures, "jobs": count, "config_file": None}
     not_verified = [{"feature": f, "description": FEATURES[f],
                      "source": "--conformance-without"}
                     for f in FEATURES if f in options.without]
     not_verified += [{"feature": d, "description": f"{d} parameters are not checked",
                       "source": "pytest selection"} for d in DTYPES if d not in dtypes]
-    data = report.build([by_id[i] for i in results], settings, state.created,
+    not_verified += [{"feature": d, "source": "pytest selection",
+                      "description": f"{d}: shard(s) {', '.join(str(i + 1) for i in gone)} "
+                                     f"of {count} did not run; their programs are not checked"}
+                     for d, gone in missing.items() if gone]
+    data = report.build([merged[d] for d in dtypes], settings, state.created,
                         not_verified=not_verified)
     state.written = report.write(data, state.target.parent, run_id=state.target.name)
 
