@@ -6,7 +6,8 @@
 
 `run` reads `[tool.sgd-conformance]` from ./pyproject.toml where there is one (keys named as
 the long options: optimizer, contract, mode, reference-path, without, state-key, dtype,
-profile, examples, seed, timeout, max-failures, isolation, memory-limit, report-dir, junit);
+profile, examples, seed, timeout, max-failures, isolation, memory-limit, jobs, report-dir,
+junit);
 the command line wins.
 
 Exit status, and no other ever escapes:
@@ -45,8 +46,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "optimizer": "refimpl", "contract": None, "mode": None, "reference_path": "for-loop",
     "without": "", "state_key": "momentum_buffer", "dtype": "both", "profile": "ci",
     "examples": None, "seed": None, "timeout": 10.0, "max_failures": 5, "isolation": None,
-    "memory_limit": 4096, "report_dir": "reports", "junit": None,
+    "memory_limit": 4096, "jobs": None, "report_dir": "reports", "junit": None,
 }
+MAX_JOBS = 1024
 # Bounds a value must be within to mean anything to the clocks and rlimits it reaches.
 MAX_TIMEOUT = 86400.0  # seconds (a day) for one action
 MAX_MEMORY_LIMIT = 2**30  # MiB (a PiB)
@@ -118,6 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--memory-limit", type=int, metavar="MIB",
                      help="MiB of address space the worker process may add to what it "
                           "started with (default 4096; with --isolation process)")
+    run.add_argument("--jobs", type=int, metavar="N",
+                     help="processes the programs are split across (default: every core "
+                          "this process may use); a seeded run gives the same report for "
+                          "the same N")
     run.add_argument("--report-dir", type=Path,
                      help="where the report directory is written (default: reports/; "
                           "created where missing, and must be writable)")
@@ -194,17 +200,23 @@ def _check_extra() -> None:
 
 
 def _progress(total: int, label: str) -> Any:
-    """A progress bar on a terminal (tqdm), plain lines in CI."""
+    """A progress bar on a terminal (tqdm), plain lines in CI: `update(programs)` as the
+    run's count of programs started grows, and `close()`."""
     from tqdm import tqdm
 
     if sys.stderr.isatty():
         bar = tqdm(total=total, desc=label, unit="program", leave=False)
-        return lambda programs: bar.update(1) if programs <= total else None, bar.close
-    step = max(1, total // 10)
+
+        def move(programs: int) -> None:
+            if bar.n < programs <= total:
+                bar.update(programs - bar.n)
+        return move, bar.close
+    step, shown = max(1, total // 10), [0]
 
     def line(programs: int) -> None:
-        if programs <= total and programs % step == 0:
-            print(f"{label}: {programs} programs", file=sys.stderr, flush=True)
+        if programs <= total and programs >= shown[0] + step:
+            shown[0] = programs - programs % step
+            print(f"{label}: {shown[0]} programs", file=sys.stderr, flush=True)
     return line, lambda: None
 
 
@@ -262,10 +274,12 @@ def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
     for key, allowed in choices.items():
         if values[key] not in allowed:
             raise bad(key, f"must be one of {', '.join(a for a in allowed if a)}")
-    for key in ("examples", "max_failures", "memory_limit"):
+    for key in ("examples", "max_failures", "memory_limit", "jobs"):
         value = values[key]
         if value is not None and (not _is_int(value) or value < 1):
             raise bad(key, "must be at least 1")
+    if values["jobs"] is not None and values["jobs"] > MAX_JOBS:
+        raise bad("jobs", f"must be at most {MAX_JOBS}")
     if values["memory_limit"] > MAX_MEMORY_LIMIT:
         raise bad("memory_limit", f"must be at most {MAX_MEMORY_LIMIT} (MiB)")
     timeout = values["timeout"]
@@ -325,10 +339,9 @@ def _not_verified(options: Any, dtypes: list[str], sources: dict[str, str]
 def _run(args: argparse.Namespace) -> int:
     from hypothesis import settings as Settings
 
-    from conformance import report
+    from conformance import parallel, report
     from conformance.implementations import ImplementationError, implementation
     from conformance.profiles import PROFILES
-    from conformance.runner import run
 
     values, sources = _settings(args)
     options = _options(values, sources)
@@ -341,27 +354,29 @@ def _run(args: argparse.Namespace) -> int:
     if values["examples"] is not None:
         settings = Settings(settings, max_examples=values["examples"])
     dtypes = list(DTYPES) if values["dtype"] == "both" else [values["dtype"]]
-    results = []
-    for dtype in dtypes:
-        on_program, close = _progress(settings.max_examples, f"{impl.name} {dtype}")
-        try:
-            result = run(options, dtypes=(dtype,), settings=settings, seed=values["seed"],
-                         max_failures=values["max_failures"], on_program=on_program)
-        finally:
+    jobs = values["jobs"] or parallel.cores()
+    bars = {dtype: _progress(settings.max_examples, f"{impl.name} {dtype}") for dtype in dtypes}
+    try:
+        results = parallel.run(options, dtypes=tuple(dtypes), settings=settings,
+                               seed=values["seed"], max_failures=values["max_failures"],
+                               jobs=jobs, on_program=lambda dtype, n: bars[dtype][0](n))
+    finally:
+        for _, close in bars.values():
             close()
-        results.append(result)
+    for dtype, result in zip(dtypes, results, strict=True):
         flaky = sum(getattr(f, "flaky", False) for f in result.failures)
         verdict = "conforms" if result.passed else \
             f"DIVERGES ({len(result.failures)} distinct failure(s)" + \
             (f", {flaky} flaky" if flaky else "") + f"); first: {result.divergence}"
         print(f"{impl.name} {dtype}: {result.coverage.programs} programs, "
-              f"{result.coverage.actions} actions, {result.seconds:.1f} s: "
-              f"{verdict.splitlines()[0]}")
+              f"{result.coverage.actions} actions, {result.seconds:.1f} s"
+              f"{f' on {jobs} processes' if jobs > 1 else ''}: {verdict.splitlines()[0]}")
     settings_json = {
         **options.to_json(), "profile": values["profile"],
         "examples": settings.max_examples, "seed": values["seed"],
         "mode": options.mode or impl.default_mode, "dtypes": dtypes,
-        "max_failures": values["max_failures"], "config_file": values["config_file"]}
+        "max_failures": values["max_failures"], "jobs": jobs,
+        "config_file": values["config_file"]}
     data = report.build(results, settings_json,
                         not_verified=_not_verified(options, dtypes, sources))
     path = report.write(data, report_dir)

@@ -84,7 +84,7 @@ def build(results: Sequence[Any], settings: dict[str, Any], created: str | None 
         "environment": environment(),
         "settings": settings,
         "not_verified": [dict(entry) for entry in not_verified],
-        "coverage": coverage.to_json(),
+        "coverage": coverage.to_json(getattr(results[0], "options", None)),
         "failures": [_failure(failure, n) for n, failure in enumerate(failures, start=1)],
     }
 
@@ -274,6 +274,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"torch {env['torch']} ({env['torch_cpu_capability']}, {env['rounding_model']} "
         f"rounding).",
     ]
+    lines += _markdown_coverage(cov)
     if "not_verified" in report:
         lines += ["", "### Not verified", ""]
         lines += [f"- {_code(entry['feature'])} ({_text(entry['source'])}): "
@@ -282,6 +283,34 @@ def markdown(report: dict[str, Any]) -> str:
     for n, failure in enumerate(failures, start=1):
         lines += ["", *_markdown_failure(n, failure)]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_coverage(cov: dict[str, Any]) -> list[str]:
+    """What the programs reached, in a table, and a warning for what a declared feature needs
+    and no program reached (so a pass that never exercised something does not read as if it
+    had). Reports without these keys (older ones) show nothing here."""
+    lines: list[str] = []
+    if cov.get("unreached"):
+        lines += ["", "### ⚠️ Not reached", "",
+                  "Declared, but no program reached what checking it needs, so this run "
+                  "says nothing about:", ""]
+        lines += [f"- {_code(feature)}: {_text(need)}"
+                  for feature, need in cov["unreached"].items()]
+    rows = [(title, cov[key]) for title, key in (
+        ("ops (programs)", "ops"), ("kinks hit (forwards)", "kinks"),
+        ("features in play (group steps)", "step_features"),
+        ("feature pairs (group steps)", "feature_pairs"),
+        ("steps with a momentum buffer", "buffered_steps"), ("actions", "action_kinds"))
+        if cov.get(key) is not None]
+    if not rows:
+        return lines
+    missed = [kink for kink, hits in cov.get("kinks", {}).items() if not hits]
+    lines += ["", "### Coverage", "", "| what | counts |", "| --- | --- |"]
+    lines += [f"| {title} | {_text(', '.join(f'{k} {v:,}' for k, v in counts.items()))} |"
+              for title, counts in rows]
+    if missed:
+        lines += ["", f"Kinks some model could hit but none did: {', '.join(missed)}."]
+    return lines
 
 
 def _markdown_failure(n: int, failure: dict[str, Any]) -> list[str]:
@@ -391,6 +420,11 @@ def html(report: dict[str, Any]) -> str:
                         f"<td>{e(', '.join(f.get('key', {}).get('features', [])))}</td>"
                         f"<td>{e(_found_after(f))}</td></tr>"
                         for n, f in enumerate(failures, start=1)) + "</tbody></table>")
+    if cov.get("unreached"):
+        body.append("<h2>Not reached</h2><p>Declared, but no program reached what checking it "
+                    "needs, so this run says nothing about:</p><ul>" + "".join(
+                        f"<li><code>{e(feature)}</code>: {e(need)}</li>"
+                        for feature, need in cov["unreached"].items()) + "</ul>")
     if "not_verified" in report:
         body.append("<h2>Not verified</h2>")
         body.append("<ul>" + "".join(

@@ -2,14 +2,22 @@
 `max_failures` distinct failures, each shrunk, with when it was found; the coverage; the
 times. The pytest test, the CLI and the mutant kill matrix all call `run`.
 
-A run goes in rounds. Each round is one Hypothesis run over the programs still in the budget;
-it stops at its first failure and shrinks it (keeping the differing tensor and the kind of
-action, `stateful.failure_class`; the hyperparameters shrink to the features the failure
-needs). The next round starts from the programs left, with that failure's key known: a
-program whose divergence it explains (same tensor and action, those features among its own)
-ends quietly, so the next round finds something else. The run ends when the budget is spent,
-`max_failures` are found, or a failure was the implementation's process lost (a crash or a
-hang: past it, each program would pay a restart or a timeout).
+A run first replays the canonical configurations (`conformance.canonical`), whatever the seed;
+a failing one is reduced (actions dropped, hyperparameters back to their defaults, while it
+fails the same way) and reported like any other. Then it goes in rounds. Each round is one
+Hypothesis run over the programs still in the budget; it stops at its first failure and shrinks
+it (keeping the differing tensor and the kind of action, `stateful.failure_class`; the
+hyperparameters shrink to the features the failure needs). The next round starts from the
+programs left, with that failure's key known: a program whose divergence it explains (same
+tensor and action, those features among its own) ends quietly, so the next round finds
+something else. The run ends when the budget is spent, `max_failures` are found, or a failure
+was the implementation's process lost (a crash or a hang: past it, each program would pay a
+restart or a timeout).
+
+`shard=(i, n)` runs the i-th of n parts of that run: its share of the budget and of the
+canonical cases, with a seed of its own (shard 0 keeps the run's), so n processes together do
+the run's work (`conformance.parallel`); `merge` puts their results together, the same way
+whatever order they finished in.
 
 A `module:Class` runs in a worker process (`conformance.isolation`, multiprocessing's
 forkserver): a script that calls `run` must guard its entry point with
@@ -18,9 +26,10 @@ forkserver): a script that calls `run` must guard its entry point with
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -28,8 +37,10 @@ from hypothesis import settings as Settings
 from hypothesis.errors import FlakyFailure
 from hypothesis.stateful import run_state_machine_as_test
 
+from conformance import canonical
+from conformance.implementations import Implementation, implementation
 from conformance.isolation import stop_workers
-from conformance.machine import Divergence, DivergenceFound, history
+from conformance.machine import Divergence, DivergenceFound, Twins, history, replay
 from conformance.options import RunOptions
 from conformance.oracle import Mode
 from conformance.program import Case
@@ -85,16 +96,31 @@ class RunResult:
         return self.failures[0].found_after_seconds if self.failures else None
 
 
+def share(total: int, shard: tuple[int, int]) -> int:
+    """The i-th of n shards' part of `total` programs (the first ones take the remainder)."""
+    index, count = shard
+    return total // count + (index < total % count)
+
+
+def shard_seed(seed: int | None, shard: tuple[int, int]) -> int | None:
+    """A shard's own seed: shard 0 keeps the run's, so one shard is the whole run."""
+    return None if seed is None else seed + 104_729 * shard[0]
+
+
 def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "float64"),
         settings: Settings, seed: int | None = None, shrink: bool = True,
         max_failures: int = 1, on_program: Callable[[int], None] | None = None,
-        **options: Any) -> RunResult:
+        shard: tuple[int, int] = (0, 1), **options: Any) -> RunResult:
     """Checks an implementation against torch under `settings` (its max_examples is the
     budget of programs). `target` is a `RunOptions` or an implementation name, with any
     other `RunOptions` field as a keyword (`mode=`, `contract=`, `timeout=`, ...).
-    `on_program(n)` is called as the n-th program starts (progress)."""
+    `on_program(n)` is called as the n-th program starts (progress). `shard=(i, n)` runs
+    the i-th of n parts of the run (see the module docstring)."""
     run_options = target.with_(**options) if isinstance(target, RunOptions) \
         else RunOptions(target, **options)
+    if not (isinstance(shard, tuple) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard must be (index, count) with 0 <= index < count, not {shard}")
+    budget, seed = share(settings.max_examples, shard), shard_seed(seed, shard)
     coverage = Coverage()
     failures: list[Failure] = []
     known: list[dict[str, Any]] = []
@@ -103,17 +129,20 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
-        while len(failures) < max_failures and generated < settings.max_examples:
+        lost = _canonical(run_options, dtypes, shard, max_failures, failures, known, coverage,
+                          start, on_program)
+        while not lost and len(failures) < max_failures and generated < budget:
             before = generated
             cls = make_machine(run_options, dtypes, tuple(known), len(failures))
+            offset = coverage.programs - generated  # the canonical cases, already run
             if on_program is not None:
-                cls.on_program = lambda c, before=before, cls=cls: on_program(
-                    before + (cls.first_failure or (c.programs,))[0])
+                cls.on_program = lambda c, before=before, cls=cls, offset=offset: on_program(
+                    offset + before + (cls.first_failure or (c.programs,))[0])
             if seed is not None:  # what @hypothesis.seed sets; each round its own
                 cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
             hypothesis_options: dict[str, Any] = {
                 "report_multiple_bugs": False,
-                "max_examples": settings.max_examples - before}
+                "max_examples": budget - before}
             if seed is not None:  # a seeded run is exactly reproducible: no saved examples
                 hypothesis_options["database"] = None
             if not shrink:
@@ -127,8 +156,9 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
             except DivergenceFound as found:
                 programs, when = cls.first_failure or (cls.coverage.programs, time.perf_counter())
                 known.append(found.divergence.key)
-                failures.append(Failure(found.divergence, found.case, before + programs,
-                                        when - start, flaky=isinstance(found, _Flaky)))
+                failures.append(Failure(found.divergence, found.case,
+                                        offset + before + programs, when - start,
+                                        flaky=isinstance(found, _Flaky)))
                 cls.coverage.shrinking += cls.coverage.programs - programs
                 cls.coverage.programs = programs
                 coverage.merge(cls.coverage)
@@ -148,6 +178,99 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
         torch.set_num_threads(threads)
         stop_workers()
     return RunResult(run_options, dtypes, failures, coverage, time.perf_counter() - start)
+
+
+def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, int],
+               max_failures: int, failures: list[Failure], known: list[dict[str, Any]],
+               coverage: Coverage, start: float,
+               on_program: Callable[[int], None] | None) -> bool:
+    """Runs this shard's canonical cases, appending what fails (reduced) to `failures` and
+    its key to `known`; returns whether the implementation's process was lost."""
+    impl = implementation(options)
+    cases = [case for dtype in dtypes for _, case in canonical.cases(dtype, options)]
+    for case in cases[shard[0]::shard[1]]:
+        if len(failures) >= max_failures:
+            break
+        coverage.add_setup(case.setup)
+        if on_program is not None:
+            on_program(coverage.programs)
+        twins, buffered = Twins(case.setup, impl, options), {}
+        twins.reference.model.kinks = coverage.kinks
+        for action in case.actions:
+            coverage.add_action(action, twins, buffered)
+            divergence = twins.run(action)
+            if divergence is not None and known:
+                divergence = twins.package([d for d in twins.found if not any(
+                    d.explained_by(key) for key in known)])
+            if divergence is None:
+                continue
+            when = time.perf_counter() - start
+            divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage)
+            failures.append(Failure(divergence, reduced, coverage.programs, when))
+            known.append(divergence.key)
+            if divergence.tensor == "process":
+                return True
+            break
+    return False
+
+
+_DEPENDENT = {"momentum": ("nesterov", "dampening")}
+
+
+def _reduce(case: Case, divergence: Divergence, impl: Implementation, options: RunOptions,
+            coverage: Coverage) -> tuple[Divergence, Case]:
+    """A smaller case that fails the same way (the same tensor, difference and kind of
+    action): each action dropped, each hyperparameter back to its default, a tensor lr made a
+    number, as long as it still does."""
+    same = ("tensor", "difference", "action")
+    if divergence.tensor == "process":  # each try would cost a restart or a timeout
+        return divergence, case
+
+    def fails(candidate: Case) -> Divergence | None:
+        coverage.shrinking += 1
+        found = replay(candidate, impl, options)
+        if found is not None and all(found.key[k] == divergence.key[k] for k in same):
+            return found
+        return None
+
+    for index in reversed(range(len(case.actions))):
+        candidate = Case(case.setup, case.actions[:index] + case.actions[index + 1:])
+        found = fails(candidate)
+        if found is not None:
+            divergence, case = found, candidate
+    for name in [*(n for n in case.setup.defaults if n != "lr"), "tensor_lr"]:
+        setup = case.setup
+        if name == "tensor_lr":
+            if not setup.tensor_lr:
+                continue
+            candidate = Case(replace(setup, tensor_lr=False), case.actions)
+        else:
+            dropped = {name, *_DEPENDENT.get(name, ())}  # nesterov needs momentum
+            candidate = Case(replace(setup, defaults={k: v for k, v in setup.defaults.items()
+                                                      if k not in dropped}), case.actions)
+        found = fails(candidate)
+        if found is not None:
+            divergence, case = found, candidate
+    return divergence, case
+
+
+def merge(results: list[RunResult], max_failures: int) -> RunResult:
+    """The shards of one run (in shard order) as one result: their coverage added up, their
+    failures in shard order with one per key (the shortest case), at most `max_failures`;
+    `found_after_programs` counts the programs of the shard that found it, which ran
+    alongside the others. The seconds are the longest shard's."""
+    coverage = Coverage()
+    best: dict[str, Failure] = {}
+    for result in results:
+        coverage.merge(result.coverage)
+        for failure in result.failures:
+            key = json.dumps(failure.key, sort_keys=True)
+            if key not in best or len(failure.case.actions) < len(best[key].case.actions):
+                best[key] = failure
+    failures = list(best.values())[:max_failures]
+    first = results[0]
+    return RunResult(first.options, first.dtypes, failures, coverage,
+                     max(r.seconds for r in results))
 
 
 class _Flaky(DivergenceFound):

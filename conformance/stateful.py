@@ -10,6 +10,7 @@ round.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import time
 from collections import Counter
@@ -18,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from hypothesis import strategies as st
+from hypothesis import target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
-from conformance import strategies
+from conformance import models, strategies
 from conformance.implementations import implementation
 from conformance.machine import ACTION_CLASSES, Divergence, DivergenceFound, Twins
 from conformance.options import RunOptions
@@ -34,9 +36,30 @@ MAX_INCIDENTS = 8
 # --- coverage ------------------------------------------------------------------------------------
 
 
+# What a declared feature needs a run to reach before its verdict means anything: the
+# features of `conformance.options.FEATURES`, with "momentum" (always declared) for the
+# second step with a buffer, where a buffer is first read.
+NEEDS = {
+    "momentum": "a second step with a momentum buffer",
+    "maximize": "a step with maximize=True", "dampening": "a second step with dampening",
+    "nesterov": "a step with nesterov=True", "weight-decay": "a step with weight decay",
+    "tensor-lr": "a step with a tensor lr", "closure": "step(closure)",
+    "add-param-group": "add_param_group", "set-hyperparameter": "a hyperparameter changed",
+    "state-dict": "a state-dict round trip", "cross-load": "a state dict moved across",
+    "set-to-none-false": "zero_grad(set_to_none=False)",
+    "invalid-hyperparameters": "a construction with invalid arguments",
+}
+# A group's hyperparameter, and the feature it is when it is not its default.
+STEP_FEATURES = {"momentum": "momentum", "dampening": "dampening", "nesterov": "nesterov",
+                 "weight_decay": "weight-decay", "maximize": "maximize"}
+
+
 @dataclass
 class Coverage:
-    """What the generated programs exercised (for the report)."""
+    """What the generated programs exercised (for the report): the setups' models and ops,
+    the kinks their forwards hit (torch's values exactly at a break point or a tie), the
+    hyperparameter features and pairs of features in play at each step of a group, the
+    actions, and the steps with a momentum buffer by how many came before."""
 
     programs: int = 0  # drawn; the runner moves those re-run while shrinking to `shrinking`
     actions: int = 0
@@ -45,6 +68,13 @@ class Coverage:
     model_kinds: Counter[str] = field(default_factory=Counter)
     losses: Counter[str] = field(default_factory=Counter)
     dtypes: Counter[str] = field(default_factory=Counter)
+    ops: Counter[str] = field(default_factory=Counter)  # programs whose model uses each op
+    kinks: Counter[str] = field(default_factory=Counter)  # forwards that hit each kink
+    possible_kinks: set[str] = field(default_factory=set)  # kinks some model could hit
+    step_features: Counter[str] = field(default_factory=Counter)  # a group's steps, by feature
+    feature_pairs: Counter[str] = field(default_factory=Counter)
+    buffered_steps: Counter[str] = field(default_factory=Counter)  # first, second, later
+    reached: set[str] = field(default_factory=set)  # of NEEDS
     hyperparameters: set[str] = field(default_factory=set)
     group_layouts: set[str] = field(default_factory=set)
 
@@ -53,10 +83,62 @@ class Coverage:
         self.model_kinds[setup.model.kind] += 1
         self.losses[setup.model.loss] += 1
         self.dtypes[setup.dtype] += 1
+        self.ops.update(models.ops_of(setup.model))
+        self.possible_kinks |= models.kinks_of(setup.model)
         for group in setup.groups:
             merged = {**setup.defaults, **group.options}
             self.hyperparameters.add(repr(sorted(merged.items())) + repr(setup.tensor_lr))
         self.group_layouts.add(repr([len(g.params) for g in setup.groups]))
+
+    def add_action(self, action: Action, twins: Twins, buffered: dict[str, int]) -> None:
+        """Counts an action about to run on `twins`; before a step, what each group steps
+        with, from torch's groups and state (`buffered`: the steps each parameter has had
+        with its buffer in this program)."""
+        self.actions += 1
+        self.action_kinds[action.kind] += 1
+        reached = {"step_closure": "closure", "add_param_group": "add-param-group",
+                   "set_hyperparameter": "set-hyperparameter", "save_load": "state-dict"}
+        if action.kind in reached:
+            self.reached.add(reached[action.kind])
+        if action.kind == "save_load" and action.args.get("source") != "self":
+            self.reached.add("cross-load")
+        if action.kind == "zero_grad" and not action.args.get("set_to_none", True):
+            self.reached.add("set-to-none-false")
+        if action.kind == "construct" or "flaw" in action.args:
+            self.reached.add("invalid-hyperparameters")
+        if action.kind not in ("step", "step_closure"):
+            return
+        optimizer, names = twins.reference.optimizer, twins.reference.names
+        for group in optimizer.param_groups:
+            stepped = [p for p in group["params"] if p.grad is not None or
+                       (action.kind == "step_closure" and p.requires_grad)]
+            if not stepped:
+                continue
+            on = {feature for key, feature in STEP_FEATURES.items() if group.get(key)}
+            if hasattr(group["lr"], "item"):
+                on.add("tensor-lr")
+            if "momentum" not in on:
+                on -= {"dampening", "nesterov"}
+            self.step_features.update(on or {"plain"})
+            self.feature_pairs.update("+".join(pair)
+                                      for pair in itertools.combinations(sorted(on), 2))
+            self.reached |= on - {"momentum", "dampening"}
+            if "momentum" not in on:
+                continue
+            for p in stepped:
+                name = names[id(p)]
+                held = optimizer.state.get(p, {}).get("momentum_buffer") is not None
+                count = buffered.get(name, 2) if held else 0  # a loaded buffer: "later"
+                buffered[name] = count + 1
+                self.buffered_steps[("first", "second")[count] if count < 2 else "later"] += 1
+                if count >= 1:
+                    self.reached |= {"momentum"} | ({"dampening"} & on)
+
+    def unreached(self, options: RunOptions) -> dict[str, str]:
+        """Each declared feature the programs never reached, with what it needs."""
+        return {feature: need for feature, need in NEEDS.items()
+                if (feature == "momentum" or options.has(feature))
+                and feature not in self.reached}
 
     def merge(self, other: Coverage) -> None:
         self.programs += other.programs
@@ -64,20 +146,36 @@ class Coverage:
         self.shrinking += other.shrinking
         for mine, theirs in ((self.action_kinds, other.action_kinds),
                              (self.model_kinds, other.model_kinds),
-                             (self.losses, other.losses), (self.dtypes, other.dtypes)):
+                             (self.losses, other.losses), (self.dtypes, other.dtypes),
+                             (self.ops, other.ops), (self.kinks, other.kinks),
+                             (self.step_features, other.step_features),
+                             (self.feature_pairs, other.feature_pairs),
+                             (self.buffered_steps, other.buffered_steps)):
             mine.update(theirs)
+        self.possible_kinks |= other.possible_kinks
+        self.reached |= other.reached
         self.hyperparameters |= other.hyperparameters
         self.group_layouts |= other.group_layouts
 
-    def to_json(self) -> dict[str, Any]:
-        return {"programs": self.programs, "actions": self.actions,
+    def to_json(self, options: RunOptions | None = None) -> dict[str, Any]:
+        counts = lambda counter: dict(sorted(counter.items()))
+        data = {"programs": self.programs, "actions": self.actions,
                 "programs_rerun_while_shrinking": self.shrinking,
-                "action_kinds": dict(sorted(self.action_kinds.items())),
-                "model_kinds": dict(sorted(self.model_kinds.items())),
-                "losses": dict(sorted(self.losses.items())),
-                "dtypes": dict(sorted(self.dtypes.items())),
+                "action_kinds": counts(self.action_kinds),
+                "model_kinds": counts(self.model_kinds),
+                "losses": counts(self.losses),
+                "dtypes": counts(self.dtypes),
+                "ops": counts(self.ops),
+                "kinks": {kink: self.kinks[kink] for kink in sorted(self.possible_kinks)},
+                "step_features": counts(self.step_features),
+                "feature_pairs": counts(self.feature_pairs),
+                "buffered_steps": {k: self.buffered_steps[k]
+                                   for k in ("first", "second", "later")},
                 "distinct_hyperparameter_configurations": len(self.hyperparameters),
                 "distinct_group_layouts": len(self.group_layouts)}
+        if options is not None:
+            data["unreached"] = self.unreached(options)
+        return data
 
 
 # --- the state machine ---------------------------------------------------------------------------
@@ -105,6 +203,12 @@ class SGDMachine(RuleBasedStateMachine):
         super().__init__()
         self.twins: Twins | None = None
         self.done = False  # the program hit a known failure: its remaining actions are skipped
+        self.buffered: dict[str, int] = {}  # steps each parameter had with its buffer
+
+    def teardown(self) -> None:
+        """Guides Hypothesis towards programs that come close to their error budget."""
+        if self.twins is not None:
+            target(self.twins.worst, label="ULP distance / budget")
 
     def _has(self, feature: str) -> bool:
         return type(self).options.has(feature)
@@ -114,6 +218,7 @@ class SGDMachine(RuleBasedStateMachine):
         cls = type(self)
         setup = data.draw(strategies.setups(cls.dtypes, cls.options.without), label="setup")
         self.twins = Twins(setup, implementation(cls.options), cls.options)
+        self.twins.reference.model.kinks = cls.coverage.kinks
         cls.coverage.add_setup(setup)
         if cls.on_program is not None:
             cls.on_program(cls.coverage)
@@ -131,8 +236,7 @@ class SGDMachine(RuleBasedStateMachine):
             if ACTION_CLASSES.get(action.kind, action.kind) == divergence.key["action"]:
                 self._fail(divergence, case)
             return
-        cls.coverage.actions += 1
-        cls.coverage.action_kinds[action.kind] += 1
+        cls.coverage.add_action(action, self.twins, self.buffered)
         divergence = self.twins.run(action)
         cls.last_case = self.twins.case
         if divergence is None:

@@ -2,9 +2,11 @@
 `conformance.spec_strategies`), batches (by seed), hyperparameters over their full ranges with their
 boundaries, parameter-group partitions with per-group overrides, and whole setups.
 
-Boundaries are drawn on purpose, because they are where two formulas agree or a branch flips:
-lr 0 and large, momentum 0, dampening 0 and 1, weight_decay 0, a 1-element tensor lr, maximize,
-nesterov (only where torch accepts it: momentum > 0 and dampening 0). A feature an
+Hyperparameters are drawn swarm-style (`features`): which features are on first, then values
+for those only. Boundaries are drawn on purpose, because they are where two formulas agree or
+a branch flips: lr 0 and large, momentum 1, dampening 1, a 1-element tensor lr, maximize,
+nesterov (only where torch accepts it: momentum > 0 and dampening 0), and each feature off,
+left out or passed as its default. A feature an
 implementation declares absent (`conformance.options.FEATURES`) is never drawn. torch's code
 path (for-loop, foreach, fused) is not drawn: it is the run's chosen reference path.
 """
@@ -27,10 +29,9 @@ from conformance.spec_strategies import (
     model_specs,
 )
 
-__all__ = ["batch_seeds", "constructions", "conv_specs", "embedding_specs", "graph_specs",
-           "group_options",
-           "groups", "hyperparameter_change", "hyperparameters", "mlp_specs", "model_specs",
-           "setups"]
+__all__ = ["batch_seeds", "constructions", "conv_specs", "embedding_specs", "features",
+           "graph_specs", "group_options", "groups", "hyperparameter_change", "hyperparameters",
+           "mlp_specs", "model_specs", "setups"]
 
 LR = st.sampled_from([0.0, 1e-3, 0.01, 0.1, 0.5, 1.0, 10.0]) | st.floats(0.0, 10.0)
 MOMENTUM = st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0]) | st.floats(0.0, 1.5)
@@ -62,14 +63,46 @@ def _names(without: frozenset[str]) -> list[str]:
     return [n for n in VALUES if n not in absent]
 
 
+# Swarm testing: a feature is first drawn on or off, and only an "on" feature draws a value
+# (never its default). Off, it is left out of the call or passed as its default. So each
+# combination of features (momentum with weight decay and nesterov, say) is as likely as any
+# other, instead of the rare product of independent draws, and a failure shrinks to the features
+# it needs: "off" is the simplest draw.
+ON: dict[str, st.SearchStrategy[Any]] = {
+    "momentum": st.sampled_from([0.9, 0.5, 0.99, 1.0]) | st.floats(0.0, 1.5, exclude_min=True),
+    "dampening": st.sampled_from([0.5, 1.0, 0.1]) | st.floats(0.0, 1.0, exclude_min=True),
+    "weight_decay": st.sampled_from([0.01, 1e-4, 0.5]) | st.floats(0.0, 2.0, exclude_min=True),
+    "maximize": st.just(True), "nesterov": st.just(True),
+}
+OFF: dict[str, Any] = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0,
+                       "maximize": False, "nesterov": False}
+
+
+@st.composite
+def features(draw: st.DrawFn, without: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The swarm: which of SGD's optional hyperparameters a program turns on (never one
+    declared absent; dampening and nesterov only with momentum, and not both: torch rejects
+    nesterov with dampening)."""
+    names = [n for n in _names(without) if n != "lr"]
+    on = {n for n in names if n not in ("dampening", "nesterov") and draw(st.booleans())}
+    if "momentum" in on:
+        dependent = [n for n in ("dampening", "nesterov") if n in names]
+        if dependent and draw(st.booleans()):
+            on.add(draw(st.sampled_from(dependent)))
+    return frozenset(on)
+
+
 @st.composite
 def hyperparameters(draw: st.DrawFn, without: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """SGD's constructor arguments, valid for torch."""
-    names = _names(without)
-    options = {name: draw(VALUES[name]) for name in names if name != "nesterov"}
-    if "nesterov" in names:
-        options["nesterov"] = options["momentum"] > 0 and options.get("dampening", 0) == 0 \
-            and draw(st.booleans())
+    """SGD's constructor arguments, valid for torch: lr, then the swarm's features with
+    values, the others left out or at their defaults."""
+    on = draw(features(without))
+    options: dict[str, Any] = {"lr": draw(LR)}
+    for name in _names(without):
+        if name in on:
+            options[name] = draw(ON[name])
+        elif name != "lr" and draw(st.booleans()):
+            options[name] = OFF[name]
     return options
 
 
@@ -122,7 +155,7 @@ def hyperparameter_change(draw: st.DrawFn, group: dict[str, Any],
 
 
 # Hyperparameters torch rejects (ValueError), each with the features it needs.
-_INVALID: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+INVALID: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ((), {"lr": -0.1}),
     ((), {"lr": -1e-9}),
     ((), {"momentum": -0.5}),
@@ -132,7 +165,7 @@ _INVALID: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("tensor-lr",), {"lr": [0.1, 0.1]}),  # a tensor lr of two elements
 ]
 # Valid values at the edges, which an optimizer must accept.
-_EDGES: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+EDGES: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ((), {"lr": 0.0}),
     ((), {"momentum": 0.0}),
     (("dampening",), {"momentum": 0.9, "dampening": 1.0}),
@@ -149,7 +182,7 @@ def constructions(draw: st.DrawFn, without: frozenset[str] = frozenset()) -> dic
     kind = draw(st.sampled_from(["invalid", "edge", "flaw"]))
     if kind == "flaw":
         return {"options": base, "flaw": draw(st.sampled_from(FLAWS))}
-    table = _INVALID if kind == "invalid" else _EDGES
+    table = INVALID if kind == "invalid" else EDGES
     changes = draw(st.sampled_from([c for needs, c in table if not set(needs) & without]))
     options = {**base, **changes}
     if "nesterov" in options and kind == "edge":

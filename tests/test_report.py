@@ -54,7 +54,7 @@ class Coverage:
         self.actions += other.actions
         self.action_kinds.update(other.action_kinds)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, options: Any = None) -> dict[str, Any]:
         return {"programs": self.programs, "actions": self.actions,
                 "action_kinds": dict(sorted(self.action_kinds.items())),
                 "model_kinds": {"mlp": self.programs}, "losses": {"mse": self.programs},

@@ -1,0 +1,72 @@
+"""The canonical cases (conformance.canonical) and the kill speed they give: correct optimizers
+pass every one; every optimizer mutant of the catalogue and every realistic bug outside it fails
+one, so every profile finds it whatever the seed; a failing one is reduced to a smaller case
+that fails the same way."""
+
+from __future__ import annotations
+
+import pytest
+
+from conformance import canonical, mutants, references
+from conformance.machine import replay
+from conformance.options import RunOptions
+from conformance.profiles import PROFILES
+from conformance.runner import run
+from tests.outside_catalogue import OUTSIDE_CATALOGUE
+
+DTYPES = ("float32", "float64")
+
+
+def _failing(target: str, **options: object) -> list[str]:
+    """The canonical cases `target` fails (in this process), as name/dtype."""
+    run_options = RunOptions(target, isolation="none", **options)  # type: ignore[arg-type]
+    return [f"{name}/{dtype}" for dtype in DTYPES
+            for name, case in canonical.cases(dtype, run_options)
+            if replay(case, run_options) is not None]
+
+
+@pytest.mark.parametrize("target", ["refimpl", "torch.optim:SGD",
+                                    *(r for r in references.REFERENCES
+                                      if not r.endswith(":CompiledStepSGD"))])
+def test_correct_optimizers_pass_every_canonical_case(target: str) -> None:
+    assert _failing(target) == []
+
+
+def test_the_table_is_pytorchs_classic_configurations() -> None:
+    names = [name for name, *_ in canonical.configurations()]
+    for base in ("plain", "momentum", "dampening", "nesterov"):
+        assert {base, f"{base}+weight_decay", f"{base}+maximize",
+                f"{base}+weight_decay+maximize"} <= set(names)
+    assert any(tensor_lr for *_, tensor_lr in canonical.configurations())
+
+
+def test_a_declared_absent_feature_is_never_in_a_canonical_case() -> None:
+    without = frozenset({"nesterov", "closure", "state-dict", "set-to-none-false",
+                         "invalid-hyperparameters", "add-param-group", "tensor-lr"})
+    options = RunOptions("refimpl", without=without)
+    for dtype in DTYPES:
+        for name, case in canonical.cases(dtype, options):
+            assert "nesterov" not in name and not case.setup.tensor_lr
+            kinds = {a.kind for a in case.actions}
+            assert not kinds & {"step_closure", "save_load", "construct", "add_param_group"}
+            assert all(a.args.get("set_to_none", True) for a in case.actions)
+            assert len(case.setup.groups) == 1
+            assert set(case.setup.groups[0].params) == set(case.setup.model.parameter_names())
+
+
+@pytest.mark.parametrize("target", [m.target for m in mutants.OPTIMIZER_MUTANTS]
+                         + OUTSIDE_CATALOGUE, ids=lambda t: t.split(":")[1])
+def test_every_wrong_optimizer_fails_a_canonical_case(target: str) -> None:
+    """Whatever the seed, each is found among the first few dozen programs of a run."""
+    assert _failing(target), f"{target} passes every canonical case"
+
+
+def test_a_canonical_failure_is_reduced_and_found_first() -> None:
+    result = run(mutants.OPTIMIZER_MUTANTS[0].target, dtypes=("float32",),
+                 settings=PROFILES["dev"], seed=0, isolation="none")
+    (failure,) = result.failures
+    full = len(canonical.program(RunOptions()))
+    assert failure.found_after_programs <= len(canonical.configurations())
+    assert len(failure.case.actions) < full
+    again = replay(failure.case, RunOptions(result.implementation, isolation="none"))
+    assert again is not None and again.key == failure.key
