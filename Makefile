@@ -4,7 +4,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: run test bench bench-containment venv walkthrough third-party
+.PHONY: run test bench bench-containment bench-conformance venv walkthrough third-party
 
 venv: .venv/.installed
 
@@ -33,6 +33,12 @@ bench: venv
 # What each hostile implementation (tests/hostile.py) makes of a run, and isolation's cost.
 bench-containment: venv
 	$(PY) benchmarks/bench_containment.py
+
+# Throughput: programs/s and actions/s of a ci run (float32, refimpl in-process and a correct
+# module:Class in its worker process), the ratio to a bare twin loop over the same programs, and
+# where the time goes (torch, the implementation, the twins, Hypothesis).
+bench-conformance: venv
+	$(PY) benchmarks/bench_conformance.py
 
 # Regenerates the README walkthrough (docs/walkthrough.md, docs/report.png); needs chromium.
 walkthrough: venv

@@ -11,6 +11,7 @@ more `Implementation` (and a `Lib` for its tensors), not a change elsewhere.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import functools
@@ -23,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
@@ -124,7 +126,7 @@ class RefimplImplementation:
     state_key = "momentum_buffer"
 
     def accepts(self, argument: str) -> bool:
-        return argument in inspect.signature(refimpl.optim.SGD).parameters
+        return argument in _arguments(refimpl.optim.SGD)[0]
 
     def optimizer(self, params: Any, **kwargs: Any) -> Any:
         return refimpl.optim.SGD(params, **kwargs, cpu_capability=torch_capability())
@@ -212,8 +214,23 @@ def load_class(target: str) -> type:
     return cls
 
 
+_ARGUMENTS: dict[type, tuple[frozenset[str], bool]] = {}
+
+
 def _arguments(cls: type) -> tuple[frozenset[str], bool]:
-    """The argument names a constructor takes by keyword, and whether it has `**kwargs`."""
+    """The argument names a constructor takes by keyword, and whether it has `**kwargs`
+    (read once per class and process: each program's sides ask)."""
+    try:
+        return _ARGUMENTS[cls]
+    except Exception:  # not read yet, or a class its metaclass made unhashable
+        pass
+    described = _read_arguments(cls)
+    with contextlib.suppress(Exception):
+        _ARGUMENTS[cls] = described
+    return described
+
+
+def _read_arguments(cls: type) -> tuple[frozenset[str], bool]:
     try:
         parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):  # no signature to read: assume it takes what SGD takes
@@ -267,25 +284,53 @@ class ActionTimeout(BaseException):
     """The implementation under test ran past the per-action timeout."""
 
 
+_ARMED: list[float] = []  # the deadlines armed now, innermost last: what an alarm reports
+_KEPT = [False]  # whether alarms() keeps the handler installed (a flag: getsignal costs ~5 us)
+
+
+def _expire(signum: int, frame: Any) -> None:
+    if _ARMED:  # an alarm that arrives once its deadline has ended is ignored
+        raise ActionTimeout(f"no result after {_ARMED[-1]:.3g} s")
+
+
+@contextlib.contextmanager
+def alarms() -> Iterator[None]:
+    """Keeps the deadlines' SIGALRM handler installed across the deadlines inside (an action
+    arms several, and installing a handler costs ~5x arming a timer); the previous handler
+    is back afterwards."""
+    if _KEPT[0] or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGALRM, _expire)
+    _KEPT[0] = True
+    try:
+        yield
+    finally:
+        _KEPT[0] = False
+        signal.signal(signal.SIGALRM, previous)
+
+
 @contextlib.contextmanager
 def deadline(seconds: float | None) -> Iterator[None]:
     """Raises ActionTimeout in this thread after `seconds` (SIGALRM; main thread only, where
     Hypothesis, pytest and a worker's loop run; elsewhere no limit applies). Code that never
-    returns to the interpreter (a C call) is not interrupted: a worker process is killed."""
+    returns to the interpreter (a C call) is not interrupted: a worker process is killed.
+    The handler is installed for the deadline (and the previous one restored) unless
+    `alarms()` keeps it installed already."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def expire(signum: int, frame: Any) -> None:
-        raise ActionTimeout(f"no result after {seconds:.3g} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
+    kept = _KEPT[0]
+    previous = None if kept else signal.signal(signal.SIGALRM, _expire)
+    _ARMED.append(seconds)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        _ARMED.pop()
+        if not kept:
+            signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -296,13 +341,35 @@ class Outcome:
 
     loss: np.ndarray | None = None
     error: tuple[str, str] | None = None  # exception type name, message
-    traceback: str | None = None
     error_mro: tuple[str, ...] = ()
     returned: str | None = None  # a step(closure) result that is not a tensor, described
+    # The raised exception's traceback, formatted when first asked for (formatting costs
+    # ~80 us a frame stack, and most tracebacks are never shown: torch's never are); pickling
+    # (a worker's answer) formats it and drops the exception.
+    _raised: tuple[type[BaseException], BaseException, TracebackType | None] | None = field(
+        default=None, repr=False, compare=False)
+    _traceback: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def timed_out(self) -> bool:
         return self.error is not None and self.error[0] == ActionTimeout.__name__
+
+    @property
+    def traceback(self) -> str | None:
+        """The traceback of the exception raised (None where none was), as
+        `traceback.format_exc()` gave it where it was caught."""
+        if self._raised is not None:
+            try:
+                self._traceback = "".join(traceback.format_exception(*self._raised))
+            except BaseException:  # a hostile exception: its class and message say enough
+                assert self.error is not None
+                self._traceback = f"{self.error[0]}: {self.error[1]}\n"
+            self._raised = None  # frees the frames it holds
+        return self._traceback
+
+    def __getstate__(self) -> dict[str, Any]:
+        _ = self.traceback  # as text: the exception itself need not unpickle elsewhere
+        return dict(self.__dict__)
 
 
 def _qualified(cls: type) -> str:
@@ -315,7 +382,10 @@ def _run(call: Callable[[], Any], timeout: float | None) -> Outcome:
     in-process; a worker process ignores SIGINT, so there a KeyboardInterrupt is the
     implementation's."""
     try:
-        with deadline(timeout):
+        if timeout:
+            with deadline(timeout):
+                result = call()
+        else:  # torch's side: no deadline to arm
             result = call()
     except KeyboardInterrupt:
         if threading.current_thread() is threading.main_thread() and \
@@ -340,8 +410,10 @@ def _raised() -> Outcome:
         message = str(error)
     except BaseException:  # a hostile __str__: the exception was still raised
         message = f"<{type(error).__name__} whose str() raised>"
-    return Outcome(error=(type(error).__name__, message), traceback=traceback.format_exc(),
-                   error_mro=tuple(_qualified(c) for c in type(error).__mro__))
+    # the triple, not the exception alone: a later raise of the same object would add frames
+    return Outcome(error=(type(error).__name__, message),
+                   error_mro=tuple(_qualified(c) for c in type(error).__mro__),
+                   _raised=(type(error), error, error.__traceback__))
 
 
 @dataclass
@@ -357,7 +429,8 @@ class Step:
     after: Observation | None = None
     observed: Outcome = field(default_factory=Outcome)
     state: dict[str, Any] | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole of act: synchronising, the action, observing
+    applied: float = 0.0  # the action itself (where it ran)
 
 
 # --- one side of the comparison ------------------------------------------------------------------
@@ -372,6 +445,10 @@ class Observation:
     buffers: dict[str, np.ndarray | None]
     requires_grad: dict[str, bool]
     groups: list[dict[str, Any]]  # hyperparameters; `params` as names; tensors as ("tensor", x)
+
+
+_PLAIN = frozenset({bool, int, float, str, type(None)})  # a group's values kept as they are
+_DICTS = frozenset({dict, collections.defaultdict})
 
 
 class Side:
@@ -484,23 +561,32 @@ class Side:
             return None
         raise ValueError(f"{action.kind} is run by the twins, not one side")
 
-    def act(self, before: Observation, action: Action, timeout: float | None,
+    def act(self, before: Observation | None, action: Action, timeout: float | None,
             closure_grads: Observation | None = None,
             state: dict[str, Any] | None = None,
             torch_defaults: dict[str, Any] | None = None) -> Step:
-        """Synchronises from torch's state `before`, applies `action` and observes, all
+        """Synchronises from torch's state `before` (None: this side is in it already, as
+        the harness saw after the last action), applies `action` and observes, all
         within `timeout` (one deadline for the three). A closure records what it sees after
         each backward and then takes `closure_grads` (torch's closure's grads), so the step
         is judged on torch's inputs. A state-dict round trip loads `state` (torch's state
         dict, source "reference") or the optimizer's own; from source "implementation" the
         Step carries the optimizer's state dict in torch's format (filled with
         `torch_defaults`)."""
+        with alarms():
+            return self._act(before, action, timeout, closure_grads, state, torch_defaults)
+
+    def _act(self, before: Observation | None, action: Action, timeout: float | None,
+             closure_grads: Observation | None, state: dict[str, Any] | None,
+             torch_defaults: dict[str, Any] | None) -> Step:
         start = time.perf_counter()
         end = None if not timeout else start + timeout
         left = lambda: None if end is None else max(end - time.perf_counter(), 1e-3)
-        step = Step(_run(lambda: self.synchronise(before), left()))
+        step = Step(Outcome() if before is None else
+                    _run(lambda: self.synchronise(before), left()))
         if step.synced.error is not None:
             return step
+        applying = time.perf_counter()
         if action.kind == "save_load":
             own: dict[str, Any] = {}
             step.outcome = _run(lambda: self._save_load(action.args["source"], state, own),
@@ -519,13 +605,14 @@ class Side:
             step.outcome = _run(lambda: self.apply(action, seen), left())
         else:
             step.outcome = _run(lambda: self.apply(action), left())
+        step.applied = time.perf_counter() - applying
         observed: list[Observation] = []
         step.observed = _run(lambda: observed.append(self.observe()), left())
         step.after = observed[0] if observed else None
         step.seconds = time.perf_counter() - start
         return step
 
-    def begin(self, before: Observation, action: Action, timeout: float | None
+    def begin(self, before: Observation | None, action: Action, timeout: float | None
               ) -> Callable[[], Step]:
         """`act`, deferred: what a worker process runs while the harness runs torch's side,
         run here when its result is asked for."""
@@ -551,7 +638,11 @@ class Side:
 
     def buffer(self, p: Any) -> Any:
         """The momentum buffer of `p`, or None."""
-        state = self.optimizer.state.get(p) if p in self.optimizer.state else None
+        states = self.optimizer.state
+        if type(states) in _DICTS:  # get() adds nothing to a defaultdict
+            state = states.get(p)
+        else:  # another mapping: never call what might add an entry
+            state = states.get(p) if p in states else None
         return (state or {}).get(self.state_key)
 
     def observe(self) -> Observation:
@@ -563,13 +654,16 @@ class Side:
             buffer = self.buffer(p)
             buffers[name] = None if buffer is None else self.lib.numpy(buffer)
         groups = []
+        names, plain = self.names, self._plain
         for group in self.optimizer.param_groups:
             observed: dict[str, Any] = {}
             for key, value in group.items():
                 if key == "params":
-                    observed[key] = [self.names.get(id(p), "?") for p in value]
+                    observed[key] = [names.get(id(p), "?") for p in value]
+                elif type(value) in _PLAIN:
+                    observed[key] = value
                 else:
-                    observed[key] = self._plain(value)
+                    observed[key] = plain(value)
             groups.append(observed)
         return Observation(params, grads, buffers, requires_grad, groups)
 
@@ -577,6 +671,8 @@ class Side:
         """A group's value as plain data: a tensor as ("tensor", its first element); numbers,
         strings, None and their tuples and lists as they are; any other object as
         ("object", its repr), which no class of the implementation's is needed to read."""
+        if type(value) in _PLAIN:
+            return value
         if self.lib.is_tensor(value):
             return ("tensor", float(self.lib.numpy(value).reshape(-1)[0]))
         if isinstance(value, np.generic):

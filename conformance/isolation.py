@@ -248,14 +248,14 @@ class RemoteSide:
             "build", (self.setup, self.flags, timeout), timeout, "constructing the optimizer")
         return outcome
 
-    def act(self, before: Observation, action: Action, timeout: float | None,
+    def act(self, before: Observation | None, action: Action, timeout: float | None,
             closure_grads: Observation | None = None,
             state: dict[str, Any] | None = None,
             torch_defaults: dict[str, Any] | None = None) -> Step:
         """`Side.act` in the worker (raises Lost)."""
         return self.begin(before, action, timeout, closure_grads, state, torch_defaults)()
 
-    def begin(self, before: Observation, action: Action, timeout: float | None,
+    def begin(self, before: Observation | None, action: Action, timeout: float | None,
               closure_grads: Observation | None = None,
               state: dict[str, Any] | None = None,
               torch_defaults: dict[str, Any] | None = None) -> Callable[[], Step]:

@@ -194,6 +194,12 @@ def within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray) -> np.n
     TwoSum), |a - e| <= b holds iff |d| < b, or |d| == b and t does not point away from zero
     (b is a float64, so any |d| < b is at most b's predecessor and |t| <= half a gap). An
     infinite budget admits every finite pair. Non-finite pairs are not decided here."""
+    return _within(expected, actual, budget)[0]
+
+
+def _within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """`within`, and |d| (the rounded |actual - expected|, float64) it was decided from."""
     a, e = actual.astype(np.float64), expected.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         d = a - e
@@ -201,7 +207,25 @@ def within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray) -> np.n
         t = (a - (d - z)) + (-e - z)
         magnitude = np.abs(d)
         on_edge = (magnitude == budget) & (t * np.sign(d) <= 0)
-    return (magnitude < budget) | on_edge | np.isinf(budget)
+    return (magnitude < budget) | on_edge | np.isinf(budget), magnitude
+
+
+def identical(expected: np.ndarray, actual: np.ndarray) -> bool:
+    """Same shape, dtype and bytes: a match in every mode of `compare`, with no error at all
+    (a cheap first test, before any budget is computed)."""
+    expected, actual = np.asarray(expected), np.asarray(actual)
+    return expected.shape == actual.shape and expected.dtype == actual.dtype and \
+        expected.tobytes() == actual.tobytes()
+
+
+# The largest ratio `judge` reports (a NaN or infinity out of place, or a zero budget exceeded
+# by more than this many ULPs).
+RATIO_CAP = 1e6
+
+
+def _ratio(ratios: np.ndarray) -> float:
+    """The largest of `ratios` (NaN-free), capped at RATIO_CAP; 0 for none."""
+    return min(float(ratios.max(initial=0.0)), RATIO_CAP)
 
 
 def _isclose(expected: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -242,6 +266,20 @@ def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
     In every mode NaN and infinities must agree in position and sign. Shape and dtype must be
     equal (a difference is a Mismatch); arrays must be float32 or float64 (else TypeError).
     """
+    return judge(expected, actual, mode, budget)[0]
+
+
+def judge(expected: np.ndarray, actual: np.ndarray, mode: Mode,
+          budget: np.ndarray | float | None = None) -> tuple[Mismatch | None, float]:
+    """`compare`, and how close the error came to what is allowed: the largest ratio, over
+    the elements, of the observed error to the element's allowed error ("ulp": |actual -
+    expected| over the budget; "tolerance": over atol + rtol*|expected|; both measured in one
+    unit, so the ratio is also the error in ULPs over the budget in ULPs of the same value),
+    and in mode "exact", or where the budget is 0, the ULP distance itself (in mode "exact"
+    at least 1 where bits differ: ±0 are 0 ULP apart). 0.0 where the arrays are bitwise
+    identical; a NaN or infinity out of place, a shape or a dtype
+    difference count RATIO_CAP, and every ratio is capped there (finite). Computed from what
+    the comparison has: arrays that match bit for bit cost one byte comparison."""
     expected, actual = np.asarray(expected), np.asarray(actual)
     if mode not in ("exact", "ulp", "tolerance"):
         raise ValueError(f"mode must be 'exact', 'ulp' or 'tolerance', got {mode!r}")
@@ -260,23 +298,41 @@ def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
         return Mismatch(index=(), expected=math.nan, actual=math.nan, abs_error=math.inf,
                         ulp_error=math.inf, count=max(expected.size, actual.size, 1),
                         max_abs_error=math.inf, max_ulp_error=math.inf, budget=None,
-                        reason=f"{what[0]} {what[1]} != {what[2]}")
+                        reason=f"{what[0]} {what[1]} != {what[2]}"), RATIO_CAP
     dtype = _float_dtype(expected)
+    if expected.tobytes() == actual.tobytes():
+        return None, 0.0
 
     nonfinite_bad = nonfinite_mismatch(actual, expected)
     finite = np.isfinite(actual) & np.isfinite(expected)
     allowed: np.ndarray | None = None
+    ratios: np.ndarray | None = None  # per element, where finite (exact: from ulp_errors)
     if mode == "exact":
         ints = _INT[dtype]
         differs = nonfinite_bad | (finite & (actual.view(ints) != expected.view(ints)))
     elif mode == "ulp":
         allowed = np.broadcast_to(budget, expected.shape)
-        differs = nonfinite_bad | (finite & ~within(expected, actual, allowed))
+        ok, magnitude = _within(expected, actual, allowed)
+        differs = nonfinite_bad | (finite & ~ok)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            ratios = np.where(finite & (magnitude > 0), magnitude / allowed, 0.0)
+        zero = finite & (allowed == 0) & (magnitude > 0)
+        if zero.any():  # nothing was allowed: the ULP distance itself
+            ratios = np.where(zero, ulp_distance(actual, expected), ratios)
     else:
         close, allowed = _isclose(expected, actual)
         differs = ~close
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            error = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+            ratios = np.where(finite & (error > 0), error / allowed, 0.0)
+    if nonfinite_bad.any():
+        ratio = RATIO_CAP
+    elif ratios is not None:
+        ratio = _ratio(np.nan_to_num(ratios, nan=0.0, posinf=RATIO_CAP))
+    else:
+        ratio = 0.0  # exact: a mismatch below sets it
     if not differs.any():
-        return None
+        return None, ratio
 
     index = tuple(int(i) for i in np.unravel_index(int(np.argmax(differs)), differs.shape))
     abs_errors = _abs_error(actual, expected)
@@ -294,10 +350,12 @@ def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
         rtol, atol = TOLERANCES[dtype]
         reason = (f"exceeds tolerance: |actual - expected| = {abs_error:.6g} > "
                   f"atol + rtol*|expected| = {budget_here:.6g} (rtol {rtol:g}, atol {atol:g})")
+    if mode == "exact":  # nothing is allowed: the ULP distance, at least 1 (±0 are 0 apart)
+        ratio = max(_ratio(np.minimum(ulp_errors, RATIO_CAP)), 1.0)
     return Mismatch(index=index, expected=e, actual=a, abs_error=abs_error, ulp_error=ulp_error,
                     count=int(np.count_nonzero(differs)),
                     max_abs_error=float(abs_errors.max()), max_ulp_error=float(ulp_errors.max()),
-                    budget=budget_here, reason=reason)
+                    budget=budget_here, reason=reason), ratio
 
 
 # --- error models for mode "ulp" -----------------------------------------------------------------
