@@ -5,7 +5,7 @@ process, then on N pytest-xdist workers three ways: `-n N`, N execnet popen gate
 a host; they are stopped after the run).
 
     python benchmarks/bench_scaleout.py [--profile ci] [--workers 2] [--quick]
-    python benchmarks/bench_scaleout.py --suite kill-matrix     # tests/test_kill_matrix.py
+    python benchmarks/bench_scaleout.py --suite kill-matrix     # the mutants, minutes
 
 Needs the [xdist] extra. Each configuration is one pytest session in a fresh process, with this
 file loaded as a pytest plugin (`-p bench_scaleout`) that stamps, in the controlling process,
@@ -22,8 +22,9 @@ its workers). The table gives, per configuration:
   time, in all and per worker; programs per CPU second (what a worker does with a core of its
   own, whatever else the machine runs); the speed-up in wall time over one process.
 
-The `kill-matrix` suite runs `pytest tests/test_kill_matrix.py -k kills` (the mutants) from
-the repository root instead, and reports tests rather than programs. Finally the reports of the
+The `kill-matrix` suite runs `pytest --pyargs tests.test_kill_matrix -k kills` (the mutants)
+from the repository root instead (each socket server's directory holding a copy of tests/, as
+a host would hold a checkout), and reports tests rather than programs. Finally the reports of the
 N-worker configurations are compared (timings and creation times aside): a seed and a shard
 count give one report whichever worker ran which shard.
 """
@@ -35,6 +36,7 @@ import contextlib
 import json
 import os
 import resource
+import shutil
 import socket
 import subprocess
 import sys
@@ -109,9 +111,12 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def socket_servers(count: int, env: dict[str, str]) -> Iterator[list[str]]:
+def socket_servers(count: int, env: dict[str, str], *, with_tests: bool = False
+                   ) -> Iterator[list[str]]:
     """`count` execnet socket servers on 127.0.0.1, each in a temporary directory of its own
-    (a stand-in for a host with the package installed); yields their --tx specs."""
+    (a stand-in for a host with the package installed, and with a copy of tests/ for the
+    kill matrix: a checkout); yields their --tx specs, whose workers start in that directory
+    (xdist copies its pytest there, as it does on any host that is not a local popen)."""
     servers: list[subprocess.Popen[bytes]] = []
     specs: list[str] = []
     with tempfile.TemporaryDirectory(prefix="bench-hosts-") as hosts:
@@ -119,12 +124,15 @@ def socket_servers(count: int, env: dict[str, str]) -> Iterator[list[str]]:
             for n in range(count):
                 home = Path(hosts) / f"host{n + 1}"
                 home.mkdir()
+                if with_tests:
+                    shutil.copytree(ROOT / "tests", home / "tests",
+                                    ignore=shutil.ignore_patterns("__pycache__"))
                 port = _free_port()
                 servers.append(subprocess.Popen(
                     [sys.executable, "-m", "execnet.script.socketserver", f"127.0.0.1:{port}"],
                     cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 _wait_for(port)
-                specs.append(f"socket=127.0.0.1:{port}")
+                specs.append(f"socket=127.0.0.1:{port}//chdir={home}")
             yield specs
         finally:
             for server in servers:
@@ -149,14 +157,14 @@ def _wait_for(port: int, seconds: float = 30.0) -> None:
 
 
 def _session(name: str, workers: int, args: list[str], suite_args: list[str], cwd: Path,
-             env: dict[str, str]) -> Row:
+             env: dict[str, str], *, report: bool) -> Row:
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         stamps, reports = Path(tmp) / "stamps.json", Path(tmp) / "reports"
         command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    "-p", "bench_scaleout", *suite_args, *args]
         start, cpu = time.time(), _children_cpu()
         done = subprocess.run(command + (["--conformance-report-dir", str(reports)]
-                                         if "--pyargs" in suite_args else []),
+                                         if report else []),
                               cwd=cwd, env={**env, STAMPS: str(stamps)},
                               capture_output=True, text=True)
         wall = time.time() - start
@@ -164,9 +172,9 @@ def _session(name: str, workers: int, args: list[str], suite_args: list[str], cw
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"{name}: pytest exited {done.returncode}")
         found = sorted(reports.glob("*/report.json"))
-        report = json.loads(found[0].read_text()) if found else None
-        return Row(name, workers, wall, json.loads(stamps.read_text()), start, report,
-                   done.returncode, _children_cpu() - cpu)
+        return Row(name, workers, wall, json.loads(stamps.read_text()), start,
+                   json.loads(found[0].read_text()) if found else None, done.returncode,
+                   _children_cpu() - cpu)
 
 
 def _timeless(value: Any) -> Any:
@@ -189,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                         default="conformance",
                         help="pytest --pyargs conformance (default), or the mutants of "
                              "tests/test_kill_matrix.py from the repository root")
+    parser.add_argument("--select", default="kills", metavar="EXPR",
+                        help="pytest -k expression of the kill-matrix suite (default: kills, "
+                             "every mutant)")
     args = parser.parse_args(argv)
     try:
         import xdist  # noqa: F401
@@ -199,15 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT / "benchmarks"), *filter(None, [env.get("PYTHONPATH")]), str(ROOT)])
+    conformance = args.suite == "conformance"
     with contextlib.ExitStack() as stack:
-        if args.suite == "conformance":
+        if conformance:
             suite = ["--pyargs", "conformance", "--optimizer", "refimpl",
                      "--conformance-seed", "0", "--conformance-profile", profile]
             cwd = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cwd-")))
-            chdir = ""
-        else:
-            suite, cwd, chdir = ["tests/test_kill_matrix.py", "-k", "kills"], ROOT, \
-                f"//chdir={ROOT}"
+        else:  # a module name, not a path: xdist sends a path to a host only under rsync
+            suite, cwd = ["--pyargs", "tests.test_kill_matrix", "-k", args.select], ROOT
         print(f"pytest {' '.join(suite)}: 1 process, then {n} workers "
               f"({os.cpu_count()} cores here)", flush=True)
         configurations = [("1 process (no xdist)", 1, ["-p", "no:xdist"]),
@@ -215,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
                           (f"--tx {n}*popen", n, ["--tx", f"{n}*popen", "--dist", "load"])]
         rows = []
         for name, workers, options in configurations:
-            rows.append(_session(name, workers, options, suite, cwd, env))
+            rows.append(_session(name, workers, options, suite, cwd, env, report=conformance))
             _show(rows[-1])
         cpu = _children_cpu()
-        with socket_servers(n, env) as specs:
-            tx = [a for spec in specs for a in ("--tx", spec + chdir)]
+        with socket_servers(n, env, with_tests=not conformance) as specs:
+            tx = [a for spec in specs for a in ("--tx", spec)]
             rows.append(_session(f"{n} socket servers", n, [*tx, "--dist", "load"], suite,
-                                 cwd, env))
+                                 cwd, env, report=conformance))
         rows[-1].cpu = _children_cpu() - cpu  # the servers ran the workers
         _show(rows[-1])
     print()
