@@ -208,16 +208,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     """Checks the options once a conformance test is to run (see `_check_options`). An xdist
     worker leaves that to the controller (`pytest_xdist_node_collection_finished`): only the
     controller writes, and only it can end the session cleanly."""
-    if not any(_is_conformance_test(item) for item in session.items):
+    if _worker_input(session.config) is not None:
         return
-    if _worker_input(session.config) is None:
-        _check_options(session.config)  # imports conformance.report
-    else:
-        # Hypothesis mixes constants of the local modules loaded so far into what it draws
-        # (`hypothesis.internal.conjecture.providers._get_local_constants`): a worker loads
-        # the module the check loads in a session without xdist, so a seed and a shard
-        # count draw the same programs in a worker as there.
-        from conformance import report  # noqa: F401
+    if any(_is_conformance_test(item) for item in session.items):
+        _check_options(session.config)
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -85,16 +85,20 @@ def test_n2_passes_with_one_report_of_the_whole_budget_the_same_whoever_ran_each
 
 
 def test_n2_with_a_mutant_fails_each_item_and_reports_the_failure(tmp_path: Path) -> None:
-    done, run_dir = _pytest(tmp_path, "-n", "2", "--optimizer",
+    done, run_dir = _pytest(tmp_path, "-n", "2", "-k", "float64", "--optimizer",
                             "conformance.mutants:LrOffByOnePpm", "--conformance-isolation",
                             "none", "--conformance-max-failures", "1", *DEV)
     assert done.returncode == 1, done.stdout + done.stderr
     assert run_dir is not None
-    assert "FAILED test_conformance.py::test_sgd_conformance[float64-shard" in done.stdout
+    for item in ("float64-shard1of2", "float64-shard2of2"):
+        assert f"FAILED test_conformance.py::test_sgd_conformance[{item}]" in done.stdout
     assert f"report (written when the session ends): reports/{run_dir.name}/report.md" \
         in done.stdout
     data = _report(run_dir)
     assert data["result"] == "fail" and data["settings"]["jobs"] == 2
+    assert data["settings"]["dtypes"] == ["float64"]
+    assert [(n["feature"], n["source"]) for n in data["not_verified"]] == [
+        ("float32", "pytest selection")]
     assert data["failures"] and data["failures"][0]["key"]["tensor"] == "param"
     assert (run_dir / "repro_1.py").exists()
 
