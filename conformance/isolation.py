@@ -243,10 +243,20 @@ class RemoteSide:
 
     def build(self, timeout: float | None) -> Outcome:
         """Builds the model and constructs the optimizer in the worker (raises Lost)."""
+        return self.begin_build(timeout)()
+
+    def begin_build(self, timeout: float | None) -> Callable[[], Outcome]:
+        """`build`, sent: returns what waits for its outcome (raises Lost), so that the
+        harness builds torch's side meanwhile."""
         timeout = self.worker.timeout(timeout)
-        outcome: Outcome = self.worker.call(
-            "build", (self.setup, self.flags, timeout), timeout, "constructing the optimizer")
-        return outcome
+        sent = self.worker.send("build", (self.setup, self.flags, timeout))
+
+        def finish() -> Outcome:
+            outcome: Outcome = self.worker.receive("build", sent, timeout,
+                                                   "constructing the optimizer")
+            return outcome
+
+        return finish
 
     def act(self, before: Observation | None, action: Action, timeout: float | None,
             closure_grads: Observation | None = None,

@@ -176,7 +176,6 @@ class Twins:
         self.found: list[Divergence] = []  # every divergence of the last action
         self._batch: tuple[dict[str, np.ndarray], int] | None = None
         flags = PATH_FLAGS[options.reference_path]
-        self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
         self.side_obs: Observation | None = None  # the implementation after the last action
         # torch's side after the last action, where it was observed (for the comparison): its
         # state until the next action, so that action's starting point, not observed again
@@ -188,11 +187,16 @@ class Twins:
         self.side: Side | RemoteSide
         if isinstance(impl, IsolatedImplementation):
             self.side = impl.side(setup, flags)
-            try:
-                self.setup_error = self.side.build(self.timeout)
-            except Lost as lost:
-                self.setup_error, self.lost = Outcome(), str(lost)
+            finish = self.side.begin_build(self.timeout)  # the worker builds while torch's
+            try:  # side is built here
+                self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+            finally:  # the worker's answer is taken even where torch's side failed
+                try:
+                    self.setup_error = finish()
+                except Lost as lost:
+                    self.setup_error, self.lost = Outcome(), str(lost)
         else:
+            self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
             self.setup_error = _run(lambda: self._build(flags), self.timeout)
         self.seconds["build"] = time.perf_counter() - start
         if Twins.created is not None:

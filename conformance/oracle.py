@@ -18,6 +18,10 @@ In every mode NaN and infinities must agree in position and sign (NaN vs NaN is 
 sign or payload; +inf vs -inf, or inf vs a finite number, differ), and a shape or dtype difference
 is a mismatch. Arrays must be float32 or float64.
 
+`judge` is `compare` with, besides the verdict, how close the error came to its budget (the
+largest ratio of an element's error to what is allowed there); `identical` is the bitwise test
+that lets a caller skip computing a budget no comparison will need.
+
 Also here: the ULP measures (`ulp`, `ulp_distance`, `scaled_ulp_error`, `bitwise_equal`).
 """
 
