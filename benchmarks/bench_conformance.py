@@ -21,7 +21,9 @@ worker process), float32 only, one core (`jobs=1` where the runner has it):
    (observing, synchronising, comparing) and outside the twins (Hypothesis drawing the
    programs, the state machine). "twins / bare" is the seconds spent in the twins (built and
    running the actions: what `conformance.machine` and the sides cost, Hypothesis left out)
-   over the bare loop's.
+   over the bare loop's. "CPU ratio" is the ratio in this process's CPU seconds (for an
+   in-process implementation: what other processes on a shared machine do to the wall clock
+   cancels out; a worker process's CPU seconds are not this process's, so none is given).
 
 Each target is warmed up first (a dev-profile run, not measured: imports, Hypothesis's
 strategies, the worker process); then each repeat runs the conformance run and then the bare
@@ -149,14 +151,15 @@ def _equal(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
     return torch.equal(a, b) or bool(((a == b) | (a.isnan() & b.isnan())).all())
 
 
-def bare_loop(programs: list[tuple[Setup, list[Action]]]) -> tuple[float, int]:
+def bare_loop(programs: list[tuple[Setup, list[Action]]]) -> tuple[float, float, int]:
     """Runs the programs through two torch twins, comparing after every action; returns
-    the seconds and how many actions found the twins unequal (0: torch is deterministic)."""
+    the seconds, the CPU seconds and how many actions found the twins unequal (0: torch is
+    deterministic)."""
     unequal = 0
     batches = getattr(models, "_batch", None)  # the batches' cache, warm from the run:
     if hasattr(batches, "cache_clear"):  # the twins compute them too, as the run's did
         batches.cache_clear()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for setup, actions in programs:
         try:
             twins = (_Twin(setup), _Twin(setup))
@@ -177,7 +180,7 @@ def bare_loop(programs: list[tuple[Setup, list[Action]]]) -> tuple[float, int]:
                 same &= _equal(p, q) and _equal(p.grad, q.grad) and \
                     _equal(a.buffer(p), b.buffer(q))
             unequal += not same
-    return time.perf_counter() - start, unequal
+    return time.perf_counter() - start, time.process_time() - cpu, unequal
 
 
 # --- the conformance run -------------------------------------------------------------------------
@@ -189,6 +192,7 @@ class Measured:
     programs: int  # the run's, as its coverage counts them
     actions: int
     seconds: float
+    cpu: float  # CPU seconds of this process (not a worker's)
     recorded: list[tuple[Setup, list[Action]]]  # every program the twins ran
     shares: dict[str, float]  # seconds: reference, implementation, build, twins, outside
     twins: float  # seconds in the twins: built, and running actions
@@ -199,11 +203,13 @@ def conformance_run(target: str, isolation: str | None, profile: str, seed: int)
     options = RunOptions(target, isolation=isolation)  # type: ignore[arg-type]
     extra = {"jobs": 1} if "jobs" in inspect.signature(run).parameters else {}
     Twins.created = twins.append
+    cpu = time.process_time()
     try:
         result = run(options, dtypes=("float32",), settings=PROFILES[profile], seed=seed,
                      **extra)
     finally:
         Twins.created = None
+    cpu = time.process_time() - cpu
     if not result.passed:
         raise SystemExit(f"{target} failed, a throughput benchmark needs a correct optimizer: "
                          f"{result.divergence}")
@@ -215,7 +221,7 @@ def conformance_run(target: str, isolation: str | None, profile: str, seed: int)
               (0.0 if isolation == "process" else seconds["implementation"]),
               "outside": result.seconds - seconds["run"] - seconds["build"]}
     return Measured(target if isolation is None else f"{target}@{isolation}",
-                    result.coverage.programs, result.coverage.actions, result.seconds,
+                    result.coverage.programs, result.coverage.actions, result.seconds, cpu,
                     [(t.setup, list(t.actions)) for t in twins], shares,
                     seconds["build"] + seconds["run"])
 
@@ -228,21 +234,24 @@ def measure(spec: str, profile: str, seed: int, repeat: int) -> None:
         dtypes=("float32",), settings=PROFILES["dev"], seed=seed + 1,
         **({"jobs": 1} if "jobs" in inspect.signature(run).parameters else {}))
     best: Measured | None = None
-    bare = float("inf")
+    bare = bare_cpu = float("inf")
     unequal = 0
     for _ in range(repeat):
         measured = conformance_run(target, isolation or None, profile, seed)
         if best is None or measured.seconds < best.seconds:
             best = measured
-        seconds, unequal = bare_loop(measured.recorded)
-        bare = min(bare, seconds)
+        seconds, cpu, unequal = bare_loop(measured.recorded)
+        bare, bare_cpu = min(bare, seconds), min(bare_cpu, cpu)
     assert best is not None
     per_program = best.seconds / best.programs
     bare_per_program = bare / len(best.recorded)
+    # in CPU seconds, where the implementation runs in this process (a worker's are not here)
+    cpu_ratio = "-" if isolation == "process" else \
+        f"{best.cpu / best.programs / (bare_cpu / len(best.recorded)):.2f}"
     share = lambda key: f"{100 * best.shares[key] / best.seconds:.0f}%"
     print(f"| {best.target} | {best.programs} | {best.actions} | {best.seconds:.2f} | "
           f"{best.programs / best.seconds:.1f} | {best.actions / best.seconds:.0f} | "
-          f"{bare:.2f} | **{per_program / bare_per_program:.2f}** | "
+          f"{bare:.2f} | **{per_program / bare_per_program:.2f}** | {cpu_ratio} | "
           f"{best.twins / bare:.2f} | {share('reference')} | "
           f"{share('implementation')} | {share('build')} | {share('twins')} | "
           f"{share('outside')} |", flush=True)
@@ -264,9 +273,9 @@ def main() -> None:
     torch.set_num_threads(1)  # as a run does
     print(f"profile {args.profile}, float32, seed {args.seed}, fastest of {args.repeat}\n")
     print("| target | programs | actions | seconds | programs/s | actions/s | bare loop s | "
-          "ratio | twins / bare | torch | implementation | build | twins' overhead | "
-          "outside twins |")
-    print("| --- " * 14 + "|")
+          "ratio | CPU ratio | twins / bare | torch | implementation | build | "
+          "twins' overhead | outside twins |")
+    print("| --- " * 15 + "|")
     for spec in args.target or DEFAULT_TARGETS:
         measure(spec, args.profile, args.seed, args.repeat)
 
