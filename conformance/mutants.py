@@ -552,6 +552,84 @@ def exp_grad_identity() -> AbstractContextManager[None]:
     return patched_rule("exp", 0, lambda g, y, x: g)
 
 
+# Kinks (conformance.models.KINKS): a rule that is right on both sides but takes the wrong one
+# at the break point, or routes a tie's gradient otherwise than torch. None for smooth_l1 and
+# huber: both sides of their derivative agree at beta / delta, bit for bit. None for
+# max_pool2d's ties either: in these models a window's tied maxima come from equal input
+# patches, whose gradients are the same whichever element of the window takes it.
+
+
+def elu_grad_at_zero_right_side() -> AbstractContextManager[None]:
+    """elu's derivative at exactly 0 is taken from the right (1) instead of torch's left
+    (alpha · exp(0) = alpha); exposed by elu with alpha ≠ 1 of an exact zero."""
+    return patched_rule("elu", 0, lambda g, y, x, alpha: np.where(
+        x < 0, g * alpha * np.exp(x), g))
+
+
+def leaky_relu_grad_at_zero() -> AbstractContextManager[None]:
+    """leaky_relu's derivative passes the whole gradient at exactly 0 instead of torch's
+    negative_slope share; exposed by leaky_relu of an exact zero."""
+    return patched_rule("leaky_relu", 0, lambda g, y, x, negative_slope: np.where(
+        x >= 0, g, g * negative_slope))
+
+
+def abs_grad_sign_at_zero() -> AbstractContextManager[None]:
+    """abs's derivative takes sign(0) = 1 instead of torch's 0; exposed by abs of an exact
+    zero (or l1_loss of an output equal to its target)."""
+    return patched_rule("abs", 0, lambda g, y, x: g * np.where(x >= 0, 1, -1).astype(x.dtype))
+
+
+def clamp_grad_zero_at_bound() -> AbstractContextManager[None]:
+    """clamp's derivative is 0 at a value exactly on a bound instead of passing the gradient
+    as torch does; exposed by clamp of a value equal to its min or max."""
+    def rule(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.ndarray:
+        inside = np.ones(x.shape, dtype=bool)
+        if min is not None:
+            inside &= x > min  # BUG: torch's mask is x >= min
+        if max is not None:
+            inside &= x < max  # BUG: and x <= max
+        return np.where(inside, g, g.dtype.type(0))
+    return patched_rule("clamp", 0, rule)
+
+
+def amax_grad_not_shared() -> AbstractContextManager[None]:
+    """amax gives every tied maximum the whole gradient instead of an even share; exposed by
+    amax over tied maxima."""
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool):
+        if x.ndim == 0:
+            return g + g.dtype.type(0)
+        mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
+        return _expand_reduced(g, x.shape, dim, keepdim) * mask  # BUG: not divided by count
+    return patched_rule("amax", 0, rule)
+
+
+def max_grad_first_tie() -> AbstractContextManager[None]:
+    """max() over all elements gives the whole gradient to the first maximum instead of
+    sharing it evenly among tied maxima as torch does; exposed by max of tied maxima."""
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        grad = np.zeros(x.shape, dtype=g.dtype)
+        grad.flat[int(np.argmax(x))] = g  # BUG: torch shares g among all maxima
+        return grad
+    return patched_rule("max", 0, rule)
+
+
+def max_dim_grad_shared() -> AbstractContextManager[None]:
+    """max(dim)'s gradient is shared evenly among tied maxima instead of going to the index it
+    returned (the first), as torch does; exposed by max over a dim with tied maxima."""
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: int, keepdim: bool):
+        mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
+        count = mask.sum(axis=dim, keepdims=True)
+        return _expand_reduced(g, x.shape, dim, keepdim) / count * mask  # BUG: not the index
+    return patched_rule("max_dim", 0, rule)
+
+
+def softmax_grad_sum_without_y() -> AbstractContextManager[None]:
+    """softmax's derivative subtracts y · sum(g) instead of y · sum(g · y); exposed by softmax
+    whose upstream gradient is not constant along the dim."""
+    return patched_rule("softmax", 0, lambda g, y, x, dim: g * y - y * g.sum(
+        axis=dim, keepdims=True))
+
+
 # --------------------------------------------------------------------------------------------
 # The catalogue
 # --------------------------------------------------------------------------------------------
@@ -613,6 +691,14 @@ AUTOGRAD_MUTANTS: tuple[Mutant, ...] = tuple(
         ("mse-grad-not-doubled", mse_grad_not_doubled),
         ("linear-bias-grad-mean", linear_bias_grad_mean),
         ("log-softmax-grad-no-softmax", log_softmax_grad_no_softmax),
+        ("elu-grad-at-zero-right-side", elu_grad_at_zero_right_side),
+        ("leaky-relu-grad-at-zero", leaky_relu_grad_at_zero),
+        ("abs-grad-sign-at-zero", abs_grad_sign_at_zero),
+        ("clamp-grad-zero-at-bound", clamp_grad_zero_at_bound),
+        ("amax-grad-not-shared", amax_grad_not_shared),
+        ("max-grad-first-tie", max_grad_first_tie),
+        ("max-dim-grad-shared", max_dim_grad_shared),
+        ("softmax-grad-sum-without-y", softmax_grad_sum_without_y),
     ]
 )
 

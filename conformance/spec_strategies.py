@@ -18,12 +18,16 @@ from conformance.models import (
     BINARY_OPS,
     CLASS_LOSSES,
     GRAPH_LOSSES,
-    GRAPH_OPS,
+    JOIN_OPS,
     KINDS,
+    KINKED_OPS,
     L1_LIKE,
     LOSSES,
     REDUCTION_OPS,
     REDUCTIONS,
+    SHAPE_OPS,
+    SMOOTH_OPS,
+    SOFTMAX_OPS,
     GraphOp,
     Layer,
     ModelSpec,
@@ -40,6 +44,15 @@ __all__ = ["conv_specs", "embedding_specs", "graph_specs", "mlp_specs", "model_s
 # ReLU is drawn as often as all other activations together: it is what most models use, and
 # its derivative at exactly 0 is a classic place for a wrong rule.
 _ACTIVATION = st.one_of(st.just("relu"), st.sampled_from(ACTIVATIONS))
+# elu's alpha is never 1 when drawn: at alpha 1 both sides of its derivative at 0 agree, and a
+# rule taking the wrong side there would not show.
+_ELU_ALPHAS = (0.5, 2.0)
+
+
+def _activation_layer(draw: Any) -> Layer:
+    name = draw(_ACTIVATION)
+    return Layer(name, alpha=draw(st.sampled_from(_ELU_ALPHAS)) if name == "elu" else 1.0)
+
 
 _SEEDS = st.integers(0, 2**32 - 1)
 
@@ -81,7 +94,7 @@ def mlp_specs(draw: Any) -> ModelSpec:
         layers.append(Layer("linear", width, bias=_bias(draw)))
         if i == 0 and width >= 3 and features >= 3 and draw(st.booleans()):
             layers.append(Layer("layer_norm", bias=_bias(draw)))
-        layers.append(Layer(draw(_ACTIVATION)))
+        layers.append(_activation_layer(draw))
     return _layered(draw, "mlp", n, (features,), layers)
 
 
@@ -125,7 +138,7 @@ def conv_specs(draw: Any, dims: int) -> ModelSpec:
         layers.append(Layer(f"conv{dims}d", draw(st.integers(1, 3)), kernel=kernel,
                             stride=stride, padding=padding, bias=_bias(draw)))
         spatial = (out,) * dims
-        layers.append(Layer(draw(_ACTIVATION)))
+        layers.append(_activation_layer(draw))
         if dims == 2 and min(spatial) >= 2 and draw(st.booleans()):
             layers.append(Layer(draw(st.sampled_from(["avg_pool2d", "max_pool2d"])), kernel=2))
             spatial = tuple(s // 2 for s in spatial)
@@ -143,7 +156,7 @@ def embedding_specs(draw: Any) -> ModelSpec:
     if dim >= 3 and draw(st.booleans()):
         layers.append(Layer("layer_norm", bias=_bias(draw)))
     if draw(st.booleans()):
-        layers.append(Layer(draw(_ACTIVATION)))
+        layers.append(_activation_layer(draw))
     layers.append(Layer("flatten"))
     return _layered(draw, "embedding", n, (length,), layers, vocab)
 
@@ -154,6 +167,20 @@ class _Value:
     shape: Shape
     bound: float  # a rough bound on |value|, to keep exp and pow finite and tame
     exact: bool  # computed bitwise alike by both libraries (no sums, no transcendental)
+    grad: bool = True  # depends on a parameter: a gradient can flow through it
+
+
+# A graph's next op: a family first, then one of its ops, so that the many ops that move data
+# do not crowd out the arithmetic, and the kinked ops (see models.KINKS) come up in a fifth of
+# the draws. Ties and bounds are judged on exact values only: where the libraries round a value
+# differently, a tie in one is none in the other and the gradients go different ways.
+_FAMILIES = ((*BINARY_OPS, "matmul"), (*SMOOTH_OPS, *SOFTMAX_OPS), KINKED_OPS, REDUCTION_OPS,
+             (*SHAPE_OPS, *JOIN_OPS))
+_EXACT_ONLY = ("clamp", "amax", "max")
+_WANTS_GRAD = (*KINKED_OPS, "amax", "max")
+# clamp's bounds (and their mirror images), hit by exact zeros and the tie values of batches
+# (models._TIES)
+_CLAMPS = ((0.0, None), (0.0, 1.25), (0.0, 0.5), (-1.0, 0.5))
 
 
 _MAX_BOUND = 1e3
@@ -171,15 +198,15 @@ def _broadcast_options(shape: Shape) -> list[Shape]:
 
 
 @st.composite
-def graph_specs(draw: Any, max_ops: int = 6) -> ModelSpec:
+def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
     """A random op graph over parameters p0, p1, ... and the input x (see GraphOp)."""
     n, features = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    values = [_Value("x", (n, features), 4.0, True)]
+    values = [_Value("x", (n, features), 4.0, True, grad=False)]
     params: list[Param] = []
     ops: list[GraphOp] = []
 
-    def new_param(shape: Shape) -> _Value:
-        p = Param(f"p{len(params)}", shape)
+    def new_param(shape: Shape, bias: bool = False) -> _Value:
+        p = Param(f"{'b' if bias else 'p'}{len(params)}", shape)
         params.append(p)
         value = _Value(p.name, shape, 2.5, True)
         values.append(value)
@@ -191,21 +218,41 @@ def graph_specs(draw: Any, max_ops: int = 6) -> ModelSpec:
         return computed[::-1] + [v for v in values if not v.name.startswith("v")]
 
     for _ in range(draw(st.integers(1, max_ops))):
-        name = draw(st.sampled_from(GRAPH_OPS))
+        name = draw(st.sampled_from(draw(st.sampled_from(_FAMILIES))))
         pool = last_first()
-        if name == "amax":
-            pool = [v for v in pool if v.exact and v.shape]
-        elif name in REDUCTION_OPS:
+        if name in _EXACT_ONLY:
+            pool = [v for v in pool if v.exact]
+        if name in (*REDUCTION_OPS, *SOFTMAX_OPS, "index", *JOIN_OPS):
             pool = [v for v in pool if v.shape]
         elif name == "matmul":
             pool = [v for v in pool if len(v.shape) in (1, 2)]
+        elif name == "transpose":
+            pool = [v for v in pool if len(v.shape) == 2]
+        elif name == "getitem":
+            pool = [v for v in pool if v.shape and v.shape[0] >= 2]
         elif name == "exp":
             pool = [v for v in pool if v.bound <= 6]
-        elif name == "pow":
+        elif name in ("pow", "sqrt", "log", "reciprocal"):
             pool = [v for v in pool if v.bound**2 <= _MAX_BOUND]
+        if name in _WANTS_GRAD:
+            pool = [v for v in pool if v.grad] or pool
         if not pool:
             continue
-        a = draw(st.sampled_from(pool))
+        # half the time the latest value, so that most ops lie on the output's path (a kink
+        # counts only there); otherwise any value, which may start a dead branch
+        a = pool[0] if pool[0].name == f"v{len(ops) - 1}" and draw(st.booleans()) \
+            else draw(st.sampled_from(pool))
+        if name in _WANTS_GRAD and (not a.grad or draw(st.booleans())) \
+                and a.bound + 2.5 <= _MAX_BOUND:
+            # A kink shows where a gradient flows, and differently for each element: a + b
+            # first, b a bias (zero at first in most models: models.initial_values) of a's
+            # row or whole shape, so that a's zeros stay zeros and a tie's elements reach
+            # different elements of b.
+            b = new_param(draw(st.sampled_from(list(dict.fromkeys([a.shape[1:], a.shape])))),
+                          bias=True)
+            ops.append(GraphOp("add", (a.name, b.name)))
+            a = _Value(f"v{len(ops) - 1}", a.shape, a.bound + b.bound, a.exact)
+            values.append(a)
         params_before = len(params)
         op, bound, exact = _draw_graph_op(draw, name, a, last_first, new_param)
         shape = _graph_op_shape(op, [_shape_of(values, x) for x in op.args])
@@ -214,7 +261,8 @@ def graph_specs(draw: Any, max_ops: int = 6) -> ModelSpec:
                 values.remove(next(v for v in values if v.name == p.name))
             del params[params_before:]
             continue
-        values.append(_Value(f"v{len(ops)}", shape, bound, exact))
+        grad = any(v.grad for v in values if v.name in op.args)
+        values.append(_Value(f"v{len(ops)}", shape, bound, exact, grad))
         ops.append(op)
 
     if ops:  # cut the graph before a value that is zero but for rounding
@@ -251,7 +299,9 @@ def graph_specs(draw: Any, max_ops: int = 6) -> ModelSpec:
         ops.append(GraphOp("mul", (out.name, p.name)))
         names.append(p.name)
         spec = make("sum", set())
-        zeros = zero_gradient_parameters(spec)
+        # p's gradient is the output itself (maybe exactly zero, as after clamp(·, max=0) of
+        # values >= 0: then zero in both libraries, not noise)
+        zeros = zero_gradient_parameters(spec) - {p.name}
         trainable = sorted(spec.used_parameters() - zeros)
     frozen = set(_frozen(draw, names, trainable)) | zeros
     return make(spec.loss, frozen)
@@ -286,19 +336,43 @@ def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: 
                 b = others[pick - 1]
             first, second = a, b
         return GraphOp("matmul", (first.name, second.name)), k * a.bound * b.bound, False
-    if name in REDUCTION_OPS:
-        dim = draw(st.sampled_from([None, *range(len(a.shape))]))
+    if name in JOIN_OPS:  # cat / stack with a value of a matching shape, or a new parameter
+        others = [v for v in candidates() if v.shape and (
+            v.shape == a.shape if name == "stack" else v.shape[1:] == a.shape[1:])]
+        pick = draw(st.integers(0, len(others)))
+        b = others[pick - 1] if pick else new_param(
+            a.shape if name == "stack" else (draw(st.integers(1, 2)), *a.shape[1:]))
+        first, second = (b, a) if draw(st.booleans()) else (a, b)
+        return (GraphOp(name, (first.name, second.name)), max(a.bound, b.bound),
+                a.exact and b.exact)
+    if name in (*REDUCTION_OPS, *SOFTMAX_OPS):
+        dims = list(range(len(a.shape)))
+        dim = draw(st.sampled_from(dims if name in SOFTMAX_OPS else [None, *dims]))
         if dim is not None and draw(st.booleans()):
             dim -= len(a.shape)
+        if name in SOFTMAX_OPS:
+            bound = 1.0 if name == "softmax" else 2 * a.bound + math.log(a.shape[dim])
+            return GraphOp(name, (a.name,), dim=dim), bound, False
         op = GraphOp(name, (a.name,), dim=dim, keepdim=draw(st.booleans()))
         count = math.prod(a.shape) if dim is None else a.shape[dim]
-        return op, a.bound * (count if name == "sum" else 1), name == "amax" and a.exact
+        return op, a.bound * (count if name == "sum" else 1), name in _EXACT_ONLY and a.exact
+    if name == "clamp":
+        low, high = draw(st.sampled_from(_CLAMPS))
+        if draw(st.booleans()):  # mirrored (+ 0.0: no -0.0 bound)
+            low, high = (None if high is None else 0.0 - high), (None if low is None else 0.0 - low)
+        bound = a.bound if low is None or high is None else max(abs(low), abs(high))
+        return GraphOp(name, (a.name,), low=low, high=high), bound, a.exact
+    if name == "elu":
+        alpha = draw(st.sampled_from(_ELU_ALPHAS))
+        return GraphOp(name, (a.name,), alpha=alpha), max(a.bound, alpha), False
     exponent = 2
     if name == "pow" and a.bound**3 <= _MAX_BOUND:
         exponent = draw(st.sampled_from([2, 3]))
-    bound = {"tanh": 1.0, "sigmoid": 1.0, "exp": math.exp(min(a.bound, 700)), "relu": a.bound,
-             "abs": a.bound, "pow": a.bound**exponent}[name]
-    return GraphOp(name, (a.name,), exponent=exponent), bound, a.exact and name in ("relu", "abs")
+    bound = {"tanh": 1.0, "sigmoid": 1.0, "exp": math.exp(min(a.bound, 700)),
+             "pow": a.bound**exponent, "sqrt": math.sqrt(a.bound**2 + 1),
+             "log": math.log(a.bound**2 + 1), "reciprocal": 1.0}.get(name, a.bound)
+    exact = a.exact and name in ("relu", "abs", "leaky_relu", "neg", *SHAPE_OPS)
+    return GraphOp(name, (a.name,), exponent=exponent), bound, exact
 
 
 def _broadcasts(a: Shape, b: Shape) -> bool:
@@ -331,7 +405,8 @@ def model_specs(kinds: tuple[str, ...] = KINDS) -> st.SearchStrategy[ModelSpec]:
     layer with mse."""
     table = {"mlp": mlp_specs(), "conv1d": conv_specs(1), "conv2d": conv_specs(2),
              "embedding": embedding_specs(), "graph": graph_specs()}
-    # op graphs are drawn twice as often: they are where most ops (exp, pow, div, matmul,
-    # broadcasting, reductions, weight tying) appear
-    weighted = [table[k] for k in kinds] + ([table["graph"]] if "graph" in kinds else [])
+    # op graphs are drawn three times as often: they are where most ops (exp, pow, div,
+    # matmul, softmax, clamp, max, data movement, broadcasting, reductions, weight tying) and
+    # kinks appear
+    weighted = [table[k] for k in kinds] + ([table["graph"]] * 2 if "graph" in kinds else [])
     return st.one_of(*weighted)

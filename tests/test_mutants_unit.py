@@ -6,6 +6,7 @@ puts refimpl's OPS table back."""
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import re
 from collections.abc import Callable
@@ -394,7 +395,36 @@ def _exp() -> list[np.ndarray]:
     return _grads(refimpl.exp(x).sum(), x)
 
 
+# The kink mutants' probes: f(x, F) at values on the kink, in refimpl or torch (F: the
+# library's functional API); the loss is f's sum (softmax's squared, so that its upstream
+# gradient is not constant).
+KINK_PROBES: dict[str, tuple[Any, Callable[[Any, Any], Any]]] = {
+    "elu-grad-at-zero-right-side": ([-1.0, 0.0, 1.0], lambda x, F: F.elu(x, 2.0)),
+    "leaky-relu-grad-at-zero": ([-1.0, 0.0, 1.0], lambda x, F: F.leaky_relu(x, 0.01)),
+    "abs-grad-sign-at-zero": ([-1.0, 0.0, 1.0], lambda x, F: x.abs()),
+    "clamp-grad-zero-at-bound": ([-1.5, -1.0, 0.0, 0.5, 1.0], lambda x, F: x.clamp(-1.0, 0.5)),
+    "amax-grad-not-shared": ([[1.0, 2.0, 2.0, 0.0], [3.0, 3.0, 3.0, 1.0]],
+                             lambda x, F: x.amax(1)),
+    "max-grad-first-tie": ([1.0, 2.0, 2.0, 0.0], lambda x, F: x.max()),
+    "max-dim-grad-shared": ([[2.0, 1.0, 2.0], [0.0, 3.0, 3.0]], lambda x, F: x.max(1).values),
+    "softmax-grad-sum-without-y": ([[0.1, 1.5, -0.3], [2.0, -1.0, 0.5]],
+                                   lambda x, F: x.softmax(1) ** 2),
+}
+
+
+def _kink_probe(name: str, lib: str = "refimpl") -> list[np.ndarray]:
+    values, f = KINK_PROBES[name]
+    if lib == "torch":
+        x = torch.tensor(values, dtype=torch.float64, requires_grad=True)
+        f(x, torch.nn.functional).sum().backward()
+        assert x.grad is not None
+        return [x.grad.numpy().copy()]
+    x = _leaf(values)
+    return _grads(f(x, RF).sum(), x)
+
+
 PROBES: dict[str, Callable[[], list[np.ndarray]]] = {
+    **{name: functools.partial(_kink_probe, name) for name in KINK_PROBES},
     "relu-grad-at-zero": _relu,
     "tanh-grad-linear": _tanh,
     "sigmoid-grad-plus": _sigmoid,
@@ -433,3 +463,27 @@ def test_autograd_mutant_changes_a_gradient_and_restores_ops(mutant: Mutant) -> 
         probe()
         raise ZeroDivisionError
     assert OPS.keys() == rows.keys() and all(OPS[name] is rows[name] for name in rows)
+
+
+@pytest.mark.parametrize("name", KINK_PROBES)
+def test_kink_mutant_differs_from_torch_only_at_the_kink(name: str) -> None:
+    """refimpl's rule is torch's on the probe, the mutant's is not; off the kink (the probe's
+    values moved by 1/8, ties broken) the mutant agrees with torch."""
+    def close(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
+        return all(np.allclose(x, y, rtol=1e-12, atol=0) for x, y in zip(a, b, strict=True))
+
+    factory = load(next(m.target for m in AUTOGRAD_MUTANTS if m.name == name))
+    expected = _kink_probe(name, "torch")
+    assert close(_kink_probe(name), expected)
+    with factory():
+        assert not close(_kink_probe(name), expected)
+    values, f = KINK_PROBES[name]
+    moved = np.asarray(values) + np.arange(np.size(values)).reshape(np.shape(values)) / 64 + 1 / 8
+    KINK_PROBES[name] = (moved.tolist(), f)
+    try:
+        expected = _kink_probe(name, "torch")
+        if name != "softmax-grad-sum-without-y":  # wrong everywhere, not only at a kink
+            with factory():
+                assert close(_kink_probe(name), expected)
+    finally:
+        KINK_PROBES[name] = (values, f)
