@@ -9,9 +9,14 @@ configuration that needs a feature the implementation declared absent is left ou
 
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from conformance.models import Layer, ModelSpec
+import numpy as np
+
+from conformance.models import Layer, ModelSpec, build, ops_of
 from conformance.options import RunOptions
 from conformance.program import Action, Case, Group, Setup
 from conformance.strategies import EDGES, INVALID
@@ -77,11 +82,59 @@ def program(options: RunOptions) -> tuple[Action, ...]:
     return tuple(actions)
 
 
+# Drawn models that together run every op refimpl implements and hit every kink on their first
+# batch in both dtypes (scripts/pick_canonical_models.py picked them; tests/test_canonical.py
+# checks they still do): with momentum, a backward and a step each, so that each wrong
+# derivative rule shows here too.
+MODELS_FILE = Path(__file__).with_name("canonical_models.json")
+MODELS = [ModelSpec.from_json(data)
+          for data in json.loads(MODELS_FILE.read_text(encoding="utf-8"))["models"]]
+
+
+def reach(spec: ModelSpec) -> frozenset[str]:
+    """What a model shows on its first batch, in both dtypes: the ops it runs, the kinks
+    torch's forward hits, and each wrong derivative rule of the catalogue that changes a
+    gradient refimpl computes ("mutant:<name>": a kink hit where the gradient goes on to a
+    parameter, not just hit)."""
+    from conformance import mutants
+
+    def gradients(dtype: str) -> list[np.ndarray]:
+        model = build(spec, dtype, "refimpl")
+        model.loss(0).backward()
+        return [p.grad.numpy().copy() for p in model.parameters.values() if p.grad is not None]
+
+    found: list[set[str]] = []
+    for dtype in ("float32", "float64"):
+        model = build(spec, dtype, "torch")
+        model.kinks = Counter()
+        model.loss(0)
+        found.append({kink for kink, count in model.kinks.items() if count})
+        baseline = gradients(dtype)
+        for mutant in mutants.AUTOGRAD_MUTANTS:
+            with mutants.load(mutant.target)():
+                changed = gradients(dtype)
+            if len(changed) != len(baseline) or any(
+                    not np.array_equal(a, b, equal_nan=True)
+                    for a, b in zip(changed, baseline, strict=True)):
+                found[-1].add(f"mutant:{mutant.name}")
+    return ops_of(spec) | (found[0] & found[1])
+
+
+MODEL_PROGRAM = (Action("backward", {"batch": 0}), Action("step"),
+                 Action("zero_grad", {"set_to_none": True}), Action("backward", {"batch": 1}),
+                 Action("step"))
+
+
 def cases(dtype: str, options: RunOptions) -> list[tuple[str, Case]]:
-    """The canonical cases an implementation under `options` is checked on, in order."""
+    """The canonical cases an implementation under `options` is checked on, in order: each
+    configuration on the small model, then each of MODELS."""
     names = MODEL.parameter_names()
     group = Group(tuple(n for n in names if n != LATE or not options.has("add-param-group")))
     return [(name, Case(Setup(MODEL, dtype, kwargs, (group,), tensor_lr=tensor_lr),
                         program(options)))
             for name, needs, kwargs, tensor_lr in configurations()
-            if all(options.has(feature) for feature in needs)]
+            if all(options.has(feature) for feature in needs)] + \
+        [(f"model {i} ({spec.kind})",
+          Case(Setup(spec, dtype, {"lr": LR, "momentum": MOMENTUM},
+                     (Group(tuple(spec.parameter_names())),)), MODEL_PROGRAM))
+         for i, spec in enumerate(MODELS)]

@@ -26,9 +26,10 @@ forkserver): a script that calls `run` must guard its entry point with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -129,51 +130,54 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
-        lost = _canonical(run_options, dtypes, shard, max_failures, failures, known, coverage,
-                          start, on_program)
-        while not lost and len(failures) < max_failures and generated < budget:
-            before = generated
-            cls = make_machine(run_options, dtypes, tuple(known), len(failures))
-            offset = coverage.programs - generated  # the canonical cases, already run
-            if on_program is not None:
-                cls.on_program = lambda c, before=before, cls=cls, offset=offset: on_program(
-                    offset + before + (cls.first_failure or (c.programs,))[0])
-            if seed is not None:  # what @hypothesis.seed sets; each round its own
-                cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
-            hypothesis_options: dict[str, Any] = {
-                "report_multiple_bugs": False,
-                "max_examples": budget - before}
-            if seed is not None:  # a seeded run is exactly reproducible: no saved examples
-                hypothesis_options["database"] = None
-            if not shrink:
-                hypothesis_options["phases"] = [p for p in settings.phases if p.name != "shrink"]
-            try:
+        with _no_local_constants():
+            lost = _canonical(run_options, dtypes, shard, max_failures, failures, known, coverage,
+                              start, on_program)
+            while not lost and len(failures) < max_failures and generated < budget:
+                before = generated
+                cls = make_machine(run_options, dtypes, tuple(known), len(failures))
+                offset = coverage.programs - generated  # the canonical cases, already run
+                if on_program is not None:
+                    cls.on_program = lambda c, before=before, cls=cls, offset=offset: on_program(
+                        offset + before + (cls.first_failure or (c.programs,))[0])
+                if seed is not None:  # what @hypothesis.seed sets; each round its own
+                    cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
+                hypothesis_options: dict[str, Any] = {
+                    "report_multiple_bugs": False,
+                    "max_examples": budget - before}
+                if seed is not None:  # a seeded run is exactly reproducible: no saved examples
+                    hypothesis_options["database"] = None
+                if not shrink:
+                    hypothesis_options["phases"] = [p for p in settings.phases
+                                                    if p.name != "shrink"]
                 try:
-                    run_state_machine_as_test(cls, settings=Settings(settings,
-                                                                     **hypothesis_options))
-                except FlakyFailure as flaky:  # it failed, then passed when re-run
-                    raise _flaky(flaky) from flaky
-            except DivergenceFound as found:
-                programs, when = cls.first_failure or (cls.coverage.programs, time.perf_counter())
-                known.append(found.divergence.key)
-                failures.append(Failure(found.divergence, found.case,
-                                        offset + before + programs, when - start,
-                                        flaky=isinstance(found, _Flaky)))
-                cls.coverage.shrinking += cls.coverage.programs - programs
-                cls.coverage.programs = programs
+                    try:
+                        run_state_machine_as_test(cls, settings=Settings(settings,
+                                                                         **hypothesis_options))
+                    except FlakyFailure as flaky:  # it failed, then passed when re-run
+                        raise _flaky(flaky) from flaky
+                except DivergenceFound as found:
+                    programs, when = cls.first_failure or (cls.coverage.programs,
+                                                           time.perf_counter())
+                    known.append(found.divergence.key)
+                    failures.append(Failure(found.divergence, found.case,
+                                            offset + before + programs, when - start,
+                                            flaky=isinstance(found, _Flaky)))
+                    cls.coverage.shrinking += cls.coverage.programs - programs
+                    cls.coverage.programs = programs
+                    coverage.merge(cls.coverage)
+                    generated += programs
+                    if found.divergence.tensor == "process":
+                        break  # past a crash or a hang, every program would pay a restart or a
+                        # timeout to look for more: the run ends with what it found
+                    continue
                 coverage.merge(cls.coverage)
-                generated += programs
-                if found.divergence.tensor == "process":
-                    break  # past a crash or a hang, every program would pay a restart or a
-                    # timeout to look for more: the run ends with what it found
-                continue
-            coverage.merge(cls.coverage)
-            break
-        if shrink:
-            for failure in failures:
-                replayed = history(failure.case, run_options, element=failure.divergence)
-                failure.error_per_action, failure.trajectory = \
-                    replayed.error_per_action, replayed.trajectory
+                break
+            if shrink:
+                for failure in failures:
+                    replayed = history(failure.case, run_options, element=failure.divergence)
+                    failure.error_per_action, failure.trajectory = \
+                        replayed.error_per_action, replayed.trajectory
     finally:
         torch.set_num_threads(threads)
         stop_workers()
@@ -205,8 +209,16 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
             if divergence is None:
                 continue
             when = time.perf_counter() - start
-            divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage)
-            failures.append(Failure(divergence, reduced, coverage.programs, when))
+            # as Hypothesis does with a drawn program: run it again, and a failure that does
+            # not show again (a timeout a cold cache caused, say) is reported as flaky
+            coverage.shrinking += 1
+            again = replay(twins.case, impl, options)
+            if again is None or not _same_kind(again, divergence):
+                failures.append(Failure(divergence, twins.case, coverage.programs, when,
+                                        flaky=True))
+            else:
+                divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage)
+                failures.append(Failure(divergence, reduced, coverage.programs, when))
             known.append(divergence.key)
             if divergence.tensor == "process":
                 return True
@@ -217,21 +229,23 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
 _DEPENDENT = {"momentum": ("nesterov", "dampening")}
 
 
+def _same_kind(found: Divergence, divergence: Divergence) -> bool:
+    """The same failure, for reducing: the same tensor, difference and kind of action."""
+    return all(found.key[k] == divergence.key[k] for k in ("tensor", "difference", "action"))
+
+
 def _reduce(case: Case, divergence: Divergence, impl: Implementation, options: RunOptions,
             coverage: Coverage) -> tuple[Divergence, Case]:
     """A smaller case that fails the same way (the same tensor, difference and kind of
     action): each action dropped, each hyperparameter back to its default, a tensor lr made a
     number, as long as it still does."""
-    same = ("tensor", "difference", "action")
     if divergence.tensor == "process":  # each try would cost a restart or a timeout
         return divergence, case
 
     def fails(candidate: Case) -> Divergence | None:
         coverage.shrinking += 1
         found = replay(candidate, impl, options)
-        if found is not None and all(found.key[k] == divergence.key[k] for k in same):
-            return found
-        return None
+        return found if found is not None and _same_kind(found, divergence) else None
 
     for index in reversed(range(len(case.actions))):
         candidate = Case(case.setup, case.actions[:index] + case.actions[index + 1:])
@@ -271,6 +285,34 @@ def merge(results: list[RunResult], max_failures: int) -> RunResult:
     first = results[0]
     return RunResult(first.options, first.dtypes, failures, coverage,
                      max(r.seconds for r in results))
+
+
+@contextlib.contextmanager
+def _no_local_constants() -> Iterator[None]:
+    """Hypothesis mixes into what it draws the literals of every local module (one outside
+    site-packages and the standard library) loaded so far in the process
+    (`hypothesis.internal.conjecture.providers._get_local_constants`). Which modules those are
+    differs from process to process: a session without xdist has loaded the report module, a
+    worker on a remote host runs the copy of pytest xdist put in its directory, as local code,
+    and a user's optimizer module is local code too. So that a seed (and a shard count) draws
+    the same programs wherever a shard runs and whatever the optimizer, a run draws without
+    them. A private Hypothesis API: where it is gone, nothing is changed."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+
+        original, cache = providers._get_local_constants, providers.CONSTANTS_CACHE
+    except (ImportError, AttributeError):
+        yield
+        return
+    none = Constants()
+    cache.cache.clear()  # allowed constants computed with the local ones
+    providers._get_local_constants = lambda: none
+    try:
+        yield
+    finally:
+        providers._get_local_constants = original
+        cache.cache.clear()
 
 
 class _Flaky(DivergenceFound):

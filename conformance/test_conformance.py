@@ -5,9 +5,8 @@ written when it ends, from every test's result, by the process that controls the
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,40 +29,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize(("dtype", "shard"), params, ids=ids)
 
 
-@contextlib.contextmanager
-def _no_local_constants() -> Iterator[None]:
-    """Hypothesis mixes into what it draws the literals of every local module (one outside
-    site-packages and the standard library) loaded so far in the process
-    (`hypothesis.internal.conjecture.providers._get_local_constants`). Which modules those are
-    differs from process to process: a session without xdist has loaded the report module, a
-    worker on a remote host runs the copy of pytest xdist put in its directory, as local code.
-    So that a seed and a shard count draw the same programs wherever a shard runs, the run
-    draws without them. A private Hypothesis API: where it is gone, nothing is changed."""
-    try:
-        from hypothesis.internal.conjecture import providers
-        from hypothesis.internal.constants_ast import Constants
-
-        original, cache = providers._get_local_constants, providers.CONSTANTS_CACHE
-    except (ImportError, AttributeError):
-        yield
-        return
-    none = Constants()
-    cache.cache.clear()  # allowed constants computed with the local ones
-    providers._get_local_constants = lambda: none
-    try:
-        yield
-    finally:
-        providers._get_local_constants = original
-        cache.cache.clear()
-
-
 def test_sgd_conformance(conformance_config: Config, conformance_record: Callable[..., Path],
                          dtype: str, shard: tuple[int, int]) -> None:
     config = conformance_config
     options = config.options
-    with _no_local_constants():
-        result = run(options, dtypes=(dtype,), settings=PROFILES[config.profile],
-                     seed=config.seed, max_failures=config.max_failures, shard=shard)
+    result = run(options, dtypes=(dtype,), settings=PROFILES[config.profile],
+                 seed=config.seed, max_failures=config.max_failures, shard=shard)
     report_dir = conformance_record(result, shard)
     part = f", shard {shard[0] + 1} of {shard[1]}" if shard[1] > 1 else ""
     print(f"{options.implementation} {dtype}{part} ({options.resolved_contract} contract): "

@@ -5,6 +5,8 @@ that fails the same way."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from conformance import canonical, mutants, references
@@ -70,3 +72,20 @@ def test_a_canonical_failure_is_reduced_and_found_first() -> None:
     assert len(failure.case.actions) < full
     again = replay(failure.case, RunOptions(result.implementation, isolation="none"))
     assert again is not None and again.key == failure.key
+
+
+def test_the_canonical_models_still_cover_what_they_were_picked_for() -> None:
+    """Changing how models are built or batches drawn can move a kink: re-pick with
+    scripts/pick_canonical_models.py."""
+    stored = json.loads(canonical.MODELS_FILE.read_text(encoding="utf-8"))
+    reached = frozenset().union(*(canonical.reach(spec) for spec in canonical.MODELS))
+    assert set(stored["covers"]) <= reached
+
+
+def test_every_wrong_derivative_rule_fails_a_canonical_case() -> None:
+    missed = []
+    for mutant in mutants.AUTOGRAD_MUTANTS:
+        with mutants.load(mutant.target)():
+            if not _failing("refimpl"):
+                missed.append(mutant.name)
+    assert missed == []
