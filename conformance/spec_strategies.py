@@ -199,7 +199,8 @@ def _broadcast_options(shape: Shape) -> list[Shape]:
 
 @st.composite
 def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
-    """A random op graph over parameters p0, p1, ... and the input x (see GraphOp)."""
+    """A random op graph over parameters p0, p1, ... (biases b<i>, added before a kinked op)
+    and the input x (see GraphOp)."""
     n, features = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     values = [_Value("x", (n, features), 4.0, True, grad=False)]
     params: list[Param] = []
@@ -407,6 +408,7 @@ def model_specs(kinds: tuple[str, ...] = KINDS) -> st.SearchStrategy[ModelSpec]:
              "embedding": embedding_specs(), "graph": graph_specs()}
     # op graphs are drawn three times as often: they are where most ops (exp, pow, div,
     # matmul, softmax, clamp, max, data movement, broadcasting, reductions, weight tying) and
-    # kinks appear
-    weighted = [table[k] for k in kinds] + ([table["graph"]] * 2 if "graph" in kinds else [])
+    # kinks appear. (Three distinct strategies: one_of drops a strategy it already has.)
+    weighted = [table[k] for k in kinds] + \
+        ([graph_specs(), graph_specs()] if "graph" in kinds else [])
     return st.one_of(*weighted)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,15 @@ BUDGET_EXAMPLES = int(os.environ.get("MODELS_BUDGET_EXAMPLES", "1000"))
 QUICK = settings(max_examples=60, deadline=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 G, L, P = M.GraphOp, M.Layer, M.Param
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny tensors, as the runner runs them (a thread pool's hand-offs cost more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _plain_json(value: Any) -> bool:
