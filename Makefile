@@ -18,12 +18,13 @@ venv: .venv/.installed
 run: venv
 	.venv/bin/conformance run --optimizer refimpl --profile ci
 
-# pytest exits 5 when it collected nothing: that is a failure, never a pass. The conformance
-# suite runs with a fixed seed here so CI is reproducible; `pytest conformance` alone explores.
+# pytest exits 5 when it collected nothing: that is a failure, never a pass. The tests run on
+# every core (pytest-xdist, in the test extra). The conformance suite runs with a fixed seed
+# here so CI is reproducible; `pytest conformance` alone explores.
 # Then the package is installed as users install it (wheel, clean venv, from a temp directory)
 # and both routes run there (scripts/check-install.sh, about a minute).
 test: venv
-	$(PY) -m pytest -q --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n auto --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 	.venv/bin/ruff check .
 	PYTHON=$(PY) bash scripts/check-install.sh
 

@@ -110,7 +110,7 @@ def reach(spec: ModelSpec) -> frozenset[str]:
         model.loss(0)
         found.append({kink for kink, count in model.kinks.items() if count})
         baseline = gradients(dtype)
-        for mutant in mutants.AUTOGRAD_MUTANTS:
+        for mutant in mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS:
             with mutants.load(mutant.target)():
                 changed = gradients(dtype)
             if len(changed) != len(baseline) or any(

@@ -702,9 +702,9 @@ AUTOGRAD_MUTANTS: tuple[Mutant, ...] = tuple(
     ]
 )
 
-# Caught by the suite, but not reliably within the ci profile: exp appears only in op graphs
-# (about 6% of drawn models), and a seed-0 ci run killed it in some generations and not in
-# others. `conformance mutants` reports it; the kill-matrix test does not require it.
+# Once caught by drawn programs only now and then (exp appears only in op graphs, about 6% of
+# drawn models); a canonical model shows it now (conformance.canonical), so every profile
+# catches it whatever the seed, and the kill-matrix test requires it like the others.
 THOROUGH_MUTANTS: tuple[Mutant, ...] = (_mutant("exp-grad-identity", "autograd",
                                                 exp_grad_identity),)
 

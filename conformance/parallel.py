@@ -50,6 +50,9 @@ def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
                            on_program=None if on_program is None else
                            lambda n, dtype=dtype: on_program(dtype, n))
                 for dtype in dtypes]
+    # The database resolved here: a settings object left at the default holds a sentinel
+    # that does not survive pickling. The one `.hypothesis/` every shard shares.
+    settings = Settings(settings, database=settings.database)
     context = _context()
     progress = context.SimpleQueue()
 

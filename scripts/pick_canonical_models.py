@@ -42,7 +42,7 @@ def main() -> int:
 
     draw()
     wanted = set(models.ALL_OPS) | set(models.KINKS) | \
-        {f"mutant:{m.name}" for m in mutants.AUTOGRAD_MUTANTS}
+        {f"mutant:{m.name}" for m in mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS}
     covered: set[str] = set()
     chosen: list[models.ModelSpec] = []
     size = lambda s: sum(math.prod(shape) for shape in s.parameter_shapes().values())

@@ -42,13 +42,23 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}" if value else "0"
 
 
+KILL_MATRIX: dict[str, tuple[bool, float | None, int]] = {}  # name -> killed, seconds, programs
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """Collects the kill matrix from the tests' recorded properties (under pytest-xdist, from
+    the workers' reports)."""
+    for name, value in getattr(report, "user_properties", ()):
+        if name == "kill_matrix" and report.when == "call":
+            mutant, killed, seconds, programs = value
+            KILL_MATRIX[mutant] = (killed, seconds, programs)
+
+
 def _kill_matrix(terminalreporter: Any) -> None:
-    module = sys.modules.get("tests.test_kill_matrix")
-    matrix = getattr(module, "KILL_MATRIX", None)
-    if not matrix:
+    if not KILL_MATRIX:
         return
     terminalreporter.section("kill matrix (ci profile, seed 0): mutant, killed, time to kill")
-    for name, (killed, seconds, programs) in matrix.items():
+    for name, (killed, seconds, programs) in KILL_MATRIX.items():
         when = f"{seconds:.2f} s" if seconds is not None else "-"
         terminalreporter.write_line(f"{name:36s} {'killed' if killed else 'SURVIVED':9s} "
                                     f"{when:>9s}  ({programs} programs)")

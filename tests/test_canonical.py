@@ -84,7 +84,7 @@ def test_the_canonical_models_still_cover_what_they_were_picked_for() -> None:
 
 def test_every_wrong_derivative_rule_fails_a_canonical_case() -> None:
     missed = []
-    for mutant in mutants.AUTOGRAD_MUTANTS:
+    for mutant in mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS:
         with mutants.load(mutant.target)():
             if not _failing("refimpl"):
                 missed.append(mutant.name)

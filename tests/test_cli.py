@@ -246,12 +246,14 @@ def test_a_doc_written_sgd_fails_only_the_strict_contract(tmp_path: Path) -> Non
 def no_program(monkeypatch: pytest.MonkeyPatch) -> None:
     """A program that runs fails the test: through main, as an internal error (status 3)."""
     import conformance.machine
+    import conformance.parallel
     import conformance.runner
 
     def ran(*_: object, **__: object) -> None:
         raise AssertionError("a program ran")
 
     monkeypatch.setattr(conformance.runner, "run", ran)
+    monkeypatch.setattr(conformance.parallel, "run", ran)
     monkeypatch.setattr(conformance.machine, "replay", ran)
 
 
@@ -469,13 +471,13 @@ def test_an_extra_module_that_fails_to_import_late_is_still_a_usage_error(
 def test_an_internal_error_prints_the_traceback_and_exits_3(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import conformance.runner
+    import conformance.parallel
     from conformance.__main__ import INTERNAL_ERROR_LINE
 
     def broken(*_: object, **__: object) -> None:
         raise RuntimeError("the harness broke")
 
-    monkeypatch.setattr(conformance.runner, "run", broken)
+    monkeypatch.setattr(conformance.parallel, "run", broken)
     assert main(["run", "--report-dir", str(tmp_path)]) == 3
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "Traceback (most recent call last):"
@@ -503,12 +505,12 @@ def test_a_report_that_cannot_be_written_after_a_divergence_is_status_3_not_1(
 def test_the_users_interrupt_is_130_not_a_verdict(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    import conformance.runner
+    import conformance.parallel
 
     def interrupted(*_: object, **__: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conformance.runner, "run", interrupted)
+    monkeypatch.setattr(conformance.parallel, "run", interrupted)
     assert main(["run", "--report-dir", str(tmp_path)]) == 130
     assert _one_error_line(capsys) == "conformance: interrupted"
 

@@ -1,9 +1,12 @@
 """The self-check: the ci profile kills every catalogued mutant and passes every correct
 optimizer (conformance.mutants, and the ones written from the documentation alone in
 conformance.references) under the default contract. Seeds are fixed so CI is reproducible;
-the time each mutant took to be caught is printed at the end of the run (the kill matrix)."""
+the time each mutant took to be caught is printed at the end of the run (the kill matrix, from
+each test's recorded property, so it is printed under pytest-xdist too)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 
@@ -11,12 +14,12 @@ from conformance import mutants, references
 from conformance.profiles import PROFILES
 from conformance.runner import run
 
-KILL_MATRIX: dict[str, tuple[bool, float | None, int]] = {}  # name -> killed, seconds, programs
 
-
-@pytest.mark.parametrize("mutant", mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS,
+@pytest.mark.parametrize("mutant", mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS
+                         + mutants.THOROUGH_MUTANTS,
                          ids=lambda m: m.name)
-def test_ci_profile_kills_mutant(mutant: mutants.Mutant) -> None:
+def test_ci_profile_kills_mutant(mutant: mutants.Mutant,
+                                 record_property: Callable[[str, object], None]) -> None:
     """As `pytest conformance` runs the ci profile: one machine per dtype (the mutant is dead
     once either finds it; the time to kill adds up the dtypes tried)."""
     seconds, programs = 0.0, 0
@@ -31,10 +34,11 @@ def test_ci_profile_kills_mutant(mutant: mutants.Mutant) -> None:
         programs += result.coverage.programs
         if not result.passed:
             assert result.seconds_to_failure is not None
-            KILL_MATRIX[mutant.name] = (True, seconds + result.seconds_to_failure, programs)
+            record_property("kill_matrix", (mutant.name, True,
+                                            seconds + result.seconds_to_failure, programs))
             return
         seconds += result.seconds
-    KILL_MATRIX[mutant.name] = (False, None, programs)
+    record_property("kill_matrix", (mutant.name, False, None, programs))
     pytest.fail(f"{mutant.name} survived {programs} programs")
 
 

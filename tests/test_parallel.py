@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import given
+from hypothesis import settings as Settings
 from hypothesis import strategies as st
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 from conformance import canonical, parallel, runner
 from conformance.__main__ import main
@@ -60,3 +62,14 @@ def test_the_same_seed_and_jobs_give_the_same_report(tmp_path: Path) -> None:
     assert first["exit"] == 1 and first["failures"]
     assert first == second
     assert first["settings"]["jobs"] == 2
+
+
+def test_an_unseeded_run_shares_one_example_database(tmp_path: Path) -> None:
+    """Each shard saves to and replays from the one database of the run's settings (by
+    default the working directory's `.hypothesis/`), not a copy of its own."""
+    database = DirectoryBasedExampleDatabase(tmp_path / "examples")
+    explore = Settings(PROFILES["dev"], derandomize=False, database=database)
+    results = parallel.run(RunOptions("refimpl"), dtypes=("float32",), settings=explore,
+                           seed=None, max_failures=1, jobs=2)
+    assert results[0].passed
+    assert any((tmp_path / "examples").iterdir())
