@@ -337,15 +337,19 @@ def _not_verified(options: Any, dtypes: list[str], sources: dict[str, str]
 
 
 def _run(args: argparse.Namespace) -> int:
+    values, sources = _settings(args)
+    options = _options(values, sources)
+    report_dir, junit = _outputs(values)
+    if values["jobs"] != 1:  # the job processes' server imports torch while this one does
+        from conformance import processes
+
+        processes.start()
     from hypothesis import settings as Settings
 
     from conformance import parallel, report
     from conformance.implementations import ImplementationError, implementation
     from conformance.profiles import PROFILES
 
-    values, sources = _settings(args)
-    options = _options(values, sources)
-    report_dir, junit = _outputs(values)
     try:
         impl = implementation(options)
     except ImplementationError as error:

@@ -26,7 +26,6 @@ every attempt; the state machine also bounds how many such attempts a round make
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import signal
 import sys
@@ -50,6 +49,7 @@ from conformance.implementations import (
     _run,
 )
 from conformance.options import RunOptions
+from conformance.processes import context
 from conformance.program import Action, Setup
 
 GRACE = 0.5  # seconds past the timeout before a worker that does not answer is killed
@@ -63,17 +63,6 @@ class Lost(Exception):
 
 class HarnessError(RuntimeError):
     """The harness's own code failed in the worker (a bug of ours, not the implementation's)."""
-
-
-def _context() -> Any:
-    """forkserver, with torch and the harness imported once in the server (torch.optim
-    imports torch._dynamo on first use: 0.9 s a worker otherwise); spawn where there is no
-    forkserver (Windows), each worker then importing torch itself."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["conformance.isolation", "torch._dynamo"])
-    return context
 
 
 def _describe_exit(code: int | None) -> str:
@@ -100,9 +89,9 @@ class Worker:
         self.described: tuple[frozenset[str], bool] | None = None  # the constructor's arguments
 
     def _start(self) -> None:
-        context = _context()
-        parent, child = context.Pipe()
-        process = context.Process(
+        ctx = context()
+        parent, child = ctx.Pipe()
+        process = ctx.Process(
             target=_serve, name="conformance-worker", daemon=True,
             args=(child, self.options.implementation, self.options.state_key,
                   self.options.memory_limit, list(sys.path), os.getcwd()))

@@ -22,8 +22,8 @@ from typing import Any
 from hypothesis import settings as Settings
 
 from conformance import runner
-from conformance.isolation import _context
 from conformance.options import RunOptions
+from conformance.processes import context
 
 _PROGRESS: Any = None  # in a job process: where it reports each program started
 
@@ -53,8 +53,8 @@ def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
     # The database resolved here: a settings object left at the default holds a sentinel
     # that does not survive pickling. The one `.hypothesis/` every shard shares.
     settings = Settings(settings, database=settings.database)
-    context = _context()
-    progress = context.SimpleQueue()
+    pool_context = context()
+    progress = pool_context.SimpleQueue()
 
     def relay() -> None:  # each shard's count of programs, added up per dtype
         counts: dict[str, dict[int, int]] = {dtype: {} for dtype in dtypes}
@@ -71,7 +71,7 @@ def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
     relaying.start()
     shards: dict[str, list[Any]] = {dtype: [] for dtype in dtypes}
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context,
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=pool_context,
                                  initializer=_start, initargs=(progress,)) as pool:
             for dtype in dtypes:
                 shards[dtype] = [pool.submit(_shard, options, dtype, settings, seed,
