@@ -57,9 +57,9 @@ LATE = "2.bias"  # left out of the group, for add_param_group
 def program(options: RunOptions) -> tuple[Action, ...]:
     """Every kind of action once, around steps with a buffer: the first, the second (after a new
     parameter group and a save and load), a step on zero gradients, a step on no gradients,
-    a later step after an lr change and one with a closure; then a construction breaking
-    each of torch's rules, and some at their edges. Actions that need a feature declared
-    absent are left out."""
+    torch's state loaded into it, a later step after an lr change and one with a closure;
+    then a construction breaking each of torch's rules, and some at their edges. Actions
+    that need a feature declared absent are left out."""
     has = options.has
     plan: list[tuple[str | None, Action]] = [
         (None, Action("backward", {"batch": 0})), (None, Action("step")),
@@ -70,12 +70,14 @@ def program(options: RunOptions) -> tuple[Action, ...]:
         ("set-to-none-false", Action("zero_grad", {"set_to_none": False})),
         ("set-to-none-false", Action("step")),
         (None, Action("zero_grad", {"set_to_none": True})), (None, Action("step")),
+        ("state-dict+cross-load", Action("save_load", {"source": "reference"})),
         (None, Action("backward", {"batch": 2})),
         ("set-hyperparameter", Action("set_hyperparameter",
                                       {"group": 0, "name": "lr", "value": LR / 2})),
         (None, Action("step")), ("closure", Action("step_closure", {"batch": 3})),
     ]
-    actions = [action for feature, action in plan if feature is None or has(feature)]
+    actions = [action for needs, action in plan
+               if needs is None or all(map(has, needs.split("+")))]
     if has("invalid-hyperparameters"):  # every rule of torch's validation, and its edges
         actions += [Action("construct", {"options": {"lr": LR, **change}})
                     for needs, change in INVALID + EDGES if all(map(has, needs))]

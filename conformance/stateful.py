@@ -136,9 +136,10 @@ class Coverage:
 
     def unreached(self, options: RunOptions) -> dict[str, str]:
         """Each declared feature the programs never reached, with what it needs."""
+        declared = lambda f: f == "momentum" or (options.has(f) and (
+            f != "cross-load" or options.has("state-dict")))  # no state dicts, none to move
         return {feature: need for feature, need in NEEDS.items()
-                if (feature == "momentum" or options.has(feature))
-                and feature not in self.reached}
+                if declared(feature) and feature not in self.reached}
 
     def merge(self, other: Coverage) -> None:
         self.programs += other.programs
