@@ -24,7 +24,7 @@ run: venv
 # Then the package is installed as users install it (wheel, clean venv, from a temp directory)
 # and both routes run there (scripts/check-install.sh, about a minute).
 test: venv
-	$(PY) -m pytest -q -n auto --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -n auto --dist worksteal --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 	.venv/bin/ruff check .
 	PYTHON=$(PY) bash scripts/check-install.sh
 
