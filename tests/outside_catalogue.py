@@ -72,32 +72,15 @@ class DecayStoredInBuffer(_Loop):
     """Weight decay is added to the momentum buffer after its update, and kept there."""
 
     def direction(self, p: Tensor, group: dict[str, Any]) -> Tensor:
-        assert p.grad is not None
         self._param = p
-        return -p.grad if group["maximize"] else p.grad
+        if group["momentum"] == 0:
+            return super().direction(p, group)
+        return super().direction(p, {**group, "weight_decay": 0})
 
     def momentum(self, d_p: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
         buf = super().momentum(d_p, state, {**group, "nesterov": False})
         buf.add_(self._param, alpha=group["weight_decay"])
         return d_p.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                d_p = self.direction(p, group)
-                if group["momentum"] != 0:
-                    d_p = self.momentum(d_p, self.state[p], group)
-                elif group["weight_decay"]:
-                    d_p = d_p.add(p, alpha=group["weight_decay"])
-                p.add_(d_p, alpha=-self.lr_of(group))
-        return loss
 
 
 class DefaultsLr(_Loop):
