@@ -24,7 +24,6 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as TF
 from torch.nn import grad as nn_grad
@@ -230,10 +229,6 @@ def loss_seed(loss: str, reduction: str, out: torch.Tensor, y: torch.Tensor,
     if loss == "bce_with_logits":
         return (torch.sigmoid(out) + y.abs()) / n  # σ(out) − y
     return standard.abs()  # l1 (±1/n), sum, mean
-
-
-def to_numpy(grads: dict[str, torch.Tensor | None], names: list[str]) -> dict[str, np.ndarray]:
-    return {n: np.zeros(0) if grads.get(n) is None else grads[n].numpy() for n in names}
 
 
 # Forward errors --------------------------------------------------------------------------------

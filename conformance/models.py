@@ -829,11 +829,6 @@ class Model:
         """Each parameter's current value as a numpy copy."""
         return {name: _numpy(p) for name, p in self.parameters.items()}
 
-    def zero_grad(self) -> None:
-        """Sets every .grad to None."""
-        for p in self.parameters.values():
-            p.grad = None
-
 
 def _numpy(t: Any) -> np.ndarray:
     return np.array(t.detach().numpy(), copy=True)

@@ -130,7 +130,7 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
-        with _no_local_constants():
+        with without_local_constants():
             lost = _canonical(run_options, dtypes, shard, max_failures, failures, known, coverage,
                               start, on_program)
             while not lost and len(failures) < max_failures and generated < budget:
@@ -288,7 +288,7 @@ def merge(results: list[RunResult], max_failures: int) -> RunResult:
 
 
 @contextlib.contextmanager
-def _no_local_constants() -> Iterator[None]:
+def without_local_constants() -> Iterator[None]:
     """Hypothesis mixes into what it draws the literals of every local module (one outside
     site-packages and the standard library) loaded so far in the process
     (`hypothesis.internal.conjecture.providers._get_local_constants`). Which modules those are

@@ -26,7 +26,7 @@ import itertools
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -329,16 +329,3 @@ def _retain(tensor: Tensor, grad: np.ndarray) -> None:
 
     total = np.array(grad, copy=True) if tensor.grad is None else tensor.grad.data + grad
     tensor.grad = Tensor._wrap(total)
-
-
-def walk(root: Node) -> Iterator[Node]:
-    """Every node reachable from `root` (each once)."""
-    seen = set()
-    stack = [root]
-    while stack:
-        node = stack.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        yield node
-        stack.extend(e for e in node.edges if e is not None)

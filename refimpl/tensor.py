@@ -22,7 +22,6 @@ float32 = np.dtype(np.float32)
 float64 = np.dtype(np.float64)
 int64 = np.dtype(np.int64)
 bool_ = np.dtype(np.bool_)
-SUPPORTED_DTYPES = (float32, float64, int64, bool_)
 
 Scalar = builtins.bool | int | float
 

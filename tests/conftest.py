@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("dev", max_examples=10)
@@ -14,6 +16,18 @@ settings.register_profile("dev", max_examples=10)
 settings.register_profile("ci", derandomize=True)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _same_draws_in_every_process() -> Iterator[None]:
+    """Hypothesis mixes the literals of the local modules a process has loaded into what it
+    draws; under pytest-xdist each worker has loaded different ones, so a derandomized test
+    would draw differently depending on where it ran. Every test draws without them, as a
+    conformance run does (`conformance.runner.without_local_constants`)."""
+    from conformance.runner import without_local_constants
+
+    with without_local_constants():
+        yield
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
