@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from conformance.report import timeless
+
 ROOT = Path(__file__).resolve().parent.parent
 STAMPS = "BENCH_SCALEOUT_STAMPS"  # the file the plugin half writes its time stamps into
 
@@ -177,15 +179,6 @@ def _session(name: str, workers: int, args: list[str], suite_args: list[str], cw
                    _children_cpu() - cpu)
 
 
-def _timeless(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _timeless(v) for k, v in value.items()
-                if k != "created" and "seconds" not in k}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", choices=["dev", "ci", "thorough"], default="ci",
@@ -236,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         _show(rows[-1])
     print()
     _table(rows, suite=args.suite)
-    reports = [_timeless(r.report) for r in rows[1:] if r.report is not None]
+    reports = [timeless(r.report) for r in rows[1:] if r.report is not None]
     if len(reports) > 1:
         same = all(r == reports[0] for r in reports)
         print(f"\nthe {n}-worker reports are {'identical' if same else 'DIFFERENT'} "

@@ -754,6 +754,17 @@ def schema() -> dict[str, Any]:
     return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
+def timeless(value: Any) -> Any:
+    """A report (or any part of one) without what a clock decides: its creation time and
+    every duration. Two runs with the same seed and shard count are equal under it."""
+    if isinstance(value, dict):
+        return {k: timeless(v) for k, v in value.items()
+                if k != "created" and "seconds" not in k}
+    if isinstance(value, list):
+        return [timeless(v) for v in value]
+    return value
+
+
 def check_replayable(data: Any) -> None:
     """Raises ValueError, with a one-line reason, unless `data` (a report.json, parsed) is a
     report this version can replay: version 2 against the whole schema; version 1 (which has

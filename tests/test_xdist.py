@@ -47,16 +47,6 @@ def _report(run_dir: Path | None) -> dict[str, Any]:
     return data
 
 
-def _timeless(value: Any) -> Any:
-    """A report without what a clock decides: its creation time and every duration."""
-    if isinstance(value, dict):
-        return {k: _timeless(v) for k, v in value.items()
-                if k != "created" and "seconds" not in k}
-    if isinstance(value, list):
-        return [_timeless(v) for v in value]
-    return value
-
-
 def test_n2_passes_with_one_report_of_the_whole_budget_the_same_whoever_ran_each_shard(
         tmp_path: Path) -> None:
     (tmp_path / "xdist").mkdir()
@@ -81,7 +71,7 @@ def test_n2_passes_with_one_report_of_the_whole_budget_the_same_whoever_ran_each
                             "--conformance-shards", "2", *DEV)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED test_conformance.py::test_sgd_conformance[float64-shard2of2]" in done.stdout
-    assert _timeless(_report(run_dir)) == _timeless(sharded)
+    assert report.timeless(_report(run_dir)) == report.timeless(sharded)
 
 
 def test_n2_with_a_mutant_fails_each_item_and_reports_the_failure(tmp_path: Path) -> None:
