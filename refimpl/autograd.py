@@ -23,10 +23,9 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
-import sys
 import threading
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -162,13 +161,19 @@ class Node:
             for t, e in zip(self.inputs, self.edges, strict=True)
         )
 
-    def apply(self, grad: np.ndarray) -> list[np.ndarray | None]:
-        """The gradient for each input (None where the input needs none)."""
+    def apply(self, grad: np.ndarray, grad_owned: bool) -> list[tuple[np.ndarray, bool] | None]:
+        """The gradient for each input (None where the input needs none), each with whether the
+        engine owns it (see `_owned`). `grad_owned`: whether the engine owns `grad`."""
         op = self.op
         if self.freed and op.saves:
             raise RuntimeError(FREED_GRAPH_MESSAGE)
         output, saved, params = self.output, self.saved, self.params
-        grads: list[np.ndarray | None] = []
+        grads: list[tuple[np.ndarray, bool] | None] = []
+        # The arrays this node's rules are given, which others hold: a rule returning one of them
+        # (or a view) returns no array of its own. `grad` is the engine's when it owns it.
+        held: list[Any] = [output, *saved, *params.values()]
+        if not grad_owned:
+            held.append(grad)
         for i, tensor in enumerate(self.inputs):
             if tensor is None:
                 grads.append(None)
@@ -182,7 +187,11 @@ class Node:
                         f"the derivative for input {i} of {op.name} is not implemented."
                     )
                 g = rule(grad, output, *saved, **params)
-            grads.append(_conform(np.asarray(g), saved[i], tensor.data.dtype))
+            g = _conform(np.asarray(g), saved[i], tensor.data.dtype)
+            owned = _owned(g, held)
+            if owned:
+                held.append(g)  # the same array returned for another input is not owned twice
+            grads.append((g, owned))
         return grads
 
     def release(self) -> None:
@@ -210,6 +219,16 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     # Summed from +0.0 as torch's sum_to does, so a sum of -0.0s is +0.0.
     summed = np.add.reduce(grad, axis=axes, keepdims=True, initial=0) if axes else grad
     return summed.reshape(shape)
+
+
+def _owned(grad: np.ndarray, held: Sequence[Any]) -> bool:
+    """Whether `grad` is a fresh array that nothing else refers to: one a derivative rule, a sum
+    or a cast made (an ndarray owning its memory, writable: not a view, nor the numpy scalar a
+    sum of 0-dim arrays gives), not one of the `held` arrays. Only such an array may become a
+    leaf's `.grad` without a copy, and later be updated in place there."""
+    if grad.base is not None or not grad.flags.writeable:
+        return False
+    return not any([grad is a for a in held])
 
 
 def _conform(grad: np.ndarray, saved: Any, dtype: np.dtype) -> np.ndarray:
@@ -253,59 +272,72 @@ def run_backward(
     if gradient is None:
         if root.data.size != 1:
             raise RuntimeError("grad can be implicitly created only for scalar outputs")
-        seed = np.ones(root.data.shape, dtype=root.data.dtype)
+        seed, seed_owned = np.ones(root.data.shape, dtype=root.data.dtype), True
     else:
         seed = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
+        seed_owned = False  # the caller's
         if seed.shape != root.data.shape:
             raise RuntimeError(
                 f"Mismatch in shape: grad_output[0] has a shape of {_size(seed.shape)} and "
                 f"output[0] has a shape of {_size(root.data.shape)}."
             )
         if seed.dtype != root.data.dtype:
-            seed = seed.astype(root.data.dtype)
+            seed, seed_owned = seed.astype(root.data.dtype), True
 
     if root.grad_fn is None:
-        _accumulate(root, seed)
+        _accumulate(root, seed, seed_owned)
         return
 
-    leaf_grads = _propagate(root.grad_fn, seed, keep=bool(retain_graph))
-    for key in list(leaf_grads):
-        tensor, g = leaf_grads.pop(key)
+    for tensor, g, owned in _propagate(root.grad_fn, seed, seed_owned, keep=bool(retain_graph)):
         # Like torch's AccumulateGrad, a leaf may keep the array itself (no copy, no second
-        # buffer at the memory peak) when nothing else refers to it: the count is this local
-        # and getrefcount's argument. Shared arrays, views and the caller's gradient are copied.
-        owned = sys.getrefcount(g) == 2 and g.base is None and g.flags.writeable
+        # buffer at the memory peak) when the engine owns it; the caller's gradient, saved
+        # arrays, views and an array already handed to another input are copied.
         _accumulate(tensor, g, owned)
 
 
-def _propagate(root: Node, seed: np.ndarray, keep: bool) -> dict[int, tuple[Tensor, np.ndarray]]:
-    """Runs the nodes in torch's order; returns each reached leaf with its summed gradient."""
+def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool
+               ) -> list[tuple[Tensor, np.ndarray, bool]]:
+    """Runs the nodes in torch's order; returns each reached leaf with its summed gradient and
+    whether the engine owns that array (see `_owned`), in the order the leaves were reached."""
     dependencies = _topological_dependencies(root)
     buffers: dict[Node, np.ndarray] = {root: seed}
-    leaf_grads: dict[int, tuple[Tensor, np.ndarray]] = {}
+    owned_buffers: set[Node] = {root} if seed_owned else set()  # buffers the engine owns
+    leaf_grads: dict[int, tuple[Tensor, np.ndarray, bool]] = {}
     ready: list[tuple[int, Node]] = [(-root.sequence_nr, root)]
     while ready:
         node = heapq.heappop(ready)[1]
         grad = buffers.pop(node)
+        grad_owned = node in owned_buffers
         retained = node.retained() if node.retained is not None else None
         if retained is not None:
             _retain(retained, grad)
-        grads = node.apply(grad)
+        grads = node.apply(grad, grad_owned)
         if not keep:
             node.release()
-        for tensor, parent, g in zip(node.inputs, node.edges, grads, strict=True):
-            if g is None:  # also where the input needs no gradient (tensor is None)
+        for tensor, parent, result in zip(node.inputs, node.edges, grads, strict=True):
+            if result is None:  # also where the input needs no gradient (tensor is None)
                 continue
+            g, owned = result
             if parent is None:
                 key = id(tensor)
                 previous = leaf_grads.get(key)
-                leaf_grads[key] = (tensor, g if previous is None else previous[1] + g)
+                if previous is not None:
+                    g = previous[1] + g
+                    owned = _owned(g, ())
+                leaf_grads[key] = (tensor, g, owned)
                 continue
-            buffers[parent] = g if parent not in buffers else buffers[parent] + g
+            if parent in buffers:
+                g = buffers[parent] + g
+                owned = _owned(g, ())
+            buffers[parent] = g
+            if owned:
+                owned_buffers.add(parent)
+            else:
+                owned_buffers.discard(parent)
             dependencies[parent] -= 1
             if dependencies[parent] == 0:
                 heapq.heappush(ready, (-parent.sequence_nr, parent))
-    return leaf_grads
+    return list(leaf_grads.values())
 
 
 def _accumulate(tensor: Tensor, grad: np.ndarray, owned: bool = False) -> None:

@@ -710,6 +710,66 @@ def test_clone_copies_and_passes_the_gradient_back(values: np.ndarray) -> None:
     assert_same(*seen)
 
 
+# Gradients a leaf keeps without a copy alias nothing -------------------------------------------
+
+# Programs where one array reaches several inputs unchanged (identity rules, views, casts, tied
+# uses), so that a gradient kept by a leaf as its .grad could alias another leaf's, a retained
+# .grad, a saved array, a tensor's values or the caller's gradient if the engine got it wrong.
+ALIASING: dict[str, Callable[[ModuleType, Any, Any, Any], Any]] = {
+    "two leaves through add": lambda lib, p, q, s: p + q,
+    "two leaves through add, a fresh gradient": lambda lib, p, q, s: (p + q) * s,
+    "a leaf twice": lambda lib, p, q, s: (p + p) + q,
+    "sub": lambda lib, p, q, s: p - q,
+    "clone then add": lambda lib, p, q, s: p.clone() + q.clone(),
+    "through reshapes": lambda lib, p, q, s: (p.reshape(2, 2) + q.reshape(2, 2)).reshape(4),
+    "through reshapes, a fresh gradient":
+        lambda lib, p, q, s: (p.reshape(2, 2) + q.reshape(2, 2)).reshape(4) * 1.0,
+    "a round trip in float64": lambda lib, p, q, s: p.double().float() + q,
+    "mul by a constant tensor": lambda lib, p, q, s: p * s + q * s,
+    "cat then slices": lambda lib, p, q, s: lib.cat([p, q])[:4] + lib.cat([q, p])[4:],
+    "where": lambda lib, p, q, s: lib.where(s > 0, p, q) + p,
+    "retained in between": lambda lib, p, q, s: _retained(p + q) + q,
+}
+
+
+def _retained(t: Any) -> Any:
+    t.retain_grad()
+    return t
+
+
+@pytest.mark.parametrize("name", list(ALIASING))
+@pytest.mark.parametrize("seeded", [False, True], ids=["scalar", "caller's gradient"])
+def test_leaf_grads_alias_nothing(name: str, seeded: bool) -> None:
+    """One backward gives torch's gradients; a second adds the same again into each .grad and
+    changes nothing else. Not compared with torch after the second: where torch's
+    AccumulateGrad steals a view (through reshapes), two leaves' .grad, or a .grad and the
+    caller's gradient, share memory, and accumulating into one changes the other."""
+    rng = np.random.default_rng(7)
+    p_values, q_values, s_values, seed_values = (
+        rng.standard_normal(4).astype(np.float32) for _ in range(4))
+    first: dict[str, list[np.ndarray]] = {}
+    for lib in LIBS:
+        p = lib.tensor(p_values, requires_grad=True)
+        q = lib.tensor(q_values, requires_grad=True)
+        s = lib.tensor(s_values)
+        seed = lib.tensor(seed_values)
+        for backward in range(2):
+            out = ALIASING[name](lib, p, q, s)
+            (out.backward(seed) if seeded else out.sum().backward())
+            if backward == 0:
+                first[lib.__name__] = [as_array(p.grad), as_array(q.grad)]
+    for a, b in zip(first["torch"], first["refimpl"], strict=True):
+        assert_same(a, b)
+    held = [p.grad.data, q.grad.data, p.data, q.data, s.data, seed.data]
+    for i, a in enumerate(held):
+        for b in held[i + 1 :]:
+            assert not np.shares_memory(a, b)
+    for g, once in zip((p.grad, q.grad), first["refimpl"], strict=True):
+        assert_same(g.data, once + once)
+    for t, values in ((p, p_values), (q, q_values), (s, s_values), (seed, seed_values)):
+        assert_same(t.data, values)
+
+
 # refimpl is numpy-only -------------------------------------------------------------------------
 
 
