@@ -45,9 +45,10 @@ bench-conformance: venv
 walkthrough: venv
 	scripts/walkthrough.sh
 
-# Third-party SGD-family optimizers in the configuration each claims equals torch.optim.SGD
-# (examples/third_party/README.md), ci profile: prints the verdict table; reports in
-# reports/third_party/. timm goes in without its dependencies (torchvision pulls a CUDA torch).
+# Third-party optimizers in the configuration each claims equals torch.optim.SGD, Adam or AdamW
+# (examples/third_party/README.md; the Adam ones run with `conformance run --family adam|adamw`),
+# ci profile: prints the verdict table; reports in reports/third_party/. timm goes in without its
+# dependencies (torchvision pulls a CUDA torch); timm's AdamWLegacy needs none of them either.
 third-party: venv
 	$(PIP) install --quiet -e '.[test,third-party]'
 	$(PIP) install --quiet --no-deps timm==1.0.31

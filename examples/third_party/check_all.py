@@ -1,11 +1,13 @@
 """Runs `conformance run` on each third-party adapter here and prints one Markdown table.
 
     python -m examples.third_party.check_all [--profile P] [--seed S] [--report-dir DIR]
-                                             [--only PACKAGE ...] [--dry-run] [--details]
-                                             [-- EXTRA ...]
+                                             [--only PACKAGE ...] [--only-family F ...]
+                                             [--dry-run] [--details] [-- EXTRA ...]
 
 Each adapter is checked in the configuration where its package claims to equal
-torch.optim.SGD, with the features it cannot offer declared (`--without`, see README.md here).
+torch.optim.SGD, Adam or AdamW (its family: `--family adam|adamw` is passed to `conformance run`
+for the Adam ones, nothing for the SGD ones), with the features it cannot offer declared
+(`--without`, see README.md here).
 Arguments after `--` are added to every run (e.g. `-- --examples 50`). The table goes to
 stdout, the runs' own output to stderr. Exit status: 0 when every run gave a verdict (conforms
 or diverges: divergence is a finding here, not a failure), 1 when any run could not be judged
@@ -37,9 +39,10 @@ class Adapter:
     package: str  # the PyPI distribution
     pinned: str  # the version the adapter was written against
     target: str  # module:Class, relative to MODULE
-    claim: str  # where the package says it equals SGD, in one line
+    claim: str  # where the package says it equals the family's torch optimizer, in one line
     without: tuple[str, ...] = ()
     state_key: str | None = None  # where the momentum buffer lives, if not "momentum_buffer"
+    family: str = "sgd"  # the torch optimizer it claims: "sgd" (SGD), "adam" or "adamw"
 
     @property
     def optimizer(self) -> str:
@@ -63,14 +66,42 @@ ADAPTERS: tuple[Adapter, ...] = (
             "torch.optim.SGD\" (qhm.py:33-38)",
             without=("dampening", "nesterov", "maximize", "tensor-lr", "set-hyperparameter",
                      "cross-load", "invalid-hyperparameters")),
+    Adapter("timm", "1.0.31", "timm_adamw:TimmAdamW",
+            "AdamWLegacy: \"Impl copied from PyTorch master\" (optim/adamw.py:2)",
+            family="adamw"),
+    Adapter("torch-optimi", "0.3.3", "optimi_adam:OptimiAdam",
+            "Adam, decouple_wd=False: \"Based on PyTorch Optimizers\" (optimi/adam.py:4), L2 "
+            "penalty (adam.py:37-38); README \"Differences from PyTorch\"",
+            without=("amsgrad", "maximize", "cross-load"), family="adam"),
+    Adapter("torch-optimi", "0.3.3", "optimi_adam:OptimiAdamW",
+            "AdamW: \"Based on PyTorch Optimizers\" (optimi/adamw.py:4); README \"Differences "
+            "from PyTorch\"",
+            without=("amsgrad", "maximize", "cross-load"), family="adamw"),
+    Adapter("transformers", "4.49.0", "transformers_adamw:TransformersAdamW",
+            "AdamW, correct_bias=True: \"Use the PyTorch implementation torch.optim.AdamW "
+            "instead\" (optimization.py:640-644)",
+            without=("amsgrad", "maximize", "cross-load"), family="adamw"),
+    Adapter("torch-optimizer", "0.3.0", "torch_optimizer_lamb:TorchOptimizerLambAsAdam",
+            "Lamb, adam=True, debias=True: \"always use trust ratio = 1, which turns this into "
+            "Adam\" (lamb.py:28-30)",
+            without=("weight-decay", "amsgrad", "maximize"), family="adam"),
+    Adapter("pytorch-optimizer", "4.1.0",
+            "pytorch_optimizer_flash_adamw:PytorchOptimizerFlashAdamW",
+            "FlashAdamW, quantize=False: \"AdamW with grouped 8-bit optimizer states\" "
+            "(optimizer/flash_adamw.py:163, 177)",
+            without=("amsgrad", "maximize", "cross-load", "invalid-hyperparameters"),
+            family="adamw"),
 )
+FAMILIES = ("sgd", "adam", "adamw")
 
 
 def command(adapter: Adapter, profile: str, seed: int, report_dir: Path,
             extra: list[str]) -> list[str]:
     """The `conformance run` command line for one adapter, on this interpreter."""
-    cmd = [sys.executable, "-m", "conformance", "run", "--optimizer", adapter.optimizer,
-           "--profile", profile, "--seed", str(seed)]
+    cmd = [sys.executable, "-m", "conformance", "run", "--optimizer", adapter.optimizer]
+    if adapter.family != "sgd":  # SGD is conformance's default: its commands stay as they were
+        cmd += ["--family", adapter.family]
+    cmd += ["--profile", profile, "--seed", str(seed)]
     if adapter.without:
         cmd += ["--without", ",".join(adapter.without)]
     if adapter.state_key:
@@ -142,8 +173,8 @@ class Row:
     failures: list[str] = field(default_factory=list)  # every distinct failure, one line each
 
     def markdown(self) -> str:
-        cells = [self.adapter.package, self.version, one_line(self.adapter.claim), self.verdict,
-                 self.divergence]
+        cells = [self.adapter.package, self.version, self.adapter.family,
+                 one_line(self.adapter.claim), self.verdict, self.divergence]
         return "| " + " | ".join(cells) + " |"
 
 
@@ -175,8 +206,8 @@ def check(adapter: Adapter, cmd: list[str], report_dir: Path) -> Row:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["| package | version | claim | verdict | first divergence |",
-            "| --- | --- | --- | --- | --- |"]
+    head = ["| package | version | family | claim | verdict | first divergence |",
+            "| --- | --- | --- | --- | --- | --- |"]
     return "\n".join([*head, *(row.markdown() for row in rows)])
 
 
@@ -190,13 +221,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-dir", type=Path, default=Path("reports/third_party"),
                         help="relative paths are under the repository root")
     parser.add_argument("--only", action="append", metavar="PACKAGE",
-                        choices=[a.package for a in ADAPTERS], help="repeatable")
+                        choices=sorted({a.package for a in ADAPTERS}),
+                        help="repeatable; every adapter of that package")
+    parser.add_argument("--only-family", action="append", metavar="FAMILY", choices=FAMILIES,
+                        help="repeatable: sgd, adam, adamw")
     parser.add_argument("--dry-run", action="store_true", help="print the commands only")
     parser.add_argument("--details", action="store_true",
                         help="after the table, list every distinct failure of each run")
     args = parser.parse_args(own)
     report_dir = args.report_dir if args.report_dir.is_absolute() else ROOT / args.report_dir
-    chosen = [a for a in ADAPTERS if not args.only or a.package in args.only]
+    chosen = [a for a in ADAPTERS if (not args.only or a.package in args.only)
+              and (not args.only_family or a.family in args.only_family)]
     rows = []
     for adapter in chosen:
         cmd = command(adapter, args.profile, args.seed, report_dir, extra)
@@ -210,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.details:
         for row in rows:
             if len(row.failures) > 1:
-                print(f"\n{row.adapter.package}:\n" + "\n".join(f"- {f}" for f in row.failures))
+                print(f"\n{row.adapter.package} ({row.adapter.target}):\n" +
+                      "\n".join(f"- {f}" for f in row.failures))
     return 0 if all(row.judged for row in rows) else 1
 
 
