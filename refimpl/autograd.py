@@ -10,10 +10,11 @@ What `loss.backward()` does, in the order torch does it:
    arrival order, so a tensor used several times receives the sum of its uses.
 3. Each node applies its row's derivative rules (one per input), and the gradient is summed
    back to the input's shape where broadcasting expanded it (`unbroadcast`, the only place).
-4. Leaves accumulate: the first backward stores a new `.grad` (the computed array itself when
-   nothing else refers to it, as torch's AccumulateGrad steals it, else a copy), later ones add
-   in place — until `zero_grad()` clears it. Non-leaf tensors keep no `.grad` unless
-   `retain_grad()` was called.
+4. The engine returns each reached leaf's summed gradient, flagged when the array is the
+   engine's own (a fresh array nothing else refers to), and `refimpl.tensor` accumulates them:
+   the first backward stores a new `.grad` (an owned array itself, as torch's AccumulateGrad
+   steals it, else a copy), later ones add in place — until `zero_grad()` clears it. Non-leaf
+   tensors keep no `.grad` unless `retain_grad()` set a hook on their node.
 5. Unless `retain_graph=True`, the saved arrays are freed; a second backward through a node that
    needed them raises torch's error.
 """
@@ -24,15 +25,31 @@ import functools
 import heapq
 import itertools
 import threading
-import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from refimpl.ops import Op
-    from refimpl.tensor import Tensor
+
+
+class GradTensor(Protocol):
+    """What the engine reads of a tensor (`refimpl.tensor.Tensor` is one; the engine imports no
+    tensor module): its values, the node that made it (None for a leaf), whether it needs grad."""
+
+    data: np.ndarray
+    grad_fn: Node | None
+    requires_grad: bool
+
+
+class LeafGrad(NamedTuple):
+    """A leaf reached by `run_backward` and the sum of the gradients it received."""
+
+    tensor: GradTensor
+    grad: np.ndarray
+    # The engine's own array (see `_owned`): the leaf may keep it as `.grad` without a copy.
+    owned: bool
 
 
 class _GradMode(threading.local):
@@ -131,7 +148,7 @@ class Node:
     def __init__(
         self,
         op: Op,
-        inputs: tuple[Tensor | None, ...],
+        inputs: tuple[GradTensor | None, ...],
         arrays: tuple[Any, ...],
         output: np.ndarray,
         params: dict[str, Any],
@@ -148,7 +165,9 @@ class Node:
         self.output = output
         self.params = params
         self.freed = False
-        self.retained: weakref.ref[Tensor] | None = None
+        # retain_grad's hook (set by refimpl.tensor): called with the gradient this node
+        # receives, before it runs. It must not keep that array (the engine may hand it on).
+        self.retained: Callable[[np.ndarray], None] | None = None
         self.sequence_nr = next(_sequence)
 
     def name(self) -> str:
@@ -262,11 +281,11 @@ def _size(shape: tuple[int, ...]) -> str:
 
 
 def run_backward(
-    root: Tensor, gradient: Tensor | None = None, retain_graph: bool | None = None
-) -> None:
-    """`root.backward(gradient, retain_graph)` — see the module docstring for the steps."""
-    from refimpl.tensor import Tensor
-
+    root: GradTensor, gradient: Any = None, retain_graph: bool | None = None
+) -> list[LeafGrad]:
+    """The gradients of `root.backward(gradient, retain_graph)` (`gradient`: an array, or None
+    for a scalar root) for the leaves, in the order they were reached, which is the order torch
+    accumulates them in; the caller stores them in `.grad`. See the module docstring."""
     if not root.requires_grad:
         raise RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
     if gradient is None:
@@ -274,8 +293,7 @@ def run_backward(
             raise RuntimeError("grad can be implicitly created only for scalar outputs")
         seed, seed_owned = np.ones(root.data.shape, dtype=root.data.dtype), True
     else:
-        seed = gradient.data if isinstance(gradient, Tensor) else np.asarray(gradient)
-        seed_owned = False  # the caller's
+        seed, seed_owned = np.asarray(gradient), False  # the caller's
         if seed.shape != root.data.shape:
             raise RuntimeError(
                 f"Mismatch in shape: grad_output[0] has a shape of {_size(seed.shape)} and "
@@ -285,32 +303,24 @@ def run_backward(
             seed, seed_owned = seed.astype(root.data.dtype), True
 
     if root.grad_fn is None:
-        _accumulate(root, seed, seed_owned)
-        return
-
-    for tensor, g, owned in _propagate(root.grad_fn, seed, seed_owned, keep=bool(retain_graph)):
-        # Like torch's AccumulateGrad, a leaf may keep the array itself (no copy, no second
-        # buffer at the memory peak) when the engine owns it; the caller's gradient, saved
-        # arrays, views and an array already handed to another input are copied.
-        _accumulate(tensor, g, owned)
+        return [LeafGrad(root, seed, seed_owned)]
+    return _propagate(root.grad_fn, seed, seed_owned, keep=bool(retain_graph))
 
 
-def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool
-               ) -> list[tuple[Tensor, np.ndarray, bool]]:
+def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool) -> list[LeafGrad]:
     """Runs the nodes in torch's order; returns each reached leaf with its summed gradient and
     whether the engine owns that array (see `_owned`), in the order the leaves were reached."""
     dependencies = _topological_dependencies(root)
     buffers: dict[Node, np.ndarray] = {root: seed}
     owned_buffers: set[Node] = {root} if seed_owned else set()  # buffers the engine owns
-    leaf_grads: dict[int, tuple[Tensor, np.ndarray, bool]] = {}
+    leaf_grads: dict[int, LeafGrad] = {}
     ready: list[tuple[int, Node]] = [(-root.sequence_nr, root)]
     while ready:
         node = heapq.heappop(ready)[1]
         grad = buffers.pop(node)
         grad_owned = node in owned_buffers
-        retained = node.retained() if node.retained is not None else None
-        if retained is not None:
-            _retain(retained, grad)
+        if node.retained is not None:
+            node.retained(grad)
         grads = node.apply(grad, grad_owned)
         if not keep:
             node.release()
@@ -322,9 +332,9 @@ def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool
                 key = id(tensor)
                 previous = leaf_grads.get(key)
                 if previous is not None:
-                    g = previous[1] + g
+                    g = previous.grad + g
                     owned = _owned(g, ())
-                leaf_grads[key] = (tensor, g, owned)
+                leaf_grads[key] = LeafGrad(tensor, g, owned)
                 continue
             if parent in buffers:
                 g = buffers[parent] + g
@@ -338,26 +348,3 @@ def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool
             if dependencies[parent] == 0:
                 heapq.heappush(ready, (-parent.sequence_nr, parent))
     return list(leaf_grads.values())
-
-
-def _accumulate(tensor: Tensor, grad: np.ndarray, owned: bool = False) -> None:
-    """AccumulateGrad: the first time store a new tensor (holding `grad` itself when the caller
-    owns it and its dtype fits, else a copy); afterwards add in place."""
-    from refimpl.tensor import Tensor
-
-    if tensor.grad is None:
-        keep_array = owned and grad.dtype == tensor.data.dtype
-        tensor.grad = Tensor._wrap(
-            grad if keep_array else np.array(grad, dtype=tensor.data.dtype, copy=True))
-    else:
-        np.add(tensor.grad.data, grad, out=tensor.grad.data, casting="unsafe")
-        tensor.grad._version += 1
-
-
-def _retain(tensor: Tensor, grad: np.ndarray) -> None:
-    """retain_grad's hook: unlike a leaf's, a non-leaf's .grad is replaced, not updated in place
-    (torch: `grad = grad.clone()` the first time, `grad = grad + new` afterwards)."""
-    from refimpl.tensor import Tensor
-
-    total = np.array(grad, copy=True) if tensor.grad is None else tensor.grad.data + grad
-    tensor.grad = Tensor._wrap(total)

@@ -8,9 +8,10 @@ requires grad, records a `Node` so that `backward()` can run the row's derivativ
 from __future__ import annotations
 
 import builtins
+import weakref
 from collections import namedtuple
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -277,8 +278,11 @@ class Tensor:
                  create_graph: builtins.bool = False) -> None:
         if create_graph:
             raise NotImplementedError("refimpl does not record higher-order gradients")
+        seed = gradient.data if isinstance(gradient, Tensor) else gradient
         with np.errstate(all="ignore"):
-            autograd.run_backward(self, gradient, retain_graph)
+            for leaf in autograd.run_backward(self, seed, retain_graph):
+                # Every tensor in a refimpl graph is a Tensor.
+                _accumulate(cast(Tensor, leaf.tensor), leaf.grad, leaf.owned)
 
     def requires_grad_(self, requires_grad: builtins.bool = True) -> Tensor:
         if self.grad_fn is not None:
@@ -298,9 +302,7 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("can't retain_grad on Tensor that has requires_grad=False")
         if self.grad_fn is not None:
-            import weakref
-
-            self.grad_fn.retained = weakref.ref(self)
+            self.grad_fn.retained = _RetainGrad(self)
 
     @property
     def retains_grad(self) -> builtins.bool:
@@ -699,6 +701,37 @@ class Tensor:
 
     def is_floating_point(self) -> builtins.bool:
         return self.data.dtype.kind == "f"
+
+
+def _accumulate(tensor: Tensor, grad: np.ndarray, owned: builtins.bool) -> None:
+    """torch's AccumulateGrad, for a leaf's gradient from `autograd.run_backward`: the first time
+    store a new tensor (holding `grad` itself when the engine owns it and its dtype fits, else a
+    copy); afterwards add in place, so that a reference to `.grad` taken earlier sees the sum."""
+    if tensor.grad is None:
+        keep_array = owned and grad.dtype == tensor.data.dtype
+        tensor.grad = Tensor._wrap(
+            grad if keep_array else np.array(grad, dtype=tensor.data.dtype, copy=True))
+    else:
+        np.add(tensor.grad.data, grad, out=tensor.grad.data, casting="unsafe")
+        tensor.grad._version += 1
+
+
+class _RetainGrad:
+    """retain_grad's hook on a node, called with the gradient the node receives. Unlike a leaf's,
+    a non-leaf's .grad is replaced, not updated in place (torch: `grad = grad.clone()` the first
+    time, `grad = grad + new` afterwards), and never keeps the engine's array."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = weakref.ref(tensor)
+
+    def __call__(self, grad: np.ndarray) -> None:
+        tensor = self.tensor()
+        if tensor is None:
+            return
+        total = np.array(grad, copy=True) if tensor.grad is None else tensor.grad.data + grad
+        tensor.grad = Tensor._wrap(total)
 
 
 MaxResult = namedtuple("MaxResult", ["values", "indices"])  # torch.return_types.max

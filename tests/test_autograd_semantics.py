@@ -773,6 +773,19 @@ def test_leaf_grads_alias_nothing(name: str, seeded: bool) -> None:
 # refimpl is numpy-only -------------------------------------------------------------------------
 
 
+def test_the_engine_imports_no_tensor_module() -> None:
+    """autograd knows tensors only through a Protocol: refimpl.tensor imports it, never the
+    reverse (not even lazily or for type checking)."""
+    import ast
+
+    tree = ast.parse((REPO / "refimpl" / "autograd.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                 for alias in node.names}
+    assert imported <= {"__future__", "functools", "heapq", "itertools", "threading",
+                        "collections.abc", "typing", "numpy", "refimpl.ops"}, imported
+
+
 def test_importing_refimpl_never_imports_torch() -> None:
     modules = ["refimpl", "refimpl.functional"]
     if importlib.util.find_spec("refimpl.nn") is not None:
