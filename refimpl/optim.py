@@ -27,17 +27,18 @@ their buffers unless the dict is deep-copied first.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from refimpl.autograd import enable_grad, no_grad
-from refimpl.rounding import Rounding, add_scaled
+from refimpl.rounding import Rounding, add_scaled, addcdiv, addcmul, lerp
 from refimpl.tensor import Tensor
 
 StateDict = dict[str, Any]
@@ -209,6 +210,12 @@ class Optimizer:
                     p.grad.requires_grad_(False)
                 p.grad.zero_()
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """What `load_state_dict` ends with, as in torch: subclasses fill in what older state
+        dicts lack (Adam: group options, a Python-number `step` made a tensor)."""
+        self.__dict__.update(state)
+        self.defaults.setdefault("differentiable", False)
+
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         raise NotImplementedError
 
@@ -248,7 +255,7 @@ class Optimizer:
         state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for key, value in state_dict["state"].items():
             if key in id_map:
-                state[id_map[key]] = _cast(id_map[key], value)
+                state[id_map[key]] = _cast(id_map[key], value, key, state_dict["param_groups"])
             else:
                 state[key] = value
 
@@ -258,22 +265,31 @@ class Optimizer:
                 new_group["param_names"] = group["param_names"]
             return new_group
 
-        self.param_groups = [update_group(g, ng)
-                             for g, ng in zip(groups, saved_groups, strict=True)]
-        self.state = state
+        self.__setstate__({"state": state,
+                           "param_groups": [update_group(g, ng)
+                                            for g, ng in zip(groups, saved_groups, strict=True)]})
 
 
-def _cast(param: Tensor, value: Any) -> Any:
+def _cast(param: Tensor, value: Any, param_id: Any = None,
+          param_groups: list[dict[str, Any]] | None = None, key: Any = None) -> Any:
     """torch's Optimizer._cast: tensors take the parameter's dtype (kept as they are when it
-    already matches), containers are rebuilt, anything else is kept."""
+    already matches), except a `step`, which is kept as it is, or made float32 when the loaded
+    group of its parameter is fused or capturable; containers are rebuilt, anything else is
+    kept."""
     if isinstance(value, Tensor):
+        if key == "step":
+            group = next((g for g in param_groups or () if param_id in g["params"]), {})
+            if group.get("fused", False) or group.get("capturable", False):
+                return value.to(np.float32)
+            return value
         if param.is_floating_point() and value.dtype != param.dtype:
             return value.to(param.dtype).detach()
         return value
     if isinstance(value, dict):
-        return {k: _cast(param, v) for k, v in value.items()}
+        return {k: _cast(param, v, param_id, param_groups, k) for k, v in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, str | bytes):
-        return type(value)(_cast(param, v) for v in value)  # type: ignore[call-arg]
+        return type(value)(_cast(param, v, param_id, param_groups)  # type: ignore[call-arg]
+                           for v in value)
     return value
 
 
@@ -450,3 +466,405 @@ class SGD(Optimizer):
                 buffers[i] = Tensor._wrap(value.copy() if flat else buffer)
             elif flat:
                 buffers[i].data[...] = value  # type: ignore[union-attr]
+
+
+# --- Adam and AdamW ------------------------------------------------------------------------------
+
+Sqrt = Callable[[np.ndarray], np.ndarray]
+
+
+class AdamScalars(NamedTuple):
+    """The scalars of one Adam step, typed as torch's kernels receive them: a Python float where
+    torch passes a Python number or a Scalar argument (rounded to the computation's dtype at the
+    kernel, as numpy rounds a Python float meeting an array: NEP 50), a numpy scalar where torch
+    passes a 0-dim tensor (`decay`, `beta2` and `bias_correction2_sqrt` when lr or the betas are
+    tensors). `loop_scalars` and `fused_scalars` compute them as each torch path does."""
+
+    weight_decay: float | None  # λ of g ← g + λθ (Adam's L2 penalty); None: no such line
+    decay: float | np.floating | None  # 1 − γλ of θ ← θ(1 − γλ) (AdamW); None: no such line
+    one_minus_beta1: float | np.floating  # 1 − β₁: lerp's weight
+    beta2: float | np.floating
+    one_minus_beta2: float
+    step_size: float  # γ / (1 − β₁ᵗ)
+    bias_correction2_sqrt: float | np.floating  # √(1 − β₂ᵗ)
+    eps: float
+
+
+def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
+                exp_avg_sq: np.ndarray, max_exp_avg_sq: np.ndarray | None, s: AdamScalars, *,
+                maximize: bool, rounding: Rounding, sqrt: Sqrt = np.sqrt,
+                fused_tail: np.ndarray | None = None) -> None:
+    """One step of one parameter (or of a flat batch of them), in place on `param` and the
+    moments (`max_exp_avg_sq` is None without amsgrad). Each line is a line of torch's
+    documented algorithm, rounded as torch's kernels round it: `rounding` is the CPU
+    capability's (fma or two roundings), `sqrt` the square root of the torch path (torch's
+    for-loop and foreach paths call MKL's, see `Adam`), `fused_tail` the flat indices that
+    torch's fused kernel treats as its scalar tail (see `_second_moment`). An in-place line
+    stores into the moment's or parameter's dtype, whatever dtype numpy computed it in. Quiet
+    about overflow and NaN, as torch is."""
+    with np.errstate(all="ignore"):
+        g = -grad if maximize else grad
+        if s.decay is not None:
+            param *= s.decay  # θ ← θ(1 − γλ)
+        if s.weight_decay is not None:
+            g = add_scaled(g, param, s.weight_decay, rounding)  # g ← g + λθ
+        exp_avg[...] = lerp(exp_avg, g, s.one_minus_beta1, rounding)  # m ← β₁m + (1 − β₁)g
+        exp_avg_sq[...] = _second_moment(exp_avg_sq, g, s, rounding, fused_tail)  # β₂v + (1 − β₂)g²
+        v = exp_avg_sq
+        if max_exp_avg_sq is not None:
+            v = np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)  # v ← max(v_max, v)
+        denom = sqrt(v) / s.bias_correction2_sqrt + s.eps  # √v / √(1 − β₂ᵗ) + ε
+        param[...] = addcdiv(param, exp_avg, denom, -s.step_size)  # θ − γ/(1 − β₁ᵗ) · m / denom
+
+
+def _second_moment(v: np.ndarray, g: np.ndarray, s: AdamScalars, rounding: Rounding,
+                   fused_tail: np.ndarray | None) -> np.ndarray:
+    """β₂v + (1 − β₂)g². torch's `v.mul_(β₂).addcmul_(g, g, value=1 − β₂)` rounds it as
+    fma((1 − β₂)·g, g, β₂·v), β₂·v stored in v's dtype, and so does the fused kernel's vector
+    body; the fused kernel's scalar tail (the compiler's contraction of its expression) rounds
+    it as fma(v, β₂, (1 − β₂)·g·g)."""
+    body = addcmul(np.asarray(v * s.beta2).astype(v.dtype, copy=False), g, g, s.one_minus_beta2,
+                   rounding)
+    if fused_tail is None or rounding == "separate" or not fused_tail.size:
+        return body
+    tail_g = g.reshape(-1)[fused_tail]
+    square = (v.dtype.type(s.one_minus_beta2) * tail_g) * tail_g
+    body.reshape(-1)[fused_tail] = add_scaled(square, v.reshape(-1)[fused_tail], s.beta2, rounding)
+    return body
+
+
+def _hyperparameter(value: Any) -> Any:
+    """A hyperparameter as torch's step functions see it (`_to_scalar`): a Python number, or a
+    one-element tensor, here its numpy scalar (numpy's rules for a Python number meeting a numpy
+    scalar, NEP 50, are torch's for a Python number meeting a 0-dim tensor: the number is rounded
+    to the tensor's dtype first; and two numpy scalars promote as two 0-dim tensors do)."""
+    return value.data.reshape(())[()] if isinstance(value, Tensor) else value
+
+
+def _pow(base: Any, exponent: float) -> Any:
+    """`base ** exponent` in torch's Python code: C's pow for a Python float; for a tensor, torch's
+    pow kernel: the base itself at 1, base·base and base·base·base at 2 and 3, otherwise pow in
+    double rounded to the tensor's dtype."""
+    if not isinstance(base, np.floating):
+        return base ** exponent
+    if exponent == 0:
+        return type(base)(1)
+    if exponent == 1:
+        return base
+    if exponent == 2:
+        return base * base
+    if exponent == 3:
+        return base * base * base
+    return type(base)(math.pow(float(base), exponent))
+
+
+def _true_divide(a: Any, b: Any) -> Any:
+    """`a / b` in torch's Python code. A Python number over a tensor is the tensor's reciprocal
+    times the number (torch's Tensor.__rtruediv__), not a division."""
+    if isinstance(b, np.floating) and not isinstance(a, np.floating):
+        return (1 / b) * a
+    return a / b
+
+
+def loop_scalars(group: dict[str, Any], step: float, dtype: np.dtype, zero_dim: bool,
+                 sqrt: Sqrt = np.sqrt) -> AdamScalars:
+    """The scalars as torch's for-loop and foreach paths compute them at step t: in Python
+    doubles for Python numbers, in the tensor's dtype (with torch's tensor operations) where lr
+    or the betas are tensors. A tensor β₁ is cast to the parameters' dtype before 1 − β₁; the
+    other tensors are cast to it at the kernel, except for a 0-dim parameter (`zero_dim`), which
+    torch computes with them in the dtype they promote to (float64 beside a float64 tensor)."""
+    lr, eps, weight_decay = (_hyperparameter(group[k]) for k in ("lr", "eps", "weight_decay"))
+    beta1, beta2 = (_hyperparameter(b) for b in group["betas"])
+
+    def operand(value: Any) -> Any:  # a 0-dim tensor as the operand of a tensor operation
+        return dtype.type(value) if isinstance(value, np.floating) and not zero_dim else value
+
+    with np.errstate(all="ignore"):
+        bias_correction1 = 1 - _pow(beta1, step)
+        bias_correction2 = 1 - _pow(beta2, step)
+        step_size = _true_divide(lr, bias_correction1)
+        bias_correction2_sqrt = bias_correction2 ** 0.5 if isinstance(bias_correction2, float) \
+            else sqrt(np.asarray(bias_correction2))[()]  # a tensor's ** 0.5 is its sqrt()
+        device_beta1 = dtype.type(beta1) if isinstance(beta1, np.floating) else beta1
+        decoupled = group["decoupled_weight_decay"]
+        return AdamScalars(
+            weight_decay=float(weight_decay) if weight_decay != 0 and not decoupled else None,
+            decay=operand(1 - lr * weight_decay) if weight_decay != 0 and decoupled else None,
+            one_minus_beta1=1 - device_beta1, beta2=operand(beta2),
+            one_minus_beta2=float(1 - beta2), step_size=float(step_size),
+            bias_correction2_sqrt=operand(bias_correction2_sqrt), eps=float(eps))
+
+
+def fused_scalars(group: dict[str, Any], step: float) -> AdamScalars:
+    """The scalars as torch's fused CPU kernel computes them: every hyperparameter as a double
+    (a tensor's value included), the bias corrections with C's pow and sqrt."""
+    lr, eps, weight_decay = (float(group[k]) for k in ("lr", "eps", "weight_decay"))
+    beta1, beta2 = (float(b) for b in group["betas"])
+    bias_correction1 = 1 - math.pow(beta1, step)
+    bias_correction2 = 1 - math.pow(beta2, step)
+    with np.errstate(all="ignore"):
+        step_size = float(np.float64(lr) / bias_correction1)  # C's division, ±inf at zero
+    decoupled = group["decoupled_weight_decay"]
+    return AdamScalars(
+        weight_decay=weight_decay if weight_decay != 0 and not decoupled else None,
+        decay=1 - lr * weight_decay if weight_decay != 0 and decoupled else None,
+        one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2, step_size=step_size,
+        bias_correction2_sqrt=math.sqrt(bias_correction2) if bias_correction2 >= 0 else math.nan,
+        eps=eps)
+
+
+def _to_scalar(value: Any) -> Any:
+    """torch.optim's _to_scalar: a one-element tensor with dimensions becomes 0-dim."""
+    return value.squeeze() if isinstance(value, Tensor) and value.dim() != 0 else value
+
+
+_CAPTURABLE_DEVICES = ["cuda", "xpu", "hpu", "privateuseone"]
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (and, with decoupled_weight_decay=True, AdamW), reproducing the rounding
+    of the torch path its flags select: the for-loop (foreach False or None), foreach (True) or
+    fused (fused=True) implementation, at the CPU capability `cpu_capability` (as for SGD).
+
+    What `step()` does for each parameter that has a gradient (`adam_update`):
+
+        g ← -∇ if maximize else ∇
+        θ ← θ(1 − γλ)                       if decoupled_weight_decay (AdamW) and λ ≠ 0
+        g ← g + λθ                          if not decoupled and λ ≠ 0
+        m ← lerp(m, g, 1 − β₁)              = β₁m + (1 − β₁)g
+        v ← β₂v + (1 − β₂)g²
+        v_max ← max(v_max, v)               if amsgrad (then used for v below)
+        θ ← θ − γ/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+
+    with t the parameter's own step count, `state["step"]`, a 0-dim float32 tensor as in torch.
+    Parameters whose `.grad` is None are skipped entirely; a zero gradient is not.
+
+    Bit for bit: the fused path, and the for-loop and foreach paths with one exception: the
+    square root. torch's CPU `Tensor.sqrt()` calls MKL's vsSqrt/vdSqrt (HA mode), which is not
+    correctly rounded (measured on an AMD EPYC: 1 ULP off in 17% of float32 and 1.2% of float64
+    inputs, an error up to 0.75 ULP) and whose bits depend on the CPU MKL dispatches to. refimpl
+    takes the square root as `sqrt` (refimpl's addition, an elementwise function on numpy
+    arrays); left unset it is numpy's, correctly rounded, and then θ may differ from torch's:
+    by at most 2 ULP of max(|θ before|, |θ after|) per step (measured, see
+    tests/test_adam_bitwise.py), while m, v, v_max and step stay bitwise as long as θ does not
+    feed back into g (λ = 0 or AdamW). Given torch's square root, every path is bitwise.
+
+    Not reproduced: a parameter listed twice in a group is stepped twice in sequence by the
+    for-loop path and by the fused path (both as torch does), but torch's foreach path
+    interleaves the two steps op by op, which refimpl does not. `differentiable=True` raises
+    NotImplementedError; `capturable=True` raises torch's AssertionError at the first step (no
+    CPU tensor is capturable), except on the fused path, which ignores it.
+    """
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
+                 betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
+                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
+                 fused: bool | None = None, decoupled_weight_decay: bool = False,
+                 cpu_capability: str | None = None, sqrt: Sqrt | None = None) -> None:
+        if isinstance(lr, Tensor):
+            if foreach and not capturable:
+                raise ValueError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+            if lr.numel() != 1:
+                raise ValueError("Tensor lr must be 1-element")
+        if not 0.0 <= lr:  # noqa: SIM300 (torch's comparison, torch's TypeError)
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if not 0.0 <= eps:  # noqa: SIM300 (torch's comparison, torch's TypeError)
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not 0.0 <= betas[0] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 0: {betas[0]}")
+        if not 0.0 <= betas[1] < 1.0:
+            raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
+        if not 0.0 <= weight_decay:  # noqa: SIM300 (torch's comparison, torch's TypeError)
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
+                or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
+            raise ValueError("betas must be either both floats or both Tensors")
+        for i in (0, 1):
+            if isinstance(betas[i], Tensor):
+                if not capturable and foreach:
+                    raise ValueError(f"betas[{i}] as a Tensor is not supported for "
+                                     "capturable=False and foreach=True")
+                if betas[i].numel() != 1:
+                    raise ValueError(f"Tensor betas[{i}] must be 1-element")
+        betas = tuple(map(_to_scalar, betas))  # type: ignore[assignment]
+        defaults = {
+            "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
+            "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
+            "capturable": capturable, "differentiable": differentiable, "fused": fused,
+            "decoupled_weight_decay": decoupled_weight_decay,
+        }
+        super().__init__(params, defaults)
+        if fused:
+            if differentiable:
+                raise RuntimeError("`fused` does not support `differentiable`")
+            if foreach:
+                raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+        self.cpu_capability = _checked(cpu_capability or detected_capability())
+        self.rounding: Rounding = rounding_for_capability(self.cpu_capability)
+        self.sqrt: Sqrt = np.sqrt if sqrt is None else sqrt
+        if differentiable:
+            raise NotImplementedError(
+                f"refimpl's {type(self).__name__} does not differentiate through step()")
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group.setdefault("amsgrad", False)
+            group.setdefault("maximize", False)
+            group.setdefault("foreach", None)
+            group.setdefault("capturable", False)
+            group.setdefault("differentiable", False)
+            group.setdefault("decoupled_weight_decay", False)
+            group.setdefault("fused", None)
+            for p in group["params"]:
+                p_state = self.state.get(p, [])
+                if len(p_state) != 0 and not isinstance(p_state["step"], Tensor):
+                    p_state["step"] = Tensor._wrap(  # type: ignore[call-overload]
+                        np.array(float(p_state["step"]), np.float32))
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Runs `closure` (with grad enabled) if given, updates every parameter that has a
+        gradient, and returns the closure's loss. State is created, and bad groups refused, in
+        torch's order, so that a failing step leaves what torch's leaves."""
+        loss = None
+        if closure is not None:
+            with enable_grad():
+                loss = closure()
+        with no_grad():
+            for group in self.param_groups:
+                beta1, beta2 = group["betas"]
+                entries = self._init_group(group)
+                if entries:
+                    self._check_path(group, beta1, beta2)
+                    self._update_group(group, entries)
+        return loss
+
+    def _init_group(self, group: dict[str, Any]) -> list[tuple[Tensor, dict[str, Any]]]:
+        """torch's Adam._init_group: the parameters with a gradient and their state, created
+        (zeros, step 0) where empty."""
+        entries = []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state[p]
+            if len(state) == 0:
+                state["step"] = Tensor._wrap(np.zeros((), np.float32))
+                state["exp_avg"] = Tensor._wrap(np.zeros_like(p.data))
+                state["exp_avg_sq"] = Tensor._wrap(np.zeros_like(p.data))
+                if group["amsgrad"]:
+                    state["max_exp_avg_sq"] = Tensor._wrap(np.zeros_like(p.data))
+            # looked up in torch's order: a state without them fails with torch's KeyError
+            needed = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+            for name in needed:
+                state[name]
+            if group["foreach"] and isinstance(group["lr"], Tensor) and not group["capturable"]:
+                raise RuntimeError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+            state["step"]
+            entries.append((p, state))
+        return entries
+
+    @staticmethod
+    def _check_path(group: dict[str, Any], beta1: Any, beta2: Any) -> None:
+        """What torch's chosen path refuses before it changes anything."""
+        if group["fused"]:
+            return  # the fused path ignores capturable
+        devices = _CAPTURABLE_DEVICES
+        if group["foreach"]:
+            lr = group["lr"]
+            if isinstance(lr, Tensor) and not group["capturable"]:
+                raise RuntimeError(
+                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+            for name, beta in (("beta1", beta1), ("beta2", beta2)):
+                if isinstance(beta, Tensor) and not group["capturable"]:
+                    raise ValueError(f"{name} as a Tensor is not supported for "
+                                     "capturable=False and foreach=True")
+        else:
+            devices = [*devices, "xla"]
+        if group["capturable"]:
+            raise AssertionError("If capturable=True, params and state_steps must be on "
+                                 f"supported devices: {devices}.")
+
+    def _update_group(self, group: dict[str, Any],
+                      entries: list[tuple[Tensor, dict[str, Any]]]) -> None:
+        """adam_update over the group: the k-th listing of a parameter in the k-th round. The
+        for-loop (and foreach) path counts a step just before using it; the fused path counts
+        every step first, then runs its kernel on each listed tensor in turn."""
+        fused = bool(group["fused"])
+        if fused:
+            for _, state in entries:
+                state["step"].data += 1
+        seen: dict[int, int] = defaultdict(int)
+        rounds: dict[int, list[tuple[Tensor, dict[str, Any]]]] = defaultdict(list)
+        for p, state in entries:
+            rounds[seen[id(p)]].append((p, state))
+            seen[id(p)] += 1
+        for k in sorted(rounds):
+            batches: dict[tuple[Any, ...], list[tuple[Tensor, dict[str, Any]]]] = {}
+            for i, (p, state) in enumerate(rounds[k]):
+                if not fused:
+                    state["step"].data += 1
+                step = float(np.float32(state["step"].data)) if fused \
+                    else float(state["step"].data)
+                # large tensors are stepped where they lie, and 0-dim ones alone (torch computes
+                # them with 0-dim tensor hyperparameters in the dtype both promote to)
+                alone = p.data.size >= BATCH_BELOW or p.data.ndim == 0
+                key = (p.dtype, step, i if alone else None)
+                batches.setdefault(key, []).append((p, state))
+            for (dtype, step, _), batch in batches.items():
+                scalars = fused_scalars(group, step) if fused else \
+                    loop_scalars(group, step, dtype, batch[0][0].data.ndim == 0, self.sqrt)
+                self._step_batch(group, batch, scalars, fused)
+
+    def _step_batch(self, group: dict[str, Any], batch: list[tuple[Tensor, dict[str, Any]]],
+                    scalars: AdamScalars, fused: bool) -> None:
+        """adam_update on the batch's parameters: in place for one, else on their flat
+        concatenation, scattered back afterwards."""
+        ps = [p for p, _ in batch]
+        names = ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if group["amsgrad"] else [])
+        moments = [[state[name] for _, state in batch] for name in names]
+        flat = len(batch) > 1
+        sizes = [p.data.size for p in ps]
+        splits = np.cumsum(sizes[:-1])
+
+        def gather(arrays: list[np.ndarray]) -> np.ndarray:
+            return np.concatenate([a.reshape(-1) for a in arrays]) if flat else arrays[0]
+
+        tail = None
+        if fused:
+            tail = np.concatenate([start + _fused_tail(n, p.data.dtype)
+                                   for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
+        param = gather([p.data for p in ps])
+        arrays = [gather([t.data for t in tensors]) for tensors in moments]
+        adam_update(param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
+                    arrays[0], arrays[1], arrays[2] if group["amsgrad"] else None, scalars,
+                    maximize=group["maximize"], rounding=self.rounding,
+                    sqrt=np.sqrt if fused else self.sqrt, fused_tail=tail)
+        for tensors, array in zip([ps, *moments], [param, *arrays], strict=True):
+            for t, piece in zip(tensors, np.split(array.reshape(-1), splits), strict=True):
+                if flat:
+                    t.data[...] = piece.reshape(t.data.shape)
+                t._version += 1
+
+
+class AdamW(Adam):
+    """torch.optim.AdamW: Adam with decoupled weight decay (θ ← θ(1 − γλ)), λ = 0.01 by default;
+    `decoupled_weight_decay` stays True whatever a loaded state dict says, as in torch."""
+
+    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
+                 betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
+                 foreach: bool | None = None, capturable: bool = False,
+                 differentiable: bool = False, fused: bool | None = None,
+                 cpu_capability: str | None = None, sqrt: Sqrt | None = None) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
+                         maximize=maximize, capturable=capturable,
+                         differentiable=differentiable, fused=fused,
+                         decoupled_weight_decay=True, cpu_capability=cpu_capability, sqrt=sqrt)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:
+            group["decoupled_weight_decay"] = True

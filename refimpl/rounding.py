@@ -1,4 +1,6 @@
-"""Rounding models for torch's CPU `add(other, alpha=...)`: one rounding (FMA) or two.
+"""Rounding models for torch's CPU `add(other, alpha=...)`: one rounding (FMA) or two; and the
+kernels built on it that the optimizers use (`lerp`, `addcmul`, `addcdiv`), rounded as torch's
+CPU kernels round them.
 
 numpy has no fused multiply-add, so `fma` emulates one, exactly and vectorised, in blocks that
 stay in cache (the optimizer calls it on up to 10^7 elements):
@@ -108,6 +110,52 @@ def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float, rounding: Rounding) -
         if rounding == "separate":
             return np.asarray(a + scale * b)
     raise ValueError(f"rounding must be 'fused' or 'separate', got {rounding!r}")
+
+
+def lerp(start: np.ndarray, end: np.ndarray, weight: float | np.floating,
+         rounding: Rounding) -> np.ndarray:
+    """torch's `start.lerp(end, weight)` on CPU for a scalar weight (first rounded to the dtype,
+    as torch rounds a Python scalar or casts a 0-dim tensor). torch's kernel (ATen's lerp_vec and
+    its scalar twin) picks one of two formulas by the weight, with d = end − start rounded:
+
+        |w| < 0.5:  start + w·d
+        otherwise:  end − (1 − w)·d   (as end + (w − 1)·d; w − 1 is exact negation of 1 − w)
+
+    'fused' (AVX2/AVX512): each as one fma, in the vector body and the scalar tail alike;
+    'separate' (ATEN_CPU_CAPABILITY=default): the product rounded, then the sum."""
+    start, end = np.asarray(start), np.asarray(end)
+    w = start.dtype.type(weight)
+    with np.errstate(all="ignore"):
+        d = end - start
+        if abs(w) < 0.5:
+            return add_scaled(start, d, w, rounding)
+        return add_scaled(end, d, w - start.dtype.type(1), rounding)
+
+
+def addcmul(a: np.ndarray, t1: np.ndarray, t2: np.ndarray, value: float | np.floating,
+            rounding: Rounding) -> np.ndarray:
+    """torch's `a.addcmul(t1, t2, value=value)` on CPU: a + (value·t1)·t2 with value rounded to the
+    dtype and value·t1 rounded first (the kernel's `self + scalar * t1 * t2`); 'fused': the rest
+    is fma(value·t1, t2, a) (the compiler contracts it, body and tail alike), 'separate': rounded
+    twice more."""
+    a = np.asarray(a)
+    with np.errstate(all="ignore"):
+        product = a.dtype.type(value) * np.asarray(t1)
+        if rounding == "fused":
+            return fma(product, np.asarray(t2), a)
+        if rounding == "separate":
+            return np.asarray(a + product * t2)
+    raise ValueError(f"rounding must be 'fused' or 'separate', got {rounding!r}")
+
+
+def addcdiv(a: np.ndarray, t1: np.ndarray, t2: np.ndarray, value: float) -> np.ndarray:
+    """torch's `a.addcdiv(t1, t2, value=value)` on CPU: a + (value·t1)/t2, every operation
+    rounded (a division sits between the product and the sum, so no capability fuses anything
+    here), in the dtype the three promote to (numpy's promotion of arrays is torch's of
+    tensors of one dimensionality), value rounded to it first."""
+    dtype = np.result_type(a, t1, t2)
+    with np.errstate(all="ignore"):
+        return np.asarray(a + (dtype.type(value) * np.asarray(t1)) / t2)
 
 
 def _flat(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
