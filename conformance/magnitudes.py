@@ -9,13 +9,13 @@ absolute value (|W| for a weight, 1 + y² for tanh's 1 − y², (|out| + |y|) fo
 seeded with non-negative gradients so nothing cancels. This is the classical running error
 bound of backward error analysis: an element's error is at most a few ULPs of this magnitude.
 
-`gradient_magnitudes(spec, dtype, values, batch_seed)` returns, per parameter, that magnitude
-(elementwise). torch computes it; the forward values are the real ones.
+`conformance.models.gradient_magnitudes(spec, dtype, values, batch_seed)` returns, per
+parameter, that magnitude (elementwise). torch computes it; the forward values are the real ones.
 
 That bounds the backward pass's own rounding. The forward values it reads carry rounding too,
 which cancellation can make large next to the values themselves (gelu's 1 + erf): `ForwardErrors`
 below records, for every rounded forward value, what its rounding is bounded by, and
-`models.forward_error_bounds` carries those bounds into the gradient to first order.
+`conformance.models.forward_error_bounds` carries those bounds into the gradient to first order.
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ class _Magnitude(torch.autograd.Function):
                               for gr, x in zip(grads, ctx.inputs, strict=True)))
 
 
-def _apply(forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any) -> Any:
+def with_rule(forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any) -> Any:
+    """forward(*inputs), whose backward pass is the magnitude rule `backward(g, inputs, y)`:
+    non-negative gradients in, one per input out (None for an input that takes none)."""
     return _Magnitude.apply(forward, backward, *inputs)
 
 
@@ -71,7 +73,6 @@ _ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
     "gelu": (TF.gelu, lambda x, y: 0.5 * (1 + torch.erf(x.abs() / math.sqrt(2)))
              + x.abs() * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)),  # Φ + xφ
     "gelu_tanh": (lambda x: TF.gelu(x, approximate="tanh"), lambda x, y: _gelu_tanh_terms(x)),
-    "elu": (lambda x: TF.elu(x, 1.0), lambda x, y: torch.where(x > 0, 1.0, y.abs() + 1.0)),
     "silu": (TF.silu, lambda x, y: _silu_terms(x)),
     "softplus": (lambda x: TF.softplus(x, 1.0, 20.0), lambda x, y: torch.sigmoid(x)),
 }
@@ -90,7 +91,13 @@ def _silu_terms(x: torch.Tensor) -> torch.Tensor:
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:
     forward, terms = _ACTIVATIONS[name]
-    return _apply(forward, lambda g, inputs, y: (g * terms(inputs[0], y),), x)
+    return with_rule(forward, lambda g, inputs, y: (g * terms(inputs[0], y),), x)
+
+
+def elu(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """elu(x, alpha), whose derivative y + alpha (x <= 0) is taken as |y| + alpha."""
+    return with_rule(lambda x: TF.elu(x, alpha),
+                     lambda g, i, y: (g * torch.where(i[0] > 0, 1.0, y.abs() + alpha),), x)
 
 
 def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
@@ -129,24 +136,24 @@ def _layer_norm_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tens
 
 
 class MagnitudeFunctional:
-    """The functional API models.py's forward uses, with magnitude backward rules."""
+    """The functional API conformance.models.forward uses, with magnitude backward rules."""
 
-    wraps_activations = True  # models.py calls F.tanh / F.sigmoid, not Tensor.tanh
+    wraps_activations = True  # the forward calls F.tanh / F.sigmoid, not Tensor.tanh
 
     def linear(self, x: Any, w: Any, b: Any = None) -> Any:
-        return _apply(TF.linear, _linear_backward, x, w, b)
+        return with_rule(TF.linear, _linear_backward, x, w, b)
 
     def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return _apply(lambda *a: TF.conv1d(*a, stride=stride, padding=padding),
-                      _conv_backward(1, stride, padding), x, w, b)
+        return with_rule(lambda *a: TF.conv1d(*a, stride=stride, padding=padding),
+                         _conv_backward(1, stride, padding), x, w, b)
 
     def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return _apply(lambda *a: TF.conv2d(*a, stride=stride, padding=padding),
-                      _conv_backward(2, stride, padding), x, w, b)
+        return with_rule(lambda *a: TF.conv2d(*a, stride=stride, padding=padding),
+                         _conv_backward(2, stride, padding), x, w, b)
 
     def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
-        return _apply(lambda x, w, b: TF.layer_norm(x, shape, w, b), _layer_norm_backward,
-                      x, w, b)
+        return with_rule(lambda x, w, b: TF.layer_norm(x, shape, w, b), _layer_norm_backward,
+                         x, w, b)
 
     # no cancellation in these backward passes (sums of non-negative terms)
     embedding = staticmethod(TF.embedding)
@@ -163,7 +170,7 @@ class MagnitudeFunctional:
         return activation("gelu_tanh" if approximate == "tanh" else "gelu", x)
 
     def elu(self, x: Any, alpha: float = 1.0) -> Any:
-        return activation("elu", x)
+        return elu(x, alpha)
 
     def silu(self, x: Any) -> Any:
         return activation("silu", x)
@@ -178,25 +185,29 @@ class MagnitudeFunctional:
         return activation("sigmoid", x)
 
 
-def graph_op(name: str, args: list[Any], exponent: float = 2.0) -> Any | None:
-    """Magnitude versions of the graph ops whose backward can cancel; None: the standard op's
-    backward is already a sum of non-negative terms (add, reductions)."""
+def graph_op(name: str, args: list[Any], exponent: float = 2.0, alpha: float = 1.0
+             ) -> Any | None:
+    """Magnitude versions of the graph ops (see models.GraphOp) whose backward can cancel;
+    None: the standard op's backward is already a sum of non-negative terms (add, reductions),
+    or conformance.models.scales has the op's rule."""
+    if name == "elu":
+        return elu(args[0], alpha)
     if name in _ACTIVATIONS:
         return activation(name, args[0])
     if name == "sub":
-        return _apply(torch.sub, lambda g, i, y: (g, g), *args)
+        return with_rule(torch.sub, lambda g, i, y: (g, g), *args)
     if name == "mul":
-        return _apply(torch.mul, lambda g, i, y: (g * i[1].abs(), g * i[0].abs()), *args)
+        return with_rule(torch.mul, lambda g, i, y: (g * i[1].abs(), g * i[0].abs()), *args)
     if name == "div":  # a / (b² + 1)
-        return _apply(lambda a, b: a / (b * b + 1), lambda g, i, y: (
+        return with_rule(lambda a, b: a / (b * b + 1), lambda g, i, y: (
             g / (i[1] * i[1] + 1), g * i[0].abs() * 2 * i[1].abs() / (i[1] * i[1] + 1) ** 2),
             *args)
     if name == "matmul":
-        return _apply(torch.matmul, _matmul_backward, *args)
+        return with_rule(torch.matmul, _matmul_backward, *args)
     if name == "pow":
-        return _apply(lambda x: x ** exponent,
-                      lambda g, i, y: (g * abs(exponent) * i[0].abs() ** (exponent - 1),),
-                      args[0])
+        return with_rule(lambda x: x ** exponent,
+                         lambda g, i, y: (g * abs(exponent) * i[0].abs() ** (exponent - 1),),
+                         args[0])
     return None
 
 
@@ -259,7 +270,7 @@ _ROUNDING_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] 
 
 
 class ForwardErrors:
-    """The functional API models.py's forward uses, where every rounded result v_i gets a
+    """The functional API conformance.models.forward uses, where every rounded result v_i gets a
     perturbation ε_i (a zero tensor that requires grad) added, and records the magnitude T_i
     of the terms v_i rounds and the `refimpl.ops.OPS` rows that compute it.
 
