@@ -1,11 +1,13 @@
-"""`conformance`: check an optimizer against torch.optim.SGD and write a diff report.
+"""`conformance`: check an optimizer against torch.optim.SGD (or Adam, AdamW) and write a diff
+report.
 
-    conformance run [--optimizer refimpl|module:Class] [--profile ci|dev|thorough] ...
+    conformance run [--family sgd|adam|adamw] [--optimizer refimpl|module:Class]
+                    [--profile ci|dev|thorough] ...
     conformance replay REPORT.json [--case N]
-    conformance mutants [--profile ...]
+    conformance mutants [--family ...] [--profile ...]
 
 `run` reads `[tool.sgd-conformance]` from ./pyproject.toml where there is one (keys named as
-the long options: optimizer, contract, mode, reference-path, without, state-key, dtype,
+the long options: family, optimizer, contract, mode, reference-path, without, state-key, dtype,
 profile, examples, seed, timeout, max-failures, isolation, memory-limit, jobs, report-dir,
 junit);
 the command line wins.
@@ -16,8 +18,8 @@ Exit status, and no other ever escapes:
 * 1: a divergence was found (or a mutant survived), always with a complete report.
 * 2: a usage or configuration error: one line saying what to fix, decided before any program
   runs (bad options or pyproject.toml keys, an unwritable --report-dir or --junit, a
-  `module:Class` that is no SGD-like optimizer, a report `replay` cannot read, the
-  `[conformance]` extra not installed).
+  `module:Class` that does not construct like the family's torch optimizer, a report `replay`
+  cannot read, the `[conformance]` extra not installed).
 * 3: the harness itself failed, a bug in sgd-conformance and not in the optimizer under test:
   the traceback, then a line asking to file it.
 * 130: the user's own interrupt (Ctrl-C) of this process; not a verdict.
@@ -35,7 +37,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
-from conformance.options import CONTRACTS, DTYPES, FEATURES, ISOLATIONS, REFERENCE_PATHS
+from conformance.families import FAMILY_NAMES
+from conformance.families import get as get_family
+from conformance.options import CONTRACTS, DTYPES, ISOLATIONS, REFERENCE_PATHS
 
 CONFORMS, DIVERGED, USAGE_ERROR, INTERNAL_ERROR, INTERRUPTED = 0, 1, 2, 3, 130
 CONFIG_TABLE = "sgd-conformance"
@@ -43,8 +47,8 @@ PROFILE_NAMES = ("dev", "ci", "thorough")
 MODES = ("exact", "ulp", "tolerance")
 # run's options and their defaults, where neither the command line nor pyproject.toml says
 RUN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "refimpl", "contract": None, "mode": None, "reference_path": "for-loop",
-    "without": "", "state_key": "momentum_buffer", "dtype": "both", "profile": "ci",
+    "family": "sgd", "optimizer": "refimpl", "contract": None, "mode": None,
+    "reference_path": "for-loop", "without": "", "state_key": "", "dtype": "both", "profile": "ci",
     "examples": None, "seed": None, "timeout": 10.0, "max_failures": 5, "isolation": None,
     "memory_limit": 4096, "jobs": None, "report_dir": "reports", "junit": None,
 }
@@ -74,17 +78,23 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="conformance", description="Checks an optimizer against torch.optim.SGD with "
-        "Hypothesis-generated programs and writes a diff report.", epilog=EXIT_STATUSES)
+        prog="conformance", description="Checks an optimizer against torch.optim.SGD (or Adam, "
+        "AdamW) with Hypothesis-generated programs and writes a diff report.",
+        epilog=EXIT_STATUSES)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="run the conformance suite and write a report",
-        description="Checks an optimizer against torch.optim.SGD. Options may also be set in "
+        description="Checks an optimizer against its family's torch optimizer "
+                    "(torch.optim.SGD by default). Options may also be set in "
                     "./pyproject.toml under [tool.sgd-conformance], keys named as the long "
                     "options (the command line wins).", epilog=EXIT_STATUSES)
+    run.add_argument("--family", choices=FAMILY_NAMES,
+                     help="the optimizer family: sgd (default; torch.optim.SGD), adam "
+                          "(torch.optim.Adam) or adamw (torch.optim.AdamW)")
     run.add_argument("--optimizer",
-                     help="refimpl (default) or module:Class, a class constructed like "
-                          "torch.optim.SGD")
+                     help="refimpl (default: refimpl's optimizer of the family) or "
+                          "module:Class, a class constructed like the family's torch "
+                          "optimizer")
     run.add_argument("--contract", choices=CONTRACTS,
                      help="semantic (default for a module:Class): what user code can observe "
                           "(same exception classes, torch's hyperparameters in each group, "
@@ -92,14 +102,19 @@ def _parser() -> argparse.ArgumentParser:
                           "refimpl): a drop-in replacement (every group key, torch's messages "
                           "word for word, torch's side effects)")
     run.add_argument("--reference-path", choices=REFERENCE_PATHS,
-                     help="which torch.optim.SGD code path is the reference (default "
+                     help="which code path of torch's optimizer is the reference (default "
                           "for-loop); foreach/fused flags reach the optimizer only where its "
                           "constructor names them")
     run.add_argument("--without", metavar="FEATURE[,FEATURE...]",
                      help="features the optimizer does not claim, never exercised and listed "
-                          f"as not verified in the report: {', '.join(FEATURES)}")
-    run.add_argument("--state-key", metavar="NAME",
-                     help="the state key of the momentum buffer (default momentum_buffer)")
+                          "as not verified in the report: "
+                          + "; ".join(f"{name}: {', '.join(get_family(name).features)}"
+                                      for name in FAMILY_NAMES))
+    run.add_argument("--state-key", metavar="[TORCH_KEY=]KEY[,...]",
+                     help="where the optimizer keeps torch's state entries, if named "
+                          "differently: TORCH_KEY=KEY pairs (exp_avg=m,exp_avg_sq=v), or one "
+                          "name for the family's first (SGD's momentum_buffer); default: "
+                          "torch's names")
     run.add_argument("--profile", choices=PROFILE_NAMES,
                      help="programs per dtype: dev 50, ci 1,000 (default), thorough 25,000")
     run.add_argument("--examples", type=int, help="programs per dtype (overrides --profile)")
@@ -116,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="where the optimizer runs: process (default for a module:Class) "
                           "runs it in a worker process, so a crash, a hang or running out "
                           "of memory is a reported divergence, not the end of the run; none "
-                          "(default for refimpl and torch.optim:SGD) runs it in this process")
+                          "(default for refimpl and torch.optim's own classes) runs it in this "
+                          "process")
     run.add_argument("--memory-limit", type=int, metavar="MIB",
                      help="MiB of address space the worker process may add to what it "
                           "started with (default 4096; with --isolation process)")
@@ -137,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--case", type=int, default=1, help="which failure (default 1)")
     mutants = sub.add_parser("mutants", help="run the self-check catalogue, print the kill "
                                              "matrix")
+    mutants.add_argument("--family", choices=FAMILY_NAMES, default="sgd",
+                         help="whose catalogue (default sgd; autograd mutants run with sgd)")
     mutants.add_argument("--profile", choices=PROFILE_NAMES, default="ci")
     mutants.add_argument("--seed", type=int, default=0)
     return parser
@@ -262,13 +280,14 @@ def _is_int(value: Any) -> bool:
 
 def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
     """The run's options, every value checked: a bad one is a usage error before any work."""
-    from conformance.options import RunOptions, parse_features
+    from conformance.options import RunOptions, parse_features, parse_state_keys
 
     def bad(key: str, why: str) -> _UsageError:
         where = " (from pyproject.toml)" if sources[key] == "pyproject.toml" else ""
         return _UsageError(f"--{key.replace('_', '-')} {why}, got {values[key]!r}{where}")
 
-    choices = {"contract": (None, *CONTRACTS), "reference_path": REFERENCE_PATHS,
+    choices = {"family": FAMILY_NAMES, "contract": (None, *CONTRACTS),
+               "reference_path": REFERENCE_PATHS,
                "mode": (None, *MODES), "dtype": (*DTYPES, "both"), "profile": PROFILE_NAMES,
                "isolation": (None, *ISOLATIONS)}
     for key, allowed in choices.items():
@@ -288,19 +307,25 @@ def _options(values: dict[str, Any], sources: dict[str, str]) -> Any:
         raise bad("timeout", f"must be a positive number of seconds, at most {MAX_TIMEOUT:g}")
     if values["seed"] is not None and not _is_int(values["seed"]):
         raise bad("seed", "must be an integer")
-    for key in ("optimizer", "state_key"):
-        if not isinstance(values[key], str) or not values[key]:
-            raise bad(key, "must be a non-empty string")
+    if not isinstance(values["optimizer"], str) or not values["optimizer"]:
+        raise bad("optimizer", "must be a non-empty string")
+    if not isinstance(values["state_key"], str):
+        raise bad("state_key", "must be a string")
+    try:
+        parse_state_keys(values["state_key"], values["family"])
+    except ValueError as error:
+        raise _UsageError(f"--state-key: {error}") from error
     if not isinstance(values["report_dir"], str | Path) or not str(values["report_dir"]):
         raise bad("report_dir", "must be a directory name")
     if values["junit"] is not None and (not isinstance(values["junit"], str | Path)
                                         or not str(values["junit"])):
         raise bad("junit", "must be a file name")
     try:
-        without = parse_features(values["without"])
+        without = parse_features(values["without"], values["family"])
     except (ValueError, AttributeError, TypeError) as error:
         raise _UsageError(f"--without: {error}") from error
-    return RunOptions(implementation=values["optimizer"], contract=values["contract"],
+    return RunOptions(implementation=values["optimizer"], family=values["family"],
+                      contract=values["contract"],
                       mode=values["mode"], reference_path=values["reference_path"],
                       without=without, state_key=values["state_key"],
                       timeout=float(timeout), isolation=values["isolation"],
@@ -329,8 +354,9 @@ def _outputs(values: dict[str, Any]) -> tuple[Path, Path | None]:
 def _not_verified(options: Any, dtypes: list[str], sources: dict[str, str]
                   ) -> list[dict[str, str]]:
     source = "pyproject.toml" if sources["without"] == "pyproject.toml" else "--without"
-    out = [{"feature": f, "description": FEATURES[f], "source": source}
-           for f in FEATURES if f in options.without]
+    features = options.spec.features
+    out = [{"feature": f, "description": features[f], "source": source}
+           for f in features if f in options.without]
     out += [{"feature": d, "description": f"{d} parameters are not checked",
              "source": "--dtype"} for d in DTYPES if d not in dtypes]
     return out
@@ -433,18 +459,21 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _mutants(args: argparse.Namespace) -> int:
     from conformance import mutants
+    from conformance.options import RunOptions
     from conformance.profiles import PROFILES
     from conformance.runner import run
 
+    family = get_family(args.family)
+    catalogue = family.mutant_optimizers() + (
+        mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS if args.family == "sgd" else ())
     survived = 0
     print(f"{'mutant':36s} {'kind':9s} {'result':8s} {'time to kill':>12s}  programs")
-    for mutant in mutants.OPTIMIZER_MUTANTS + mutants.AUTOGRAD_MUTANTS + \
-            mutants.THOROUGH_MUTANTS:
+    for mutant in catalogue:
         seconds, programs, killed = 0.0, 0, False
         for dtype in ("float32", "float64"):
             if mutant.kind == "optimizer":
-                result = run(mutant.target, dtypes=(dtype,), settings=PROFILES[args.profile],
-                             seed=args.seed, shrink=False)
+                result = run(RunOptions(mutant.target, family=args.family), dtypes=(dtype,),
+                             settings=PROFILES[args.profile], seed=args.seed, shrink=False)
             else:
                 with mutants.load(mutant.target)():
                     result = run("refimpl", dtypes=(dtype,), settings=PROFILES[args.profile],

@@ -1,8 +1,9 @@
 """The canonical configurations, replayed before any drawn program in every profile.
 
 PyTorch tests its optimizers on a fixed table of classic configurations; most wrong optimizers
-fail one of them within a few steps. Here each configuration runs the same short program on a
-small two-layer model (`program`: every kind of action once, around steps with a buffer), so
+fail one of them within a few steps. Here each configuration of the run's family
+(`OptimizerFamily.configurations`) runs the same short program on a small two-layer model
+(`program`: every kind of action once, around steps with state), so
 whatever the table can show shows in the first few dozen programs, whatever the seed. A
 configuration that needs a feature the implementation declared absent is left out.
 """
@@ -12,42 +13,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from conformance.models import Layer, ModelSpec, build, ops_of
 from conformance.options import RunOptions
 from conformance.program import Action, Case, Group, Setup
-from conformance.strategies import EDGES, INVALID
 
-LR, MOMENTUM, DAMPENING, WEIGHT_DECAY = 0.1, 0.9, 0.3, 0.01
-
-# name -> (features it needs, SGD's keyword arguments)
-_BASE: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
-    "plain": ((), {"lr": LR}),
-    "momentum": ((), {"lr": LR, "momentum": MOMENTUM}),
-    "dampening": (("dampening",), {"lr": LR, "momentum": MOMENTUM, "dampening": DAMPENING}),
-    "nesterov": (("nesterov",), {"lr": LR, "momentum": MOMENTUM, "nesterov": True}),
-}
-
-
-def configurations() -> list[tuple[str, tuple[str, ...], dict[str, Any], bool]]:
-    """(name, needed features, keyword arguments, tensor lr): each base configuration alone,
-    with weight decay, maximized, with both; then a tensor lr with momentum and weight
-    decay."""
-    table = []
-    for base, (needs, options) in _BASE.items():
-        for decay in (False, True):
-            for maximize in (False, True):
-                name = "+".join([base] + ["weight_decay"] * decay + ["maximize"] * maximize)
-                table.append((name, needs + ("weight-decay",) * decay + ("maximize",) * maximize,
-                              {**options, **({"weight_decay": WEIGHT_DECAY} if decay else {}),
-                               **({"maximize": True} if maximize else {})}, False))
-    table.append(("momentum+weight_decay+tensor_lr", ("weight-decay", "tensor-lr"),
-                  {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY}, True))
-    return table
-
+LR = 0.1
 
 MODEL = ModelSpec(kind="mlp", input_shape=(3, 4), loss="mse", seed=20261130,
                   layers=(Layer("linear", 5), Layer("tanh"), Layer("linear", 2)))
@@ -79,14 +52,16 @@ def program(options: RunOptions) -> tuple[Action, ...]:
     actions = [action for needs, action in plan
                if needs is None or all(map(has, needs.split("+")))]
     if has("invalid-hyperparameters"):  # every rule of torch's validation, and its edges
+        family = options.spec
         actions += [Action("construct", {"options": {"lr": LR, **change}})
-                    for needs, change in INVALID + EDGES if all(map(has, needs))]
+                    for needs, change in family.invalid + family.edges if all(map(has, needs))]
     return tuple(actions)
 
 
 # Drawn models that together run every op refimpl implements and hit every kink on their first
 # batch in both dtypes (scripts/pick_canonical_models.py picked them; tests/test_canonical.py
-# checks they still do): with momentum, a backward and a step each, so that each wrong
+# checks they still do): with the family's `example` arguments (SGD's momentum), a backward
+# and a step each, so that each wrong
 # derivative rule shows here too.
 MODELS_FILE = Path(__file__).with_name("canonical_models.json")
 MODELS = [ModelSpec.from_json(data)
@@ -134,9 +109,9 @@ def cases(dtype: str, options: RunOptions) -> list[tuple[str, Case]]:
     group = Group(tuple(n for n in names if n != LATE or not options.has("add-param-group")))
     return [(name, Case(Setup(MODEL, dtype, kwargs, (group,), tensor_lr=tensor_lr),
                         program(options)))
-            for name, needs, kwargs, tensor_lr in configurations()
+            for name, needs, kwargs, tensor_lr in options.spec.configurations
             if all(options.has(feature) for feature in needs)] + \
         [(f"model {i} ({spec.kind})",
-          Case(Setup(spec, dtype, {"lr": LR, "momentum": MOMENTUM},
+          Case(Setup(spec, dtype, dict(options.spec.example),
                      (Group(tuple(spec.parameter_names())),)), MODEL_PROGRAM))
          for i, spec in enumerate(MODELS)]

@@ -2,11 +2,12 @@
 program's actions on one of them.
 
 An `Implementation` says whose autograd computes the gradients (`lib`: torch or refimpl), how to
-construct its optimizer (like `torch.optim.SGD`) and how to move torch-format state dicts in
-and out. Two exist: `refimpl` (refimpl's autograd and refimpl's SGD) and any optimizer class
-constructed like torch.optim.SGD, named `module:Class` (torch's autograd; only the optimizer is
-under test). The reference side is the latter with `torch.optim:SGD`. Another framework is one
-more `Implementation` (and a `Lib` for its tensors), not a change elsewhere.
+construct its optimizer (like its family's torch optimizer, `torch.optim.SGD` say) and how to
+move torch-format state dicts in and out. Two exist: `refimpl` (refimpl's autograd and
+refimpl's optimizer of the family) and any optimizer class constructed like the family's,
+named `module:Class` (torch's autograd; only the optimizer is under test). The reference side
+is the latter with the family's torch class (`reference`). Another framework is one more
+`Implementation` (and a `Lib` for its tensors), not a change elsewhere.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import torch
 
 import refimpl
 import refimpl.optim
-from conformance import models
+from conformance import families, models
+from conformance.actions import ACTIONS
 from conformance.bridge import state_dict_to_refimpl, state_dict_to_torch, torch_capability
-from conformance.options import ARGUMENT_OF, HYPERPARAMETERS, RunOptions
+from conformance.families import OptimizerFamily, load
+from conformance.options import RunOptions
 from conformance.oracle import Mode
 from conformance.program import Action, Setup
 
@@ -107,7 +110,8 @@ class Implementation(Protocol):
     name: str  # "refimpl" or "module:Class"
     lib: str  # whose autograd computes the gradients
     default_mode: Mode  # how its optimizer's results are judged unless told otherwise
-    state_key: str  # where its state keeps a parameter's momentum buffer
+    family: OptimizerFamily
+    state_keys: dict[str, str]  # torch's state key -> where its state keeps that entry
 
     def accepts(self, argument: str) -> bool: ...
     def optimizer(self, params: Any, **kwargs: Any) -> Any: ...
@@ -117,19 +121,23 @@ class Implementation(Protocol):
 
 
 class RefimplImplementation:
-    """refimpl end to end: its autograd computes the grads, its SGD steps (rounding like this
-    process's torch, so the optimizer's arithmetic is judged bit for bit)."""
+    """refimpl end to end: its autograd computes the grads, its optimizer of the family steps
+    (rounding like this process's torch, so the optimizer's arithmetic is judged bit for
+    bit)."""
 
     name = "refimpl"
     lib = "refimpl"
     default_mode: Mode = "exact"
-    state_key = "momentum_buffer"
+
+    def __init__(self, family: OptimizerFamily | None = None) -> None:
+        self.family, self.state_keys = family or families.get("sgd"), {}
+        self.cls = load(self.family.refimpl_class)
 
     def accepts(self, argument: str) -> bool:
-        return argument in _arguments(refimpl.optim.SGD)[0]
+        return argument in _arguments(self.cls)[0]
 
     def optimizer(self, params: Any, **kwargs: Any) -> Any:
-        return refimpl.optim.SGD(params, **kwargs, cpu_capability=torch_capability())
+        return self.cls(params, **kwargs, cpu_capability=torch_capability())
 
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         return state_dict_to_refimpl(state_dict)
@@ -144,10 +152,11 @@ class ImplementationError(ValueError):
 
 
 class TorchOptimizerImplementation:
-    """Any optimizer class constructed like torch.optim.SGD (torch's autograd computes the
-    grads; the class keeps a parameter's momentum buffer in `state[p][state_key]`).
+    """Any optimizer class constructed like its family's torch optimizer (torch's autograd
+    computes the grads; the class keeps torch's state entry `key` of a parameter in
+    `state[p][state_keys.get(key, key)]`).
 
-    Moving state dicts between it and torch renames that key and, for torch, fills in a
+    Moving state dicts between it and torch renames those keys and, for torch, fills in a
     hyperparameter the implementation's groups lack (one it was declared not to have) with
     torch's own default, so a cross-load tests the state, not torch's reading of foreign
     groups."""
@@ -155,9 +164,11 @@ class TorchOptimizerImplementation:
     lib = "torch"
     default_mode: Mode = "ulp"
 
-    def __init__(self, target: str, state_key: str = "momentum_buffer") -> None:
-        self.name, self.state_key = target, state_key
-        self.cls = load_class(target)
+    def __init__(self, target: str, state_keys: dict[str, str] | None = None,
+                 family: OptimizerFamily | None = None) -> None:
+        self.family = family or families.get("sgd")
+        self.name, self.state_keys = target, dict(state_keys or {})
+        self.cls = load_class(target, self.family.name)
         self.named, self.var_keyword = _arguments(self.cls)
 
     def accepts(self, argument: str) -> bool:
@@ -171,16 +182,18 @@ class TorchOptimizerImplementation:
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         state_dict = copy.deepcopy(state_dict)  # never share tensors with the other side
         for state in state_dict["state"].values():
-            if "momentum_buffer" in state and self.state_key != "momentum_buffer":
-                state[self.state_key] = state.pop("momentum_buffer")
+            for torch_key, theirs in self.state_keys.items():
+                if torch_key in state:
+                    state[theirs] = state.pop(torch_key)
         return state_dict
 
     def to_torch_state(self, state_dict: dict[str, Any],
                        torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
         state_dict = copy.deepcopy(state_dict)
         for state in state_dict.get("state", {}).values():
-            if self.state_key in state and self.state_key != "momentum_buffer":
-                state["momentum_buffer"] = state.pop(self.state_key)
+            for torch_key, theirs in self.state_keys.items():
+                if theirs in state:
+                    state[torch_key] = state.pop(theirs)
         for group in state_dict.get("param_groups", []):
             for key, value in (torch_defaults or {}).items():
                 group.setdefault(key, value)
@@ -188,9 +201,9 @@ class TorchOptimizerImplementation:
 
 
 @functools.cache
-def load_class(target: str) -> type:
+def load_class(target: str, family: str = "sgd") -> type:
     """Imports `module:Class` (once per process) and checks that it can be constructed like
-    torch.optim.SGD."""
+    the family's torch optimizer (torch.optim.SGD(params, lr=0.1, momentum=0.9), say)."""
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
         raise ImplementationError(f"expected module:Class, got {target!r}")
@@ -205,11 +218,13 @@ def load_class(target: str) -> type:
             raise ImplementationError(f"{module_name!r} has no attribute {attribute!r}")
     if not isinstance(cls, type):
         raise ImplementationError(f"{target} is not a class")
+    spec = families.get(family)
     try:
-        cls([torch.zeros(1, requires_grad=True)], lr=0.1, momentum=0.9)
+        cls([torch.zeros(1, requires_grad=True)], **spec.example)
     except Exception as error:
+        call = ", ".join(f"{k}={v!r}" for k, v in spec.example.items())
         raise ImplementationError(
-            f"{target} does not construct like torch.optim.SGD(params, lr=0.1, momentum=0.9): "
+            f"{target} does not construct like {spec.torch_name}(params, {call}): "
             f"{type(error).__name__}: {error}") from error
     return cls
 
@@ -233,8 +248,8 @@ def _arguments(cls: type) -> tuple[frozenset[str], bool]:
 def _read_arguments(cls: type) -> tuple[frozenset[str], bool]:
     try:
         parameters = inspect.signature(cls).parameters.values()
-    except (TypeError, ValueError):  # no signature to read: assume it takes what SGD takes
-        return frozenset(HYPERPARAMETERS), True
+    except (TypeError, ValueError):  # no signature to read: assume it takes anything
+        return frozenset(), True
     named = frozenset(p.name for p in parameters
                       if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
     return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
@@ -246,11 +261,13 @@ def check_surface(impl: Implementation, options: RunOptions) -> None:
     if isinstance(impl, RefimplImplementation) or getattr(impl, "var_keyword", True):
         return
     assert hasattr(impl, "named")
-    for argument in ("lr", "momentum"):
+    spec = options.spec
+    for argument in spec.example:
         if argument not in impl.named:
             raise ImplementationError(f"{impl.name} does not take {argument}=")
-    for feature, argument in ARGUMENT_OF.items():
-        if options.has(feature) and argument not in impl.named:
+    for feature in spec.features:
+        argument = spec.argument_of(feature)
+        if argument is not None and options.has(feature) and argument not in impl.named:
             raise ImplementationError(
                 f"{impl.name} does not take {argument}=; if it has no {feature}, declare it "
                 f"with --without {feature}")
@@ -262,19 +279,22 @@ def implementation(name: str | RunOptions) -> Implementation:
     worker process, never in this one)."""
     options = name if isinstance(name, RunOptions) else RunOptions(name)
     if options.implementation == "refimpl":
-        return RefimplImplementation()
+        return RefimplImplementation(options.spec)
     impl: Implementation
     if options.resolved_isolation == "process":
         from conformance.isolation import IsolatedImplementation
 
         impl = IsolatedImplementation(options)
     else:
-        impl = TorchOptimizerImplementation(options.implementation, options.state_key)
+        impl = TorchOptimizerImplementation(options.implementation, options.state_keys,
+                                            options.spec)
     check_surface(impl, options)
     return impl
 
 
-REFERENCE = "torch.optim:SGD"
+def reference(options: RunOptions) -> TorchOptimizerImplementation:
+    """The family's torch optimizer: the reference side."""
+    return TorchOptimizerImplementation(options.spec.torch_class, family=options.spec)
 
 
 # --- running the implementation's code ----------------------------------------------------------
@@ -442,7 +462,9 @@ class Observation:
 
     params: dict[str, np.ndarray]
     grads: dict[str, np.ndarray | None]
-    buffers: dict[str, np.ndarray | None]
+    # the family's state entries (torch's key), each parameter's as an array (a number as a
+    # 0-dim array of its type) or None where the optimizer holds none
+    state: dict[str, dict[str, np.ndarray | None]]
     requires_grad: dict[str, bool]
     groups: list[dict[str, Any]]  # hyperparameters; `params` as names; tensors as ("tensor", x)
 
@@ -460,26 +482,27 @@ class Side:
                  flags: dict[str, bool] | None = None) -> None:
         self.impl, self.setup = impl, setup
         self.lib = LIBS[impl.lib]
-        self.state_key = impl.state_key
+        self.state_keys = [(k.name, impl.state_keys.get(k.name, k.name))
+                           for k in impl.family.state]
         self.flags = {k: v for k, v in (flags or {}).items() if impl.accepts(k)}
         self.model = models.build(setup.model, setup.dtype, impl.lib)
         self.params: dict[str, Any] = dict(self.model.parameters)
         self.names = {id(p): name for name, p in self.params.items()}
-        self.optimizer = self._construct([g.to_json() for g in setup.groups], setup.defaults)
+        self.optimizer = self.construct([g.to_json() for g in setup.groups], setup.defaults)
 
-    def _construct(self, groups: list[dict[str, Any]], defaults: dict[str, Any],
+    def construct(self, groups: list[dict[str, Any]], defaults: dict[str, Any],
                    flaw: str | None = None) -> Any:
         """The optimizer over `groups` (names and options, as in the program's JSON);
         `flaw` makes the parameter list invalid (see `_flawed`)."""
-        built = [{"params": [self.params[n] for n in g["params"]], **self._options(g["options"])}
+        built = [{"params": [self.params[n] for n in g["params"]], **self.options(g["options"])}
                  for g in groups]
         if flaw == "duplicate":  # a parameter in two groups
             built.append({"params": built[0]["params"][:1]})
         elif flaw is not None:
-            built[0]["params"] = self._flawed(built[0]["params"], flaw)
-        return self.impl.optimizer(built, **{**self._options(defaults), **self.flags})
+            built[0]["params"] = self.flawed(built[0]["params"], flaw)
+        return self.impl.optimizer(built, **{**self.options(defaults), **self.flags})
 
-    def _flawed(self, params: list[Any], flaw: str) -> list[Any]:
+    def flawed(self, params: list[Any], flaw: str) -> list[Any]:
         """A parameter list torch rejects: one of the optimizer's parameters again
         ("duplicate": added as a group, it is then in two groups), a tensor computed from a
         leaf ("non-leaf") or a Python number ("non-tensor")."""
@@ -494,10 +517,11 @@ class Side:
             return [*params, 1.0]
         raise ValueError(f"unknown flaw {flaw!r}")
 
-    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+    def options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Hyperparameters as the program states them, with lr as a tensor where the setup
         says so (a list is a tensor lr of several elements, which torch rejects)."""
-        out = dict(options)
+        out = {k: tuple(v) if type(v) is list and k != "lr" else v  # betas, from JSON
+               for k, v in options.items()}
         lr = out.get("lr")
         if isinstance(lr, list):
             out["lr"] = self.lib.tensor(np.array(lr, dtype=np.float64))
@@ -505,61 +529,25 @@ class Side:
             out["lr"] = self.lib.scalar(lr)
         return out
 
-    def _loss(self, batch: int) -> Any:
+    def loss(self, batch: int) -> Any:
         return self.model.loss(batch)
 
     def apply(self, action: Action, closure_hook: Any = None) -> np.ndarray | None:
-        """Runs one action; returns the loss it produced (as an array), if any.
-        `closure_hook(side)` runs inside step's closure after backward (the harness checks and
-        synchronises the closure's gradients there)."""
-        a = action.args
-        if action.kind in ("backward", "backward_twice"):
-            loss = self._loss(a["batch"])
-            if action.kind == "backward_twice":
-                loss.backward(retain_graph=True)
-            loss.backward()
-            return self.lib.numpy(loss)
-        if action.kind == "zero_grad":
-            if a["set_to_none"]:
-                self.optimizer.zero_grad()  # the default, as most code calls it
-            else:
-                self.optimizer.zero_grad(set_to_none=False)
-            return None
-        if action.kind == "step":
-            self.optimizer.step()
-            return None
-        if action.kind == "step_closure":
-            def closure() -> Any:
-                self.optimizer.zero_grad()
-                loss = self._loss(a["batch"])
-                loss.backward()
-                if closure_hook is not None:
-                    closure_hook(self)
-                return loss
+        """Runs one action (`conformance.actions`); returns the loss it produced (as an
+        array), if any. `closure_hook(side)` runs inside step's closure after backward (the
+        harness checks and synchronises the closure's gradients there)."""
+        run = ACTIONS[action.kind].run
+        if run is None:
+            raise ValueError(f"{action.kind} is run by the twins, not one side")
+        result = run(self, action.args, closure_hook)
+        return result if isinstance(result, np.ndarray) else None
 
-            result = self.optimizer.step(closure)
-            if result is None or self.lib.is_tensor(result):
-                return None if result is None else self.lib.numpy(result)
-            return Returned(f"a {type(result).__name__}, not a tensor")
-        if action.kind == "set_hyperparameter":
-            group = self.optimizer.param_groups[a["group"] % len(self.optimizer.param_groups)]
-            group[a["name"]] = self._options({a["name"]: a["value"]})[a["name"]]
-            return None
-        if action.kind == "add_param_group":
-            params = [self.params[n] for n in a["params"]]
-            if a.get("flaw"):
-                params = self._flawed(params, a["flaw"])
-            self.optimizer.add_param_group({"params": params, **self._options(a["options"])})
-            return None
-        if action.kind == "construct":
-            groups = [{"params": [self.names[id(p)] for p in g["params"] if id(p) in self.names],
-                       "options": {}} for g in self.optimizer.param_groups]
-            self.optimizer = self._construct(groups, a["options"], a.get("flaw"))
-            return None
-        if action.kind in ("freeze", "unfreeze"):
-            self.params[a["param"]].requires_grad_(action.kind == "unfreeze")
-            return None
-        raise ValueError(f"{action.kind} is run by the twins, not one side")
+    def returned(self, result: Any) -> np.ndarray | None:
+        """What step(closure) returned, as the harness compares it: the loss as an array,
+        None, or a `Returned` description of anything else."""
+        if result is None or self.lib.is_tensor(result):
+            return None if result is None else self.lib.numpy(result)
+        return Returned(f"a {type(result).__name__}, not a tensor")
 
     def act(self, before: Observation | None, action: Action, timeout: float | None,
             closure_grads: Observation | None = None,
@@ -634,25 +622,35 @@ class Side:
     def fresh_optimizer(self) -> Any:
         """A new optimizer over the same parameter groups, built from the setup's defaults."""
         groups = [{"params": list(g["params"])} for g in self.optimizer.param_groups]
-        return self.impl.optimizer(groups, **{**self._options(self.setup.defaults), **self.flags})
+        return self.impl.optimizer(groups, **{**self.options(self.setup.defaults), **self.flags})
 
-    def buffer(self, p: Any) -> Any:
-        """The momentum buffer of `p`, or None."""
+    def held(self, p: Any) -> dict[str, Any]:
+        """The optimizer's state of `p` (empty where it holds none)."""
         states = self.optimizer.state
         if type(states) in _DICTS:  # get() adds nothing to a defaultdict
             state = states.get(p)
         else:  # another mapping: never call what might add an entry
             state = states.get(p) if p in states else None
-        return (state or {}).get(self.state_key)
+        return state or {}
+
+    def _array(self, value: Any) -> np.ndarray | None:
+        """A state entry as numpy: a tensor's values, a number as a 0-dim array."""
+        if value is None:
+            return None
+        if self.lib.is_tensor(value):
+            return self.lib.numpy(value)
+        return np.asarray(value)
 
     def observe(self) -> Observation:
-        params, grads, buffers, requires_grad = {}, {}, {}, {}
+        params, grads, requires_grad = {}, {}, {}
+        state: dict[str, dict[str, np.ndarray | None]] = {k: {} for k, _ in self.state_keys}
         for name, p in self.params.items():
             params[name] = self.lib.numpy(p)
             grads[name] = None if p.grad is None else self.lib.numpy(p.grad)
             requires_grad[name] = bool(p.requires_grad)
-            buffer = self.buffer(p)
-            buffers[name] = None if buffer is None else self.lib.numpy(buffer)
+            held = self.held(p)
+            for key, theirs in self.state_keys:
+                state[key][name] = self._array(held.get(theirs))
         groups = []
         names, plain = self.names, self._plain
         for group in self.optimizer.param_groups:
@@ -665,7 +663,7 @@ class Side:
                 else:
                     observed[key] = plain(value)
             groups.append(observed)
-        return Observation(params, grads, buffers, requires_grad, groups)
+        return Observation(params, grads, state, requires_grad, groups)
 
     def _plain(self, value: Any) -> Any:
         """A group's value as plain data: a tensor as ("tensor", its first element); numbers,
@@ -684,9 +682,10 @@ class Side:
         return ("object", repr(value))
 
     def synchronise(self, reference: Observation, grads_only: bool = False) -> None:
-        """Sets parameters, grads and momentum buffers to the reference's values, in place
-        where the tensors exist (so aliasing between them is kept, as a faulty implementation
-        made it)."""
+        """Sets parameters, grads and the optimizer's state to the reference's values, in
+        place where the tensors exist (so aliasing between them is kept, as a faulty
+        implementation made it; a number the implementation holds is replaced by torch's, of
+        its own type)."""
         for name, p in self.params.items():
             expected = reference.grads[name]
             if expected is None:
@@ -698,6 +697,12 @@ class Side:
             if grads_only:
                 continue
             self.lib.assign(p, reference.params[name])
-            buffer = self.buffer(p)
-            if buffer is not None and reference.buffers[name] is not None:
-                self.lib.assign(buffer, reference.buffers[name])
+            held = self.held(p)
+            for key, theirs in self.state_keys:
+                value, expected = held.get(theirs), reference.state[key][name]
+                if value is None or expected is None:
+                    continue
+                if self.lib.is_tensor(value):
+                    self.lib.assign(value, expected)
+                elif type(value) in (int, float):
+                    held[theirs] = type(value)(expected.reshape(-1)[0])

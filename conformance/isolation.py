@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from conformance import families
 from conformance.implementations import (
     ImplementationError,
     Observation,
@@ -93,7 +94,7 @@ class Worker:
         parent, child = ctx.Pipe()
         process = ctx.Process(
             target=_serve, name="conformance-worker", daemon=True,
-            args=(child, self.options.implementation, self.options.state_key,
+            args=(child, self.options.implementation, self.options.family, self.options.state_keys,
                   self.options.memory_limit, list(sys.path), os.getcwd()))
         try:
             process.start()
@@ -175,13 +176,14 @@ class Worker:
 class IsolatedImplementation:
     """A `module:Class` loaded and checked in a worker process (see the module docstring);
     what the harness needs of it here is its name, its constructor's argument names and
-    its state key."""
+    its state keys."""
 
     lib = "torch"
     default_mode = "ulp"
 
     def __init__(self, options: RunOptions) -> None:
-        self.name, self.state_key = options.implementation, options.state_key
+        self.name, self.state_keys = options.implementation, options.state_keys
+        self.family = options.spec
         self.worker = _worker(options)
         if self.worker.described is None:  # once per run: a restarted worker loads it itself
             try:
@@ -199,12 +201,12 @@ class IsolatedImplementation:
         return RemoteSide(self, setup, flags)
 
 
-_WORKERS: dict[tuple[str, str, int], Worker] = {}
+_WORKERS: dict[tuple[str, str, str, int], Worker] = {}
 
 
 def _worker(options: RunOptions) -> Worker:
     """The process's one worker per implementation (kept across programs and rounds)."""
-    key = (options.implementation, options.state_key, options.memory_limit)
+    key = (options.implementation, options.family, options.state_key, options.memory_limit)
     if key not in _WORKERS:
         _WORKERS[key] = Worker(options)
     worker = _WORKERS[key]
@@ -334,7 +336,8 @@ def _limit_memory(mebibytes: int) -> None:
         pass  # no /proc or no RLIMIT_AS: no limit
 
 
-def _serve(conn: Connection, target: str, state_key: str, memory_limit: int,
+def _serve(conn: Connection, target: str, family: str, state_keys: dict[str, str],
+           memory_limit: int,
            path: list[str], cwd: str) -> None:
     """The worker's loop: one request, one answer, until the harness closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the harness's
@@ -344,7 +347,7 @@ def _serve(conn: Connection, target: str, state_key: str, memory_limit: int,
         sys.path.append(cwd)
     torch.set_num_threads(1)  # as the harness runs torch: tiny tensors
     _limit_memory(memory_limit)
-    server = _Server(target, state_key)
+    server = _Server(target, family, state_keys)
     while True:
         try:
             method, args = conn.recv()
@@ -367,14 +370,15 @@ def _serve(conn: Connection, target: str, state_key: str, memory_limit: int,
 class _Server:
     """The worker's state: the loaded implementation and the current program's side."""
 
-    def __init__(self, target: str, state_key: str) -> None:
-        self.target, self.state_key = target, state_key
+    def __init__(self, target: str, family: str, state_keys: dict[str, str]) -> None:
+        self.target, self.family, self.state_keys = target, families.get(family), state_keys
         self.impl: TorchOptimizerImplementation | None = None
         self.side: Side | None = None
 
     def handle(self, method: str, args: tuple[Any, ...]) -> Any:
         if method == "load":
-            self.impl = TorchOptimizerImplementation(self.target, self.state_key)
+            self.impl = TorchOptimizerImplementation(self.target, self.state_keys,
+                                                     self.family)
             return sorted(self.impl.named), self.impl.var_keyword
         if method == "build":
             setup, flags, timeout = args
@@ -391,5 +395,6 @@ class _Server:
 
     def _build(self, setup: Setup, flags: dict[str, bool]) -> None:
         if self.impl is None:  # a restarted worker: the class was checked in an earlier one
-            self.impl = TorchOptimizerImplementation(self.target, self.state_key)
+            self.impl = TorchOptimizerImplementation(self.target, self.state_keys,
+                                                     self.family)
         self.side = Side(self.impl, setup, flags)

@@ -1,16 +1,18 @@
 """The twin runner: the reference and the implementation side by side.
 
 `Twins` holds two `Side`s built from one `Setup`: the reference (torch's autograd and
-torch.optim.SGD on the chosen code path) and the implementation under test. `Twins.run(action)`
+the family's torch optimizer on the chosen code path) and the implementation under test.
+`Twins.run(action)`
 synchronises the implementation from the reference (so every check is local and no budget
 grows with the number of steps), applies the action to both (the implementation under a
 per-action timeout, its exceptions caught), and compares everything observable, as the run's
 contract defines (`conformance.options`): raised exceptions, the returned loss, each
-parameter's grad (None exactly where torch has None), momentum buffer (presence and values),
-value and requires_grad, and the groups' hyperparameters. Each difference is a `Divergence`
-(the first is returned, the others attached); `replay` runs a recorded `Case` the same way,
-outside Hypothesis, and `history` records it action by action for the report. The
-Hypothesis state machine that drives the twins is `conformance.stateful`.
+parameter's grad (None exactly where torch has None), optimizer state (each of the family's
+state keys: presence and values), value and requires_grad, and the groups' hyperparameters.
+Each difference is a `Divergence` (the first is returned, the others attached); `replay`
+runs a recorded `Case` the same way, outside Hypothesis, and `history` records it action by
+action for the report. The Hypothesis state machine that drives the twins is
+`conformance.stateful`.
 """
 
 from __future__ import annotations
@@ -23,31 +25,22 @@ from typing import Any, ClassVar
 import numpy as np
 
 from conformance import models, oracle
+from conformance.actions import ACTIONS, counts_as
 from conformance.implementations import (
-    REFERENCE,
     Implementation,
     Observation,
     Outcome,
     Side,
-    TorchOptimizerImplementation,
     _run,
     implementation,
+    reference,
 )
 from conformance.isolation import IsolatedImplementation, Lost, RemoteSide
-from conformance.options import (
-    IMPLEMENTATION_FLAGS,
-    PATH_FLAGS,
-    RunOptions,
-    torch_writes_grad,
-)
+from conformance.options import PATH_FLAGS, RunOptions
 from conformance.oracle import Mismatch, Mode
 from conformance.program import Action, Case, Setup
 
 # --- outcome of one action on one side -----------------------------------------------------------
-
-
-# Kinds of action whose failures are one kind of failure.
-ACTION_CLASSES = {"step_closure": "step", "backward_twice": "backward"}
 
 
 def same_error(expected: Outcome, actual: Outcome, strict: bool) -> bool:
@@ -69,8 +62,9 @@ class Divergence:
 
     action_index: int
     action: str
-    tensor: str  # grad | param | momentum_buffer | requires_grad | loss | param_groups |
-    # exception | process (the implementation exited, died, hung or ran out of memory)
+    tensor: str  # grad | param | a state key (momentum_buffer, exp_avg, ...) | requires_grad |
+    # loss | param_groups | exception | process (the implementation exited, died, hung or ran
+    # out of memory)
     parameter: str | None = None
     group: int | None = None
     mismatch: Mismatch | None = None
@@ -91,9 +85,9 @@ class Divergence:
         hyperparameter features in play (for param_groups: the differing key, whatever the
         action)."""
         action = "any" if self.tensor == "param_groups" else \
-            ACTION_CLASSES.get(self.kind, self.kind)  # a group's state, whatever showed it
+            counts_as(self.kind)  # a group's state, whatever showed it
         difference = "values" if self.mismatch is not None else \
-            "presence" if self.tensor in ("grad", "momentum_buffer") else "state"
+            "state" if self.tensor in _NOT_ARRAYS else "presence"
         return {"tensor": self.tensor, "difference": difference, "action": action,
                 "features": list(self.features)}
 
@@ -169,6 +163,7 @@ class Twins:
         self.seconds = {"build": 0.0, "run": 0.0, "reference": 0.0, "implementation": 0.0}
         self.worst = 0.0  # see `worst` in the class docstring
         self.setup, self.impl, self.options = setup, impl, options
+        self.family = options.spec
         self.mode: Mode = options.mode or impl.default_mode
         self.strict = options.strict
         self.timeout = options.timeout
@@ -189,14 +184,14 @@ class Twins:
             self.side = impl.side(setup, flags)
             finish = self.side.begin_build(self.timeout)  # the worker builds while torch's
             try:  # side is built here
-                self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+                self.reference = Side(reference(options), setup, flags)
             finally:  # the worker's answer is taken even where torch's side failed
                 try:
                     self.setup_error = finish()
                 except Lost as lost:
                     self.setup_error, self.lost = Outcome(), str(lost)
         else:
-            self.reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+            self.reference = Side(reference(options), setup, flags)
             self.setup_error = _run(lambda: self._build(flags), self.timeout)
         self.seconds["build"] = time.perf_counter() - start
         if Twins.created is not None:
@@ -356,14 +351,8 @@ class Twins:
         """The hyperparameter features of a parameter's group that were in play."""
         if group is None:
             return []
-        on = {"momentum": _value(group, "momentum") != 0,
-              "dampening": _value(group, "momentum") != 0 and
-              _value(group, "dampening") != 0,
-              "nesterov": bool(group.get("nesterov")),
-              "weight-decay": _value(group, "weight_decay") != 0,
-              "maximize": bool(group.get("maximize")),
-              "tensor-lr": self.setup.tensor_lr}
-        return [name for name, active in on.items() if active]
+        return self.family.in_play(lambda key: _value(group, key) if key in group else None,
+                                   self.setup.tensor_lr)
 
     def _attach_errors(self, divergence: Divergence) -> None:
         """The diverging tensor's ULP error per element (where both sides have it)."""
@@ -384,7 +373,7 @@ class Twins:
         if side is None:
             return None
         table = {"param": (ref.params, side.params), "grad": (ref.grads, side.grads),
-                 "momentum_buffer": (ref.buffers, side.buffers)}
+                 **{key: (ref.state[key], side.state[key]) for key in ref.state}}
         if tensor not in table or name is None:
             return None
         expected, actual = table[tensor][0].get(name), table[tensor][1].get(name)
@@ -397,8 +386,7 @@ class Twins:
         if side is None:
             return float("inf")
         worst = 0.0
-        for table_ref, table_side in ((ref.params, side.params), (ref.grads, side.grads),
-                                      (ref.buffers, side.buffers)):
+        for table_ref, table_side in _tables(ref, side):
             for name, expected in table_ref.items():
                 actual = table_side.get(name)
                 if expected is None or actual is None or expected.shape != actual.shape:
@@ -446,8 +434,7 @@ class Twins:
         key, difference = self._group_difference(ref_obs.groups, side_obs.groups)
         if difference:
             found.append(new("param_groups", detail=difference, features=[key]))
-        stepped = action.kind in ("step", "step_closure")
-        computed = action.kind in ("backward", "backward_twice", "step_closure")
+        stepped, computed = ACTIONS[action.kind].steps, ACTIONS[action.kind].computes
         found.extend(self._compare_grads(index, action, ref_obs, side_obs, computed,
                                          stepped=stepped, groups=groups_of, pre=pre_step))
         group_index: dict[str, int] = {}  # each parameter's first group in torch's
@@ -464,29 +451,34 @@ class Twins:
                            group_index: int | None, ref_obs: Observation,
                            side_obs: Observation, pre_step: Observation,
                            group: dict[str, Any] | None, stepped: bool) -> list[Divergence]:
-        """One parameter's momentum buffer, value and requires_grad. The step's budgets are
+        """One parameter's optimizer state, value and requires_grad. The step's budgets are
         computed only where a value is not bitwise torch's (most are)."""
         found: list[Divergence] = []
-        budgets: list[tuple[np.ndarray | None, np.ndarray | None]] = []
+        budgets: list[dict[str, np.ndarray | None]] = []
 
-        def budget(which: int) -> np.ndarray | None:
+        def budget(key: str) -> np.ndarray | None:
             if not budgets:
                 budgets.append(self._step_budgets(name, pre_step, group)
-                               if stepped and self.mode == "ulp" else (None, None))
-            return budgets[0][which]
+                               if stepped and self.mode == "ulp" else {})
+            return budgets[0].get(key)
 
-        e_buf, a_buf = ref_obs.buffers[name], side_obs.buffers[name]
-        if (e_buf is None) != (a_buf is None):
-            found.append(new("momentum_buffer", parameter=name, group=group_index,
-                             detail=f"torch has {_presence(e_buf)}, the implementation "
-                                    f"{_presence(a_buf)}"))
-        elif e_buf is not None and a_buf is not None:
-            mismatch = self._compare_step(e_buf, a_buf, lambda: budget(1), stepped)
-            if mismatch is not None:
-                found.append(new("momentum_buffer", parameter=name, group=group_index,
-                                 mismatch=mismatch))
+        for key in ref_obs.state:
+            expected, actual = ref_obs.state[key][name], side_obs.state[key][name]
+            if (expected is None) != (actual is None):
+                found.append(new(key, parameter=name, group=group_index,
+                                 detail=f"torch has {_presence(expected)}, the implementation "
+                                        f"{_presence(actual)}"))
+            elif expected is not None and actual is not None:
+                if self.family.comparison(key) == "count":
+                    mismatch = self._compare_count(expected, actual)
+                else:
+                    mismatch = self._compare_step(expected, actual,
+                                                  lambda key=key: budget(key), stepped)
+                if mismatch is not None:
+                    found.append(new(key, parameter=name, group=group_index,
+                                     mismatch=mismatch))
         mismatch = self._compare_step(ref_obs.params[name], side_obs.params[name],
-                                      lambda: budget(0), stepped)
+                                      lambda: budget("param"), stepped)
         if mismatch is not None:
             found.append(new("param", parameter=name, group=group_index, mismatch=mismatch))
         if ref_obs.requires_grad[name] != side_obs.requires_grad[name]:
@@ -494,6 +486,17 @@ class Twins:
                              detail=f"torch {ref_obs.requires_grad[name]}, the "
                                     f"implementation {side_obs.requires_grad[name]}"))
         return found
+
+    def _compare_count(self, expected: np.ndarray, actual: np.ndarray) -> Mismatch | None:
+        """A count (Adam's `step`): strict, as torch stores it (dtype and shape too);
+        semantic, by value (an int or a tensor of any dtype holding the same number)."""
+        if self.strict or actual.size != 1 or expected.size != 1:
+            return self._judge(expected, actual, "exact")
+        want, got = np.asarray(expected, np.float64).reshape(()), \
+            np.asarray(actual).reshape(())
+        if got.dtype.kind not in "biuf":
+            return self._judge(expected, actual, "exact")
+        return self._judge(want, got.astype(np.float64), "exact")
 
     def _group_difference(self, expected: list[dict[str, Any]], actual: list[dict[str, Any]]
                           ) -> tuple[str, str]:
@@ -509,7 +512,8 @@ class Twins:
             if self.strict:
                 keys = sorted(set(e) | set(a))
             else:
-                flags = [k for k in IMPLEMENTATION_FLAGS if k in a and k in self.side.flags]
+                flags = [k for k in self.family.implementation_flags
+                         if k in a and k in self.side.flags]
                 keys = ["params", *self.options.required_group_keys(), *flags]
             for key in keys:
                 want, got = e.get(key, _MISSING), a.get(key, _MISSING)
@@ -536,8 +540,10 @@ class Twins:
             if expected is None or actual is None:
                 continue
             group = (groups or {}).get(name)
-            if stepped and group is not None and pre is not None and torch_writes_grad(group):
-                mismatch = self._grad_after_nesterov(name, pre, group, ref_obs, actual)
+            writes = self.family.writes_grad
+            if stepped and group is not None and pre is not None and writes is not None and \
+                    writes(lambda key, group=group: _value(group, key)):
+                mismatch = self._grad_written(name, pre, group, ref_obs, actual)
             else:
                 mismatch = self._compare_values(expected, actual, computed, name)
             if mismatch is not None:
@@ -552,12 +558,13 @@ class Twins:
                                         mismatch=mismatch, overwritten=overwritten))
         return found
 
-    def _grad_after_nesterov(self, name: str, pre: Observation, group: dict[str, Any],
-                             ref_obs: Observation, actual: np.ndarray) -> Mismatch | None:
-        """`.grad` after a nesterov step (no maximize, no weight decay), where torch's foreach
-        path writes g + μb into it and its for-loop path leaves it alone. Strict: as the
-        reference path did (the written value judged as a step). Semantic: either is
-        conforming: untouched, or g + μb within the step's error model."""
+    def _grad_written(self, name: str, pre: Observation, group: dict[str, Any],
+                      ref_obs: Observation, actual: np.ndarray) -> Mismatch | None:
+        """`.grad` after a step that torch's reference path may write into (SGD's foreach
+        nesterov step writes g + μb, its for-loop path leaves it alone: the family's
+        `writes_grad`). Strict: as the reference path did (the written value judged as a
+        step). Semantic: either is conforming: untouched, or the written value within the
+        step's error model."""
         expected, before = ref_obs.grads[name], pre.grads[name]
         assert expected is not None and before is not None
         written = not oracle.bitwise_equal(expected, before)
@@ -566,22 +573,20 @@ class Twins:
         if not self.strict and actual.shape == before.shape and \
                 oracle.bitwise_equal(actual, before):
             return None
-        buffer_after = ref_obs.buffers[name]
-        if buffer_after is None:  # torch's step did not run: nothing to accept
+        after = {key: ref_obs.state[key][name] for key in ref_obs.state}
+        if any(value is None for value in after.values()) or \
+                self.family.written_grad is None:  # torch's step did not run: nothing to accept
             return self._judge(expected, actual, "exact")
-        momentum = _value(group, "momentum")
-        if not written:  # the value torch's foreach path would have written, from its inputs
-            with np.errstate(all="ignore"):
-                expected = (before.astype(np.float64) + momentum *
-                            buffer_after.astype(np.float64)).astype(before.dtype)
-        if self.mode == "exact" and written:
+        if written and self.mode == "exact":
             return self._judge(expected, actual, "exact")
+        value = lambda key: _value(group, key)
+        computed, budget = self.family.written_grad(before, after, self._step_budgets(
+            name, pre, group), value)
+        if not written:  # the value torch's other path would have written, from its inputs
+            expected = computed
         if oracle.identical(expected, actual):  # no budget needed
             return None
-        buffer_budget = self._step_budgets(name, pre, group)[1]
-        assert buffer_budget is not None
-        return self._judge(expected, actual, "ulp", oracle.nesterov_grad_budget(
-            expected, buffer_after, buffer_budget, momentum))
+        return self._judge(expected, actual, "ulp", budget)
 
     def _compare_values(self, expected: np.ndarray, actual: np.ndarray, computed: bool,
                         parameter: str | None = None) -> Mismatch | None:
@@ -650,33 +655,23 @@ class Twins:
         return self._judge(expected, actual, "ulp", 0.0 if allowed is None else allowed)
 
     def _step_budgets(self, name: str, pre: Observation, group: dict[str, Any] | None
-                      ) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The error model's budgets for one parameter's step, from torch's group and state
-        before it (None: it must not move)."""
+                      ) -> dict[str, np.ndarray | None]:
+        """The error model's budgets for one parameter's step (keys "param" and the state
+        keys), from torch's group and state before it (None: it must not move)."""
         grad = pre.grads[name]
         if group is None or grad is None:
-            return None, None
-        value = lambda key: _value(group, key)
-        momentum = value("momentum")
-        buffer = pre.buffers[name] if momentum != 0 else None
-        if grad.shape != pre.params[name].shape or \
-                (buffer is not None and buffer.shape != grad.shape):
-            return None, None  # a state no SGD step has (loaded from the implementation's
-            # state dict): torch's result is whatever it is, to be matched exactly
-        return oracle.sgd_step_budget(
-            pre.params[name], grad, buffer, lr=value("lr"), momentum=momentum,
-            dampening=value("dampening"), weight_decay=value("weight_decay"),
-            nesterov=value("nesterov"), maximize=value("maximize"),
-            first_step=buffer is None)
+            return {}
+        before = {"param": pre.params[name], "grad": grad,
+                  **{key: pre.state[key][name] for key in pre.state}}
+        return self.family.step_budget(before, lambda key: _value(group, key))
 
 
 def _same_state(expected: Observation, actual: Observation) -> bool:
-    """Whether the implementation's parameters, grads and momentum buffers are torch's, bit
-    for bit and present where torch's are (what synchronising would set)."""
+    """Whether the implementation's parameters, grads and state are torch's, bit for bit and
+    present where torch's are (what synchronising would set)."""
     if expected.params.keys() != actual.params.keys():
         return False
-    for table_e, table_a in ((expected.params, actual.params), (expected.grads, actual.grads),
-                             (expected.buffers, actual.buffers)):
+    for table_e, table_a in _tables(expected, actual):
         for name, e in table_e.items():
             a = table_a.get(name)
             if (e is None) != (a is None) or \
@@ -685,10 +680,18 @@ def _same_state(expected: Observation, actual: Observation) -> bool:
     return True
 
 
+def _tables(expected: Observation, actual: Observation
+            ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The arrays of both sides, table by table: parameters, grads, each state key."""
+    return [(expected.params, actual.params), (expected.grads, actual.grads),
+            *((expected.state[key], actual.state[key]) for key in expected.state)]
+
+
 def _value(group: dict[str, Any], key: str) -> Any:
     """A group's hyperparameter as observed (a tensor is ("tensor", value))."""
     value = group[key]
-    return value[1] if isinstance(value, tuple) else value
+    return value[1] if isinstance(value, tuple) and len(value) == 2 and \
+        value[0] == "tensor" else value
 
 
 def _fmt_error(error: tuple[str, str] | None) -> str:
@@ -704,6 +707,9 @@ def _presence(value: np.ndarray | None) -> str:
 
 
 _MISSING = object()
+# what a divergence names that is not an array with a presence (grad, a state key)
+_NOT_ARRAYS = frozenset({"param", "requires_grad", "loss", "param_groups", "exception",
+                         "process"})
 # group values that `_same_value` compares by == under either contract, so == decides where
 # both have the type (not a float: strict tells -0.0 by its repr; not a tuple: semantic reads
 # ("tensor", x) as x)
@@ -799,15 +805,17 @@ def _trajectory(divergence: Divergence | None,
                 ) -> dict[str, Any] | None:
     if divergence is None or divergence.parameter is None or divergence.mismatch is None:
         return None
-    tables = {"param": "params", "grad": "grads", "momentum_buffer": "buffers"}
-    if divergence.tensor not in tables:
+    tensor = divergence.tensor
+    if tensor in _NOT_ARRAYS - {"param"}:
         return None
     index = tuple(divergence.mismatch.index)
 
     def element(observation: Observation | None) -> float | str | None:
         if observation is None:
             return None
-        array = getattr(observation, tables[divergence.tensor]).get(divergence.parameter)
+        table = observation.params if tensor == "param" else observation.grads \
+            if tensor == "grad" else observation.state.get(tensor, {})
+        array = table.get(divergence.parameter)
         if array is None or array.ndim != len(index) or \
                 any(i >= n for i, n in zip(index, array.shape, strict=True)):
             return None
@@ -822,23 +830,26 @@ def _trajectory(divergence: Divergence | None,
 # --- trajectory ----------------------------------------------------------------------------------
 
 
-def trajectory(setup: Setup, impl: Implementation | str, steps: int = 50) -> list[float]:
+def trajectory(setup: Setup, impl: Implementation | str, steps: int = 50,
+               family: str = "sgd") -> list[float]:
     """Trains both sides `steps` iterations (zero_grad, backward on batch i, step) WITHOUT
     synchronising and returns the drift: after each step, the largest ULP distance between any
     parameter of the two sides (inf once NaN or infinities differ). The local checks of `Twins`
     keep budgets from growing; this measures how far the differences carry over a run. The
     implementation runs in this process."""
-    impl = implementation(RunOptions(impl, isolation="none")) if isinstance(impl, str) else impl
+    options = RunOptions(impl if isinstance(impl, str) else impl.name, family=family,
+                         isolation="none")
+    impl = implementation(options) if isinstance(impl, str) else impl
     flags = PATH_FLAGS["for-loop"]
-    reference = Side(TorchOptimizerImplementation(REFERENCE), setup, flags)
+    torch_side = Side(reference(options), setup, flags)
     side = Side(impl, setup, flags)
     drift = []
     for batch in range(steps):
-        for s in (reference, side):
+        for s in (torch_side, side):
             s.apply(Action("zero_grad", {"set_to_none": True}))
             s.apply(Action("backward", {"batch": batch}))
             s.apply(Action("step"))
-        expected, actual = reference.observe(), side.observe()
+        expected, actual = torch_side.observe(), side.observe()
         drift.append(max((float(oracle.ulp_distance(actual.params[n], expected.params[n])
                                 .max(initial=0.0)) for n in expected.params), default=0.0))
     return drift

@@ -25,7 +25,6 @@ A node keeps the row it was recorded with, so the forward must run inside the co
 """
 
 import dataclasses
-import importlib
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -37,7 +36,8 @@ import torch
 from torch import Tensor
 from torch.optim.optimizer import Optimizer, ParamsT, _to_scalar, _use_grad_for_differentiable
 
-from conformance.options import torch_writes_grad
+from conformance.families import load as load  # mutants.load, as before
+from conformance.families.sgd import torch_writes_grad
 from refimpl.ops import OPS, _expand_reduced
 
 # --------------------------------------------------------------------------------------------
@@ -715,14 +715,3 @@ CORRECT_OPTIMIZERS: tuple[str, ...] = (
     "conformance.mutants:CorrectSGD",
     "conformance.mutants:TwiceRoundedSGD",
 )
-
-
-def load(target: str) -> Any:
-    """The object named by "package.module:Name" (Name may be dotted: "module:Class.attr")."""
-    module_name, sep, qualname = target.partition(":")
-    if not sep or not module_name or not qualname:
-        raise ValueError(f"expected 'module:Name', got {target!r}")
-    obj: Any = importlib.import_module(module_name)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj

@@ -4,8 +4,9 @@ surface (the features an implementation claims) and the options of a run.
 Two contracts:
 
 * `semantic` (the default for a `module:Class`): what user code can observe and rely on.
-  Parameters, gradients, momentum buffers and the loss `step(closure)` returns must match;
-  each group must hold torch's six hyperparameters with torch's values (keys torch lacks are
+  Parameters, gradients, the optimizer's state (SGD's momentum buffers, Adam's moments and
+  step counts) and the loss `step(closure)` returns must match; each group must hold the
+  family's hyperparameters with torch's values (keys torch lacks are
   allowed; torch's implementation flags are compared only where the implementation was given
   and stores them); where one side raises so must the other, with the same exception class (a
   subclass counts; the message is reported, not compared); torch's code-path artifacts are
@@ -23,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from conformance import families
 from conformance.oracle import Mode
 
 Contract = Literal["semantic", "strict"]
@@ -32,60 +34,53 @@ CONTRACTS: tuple[Contract, ...] = ("semantic", "strict")
 # the harness restarts when it exits, crashes, hangs or runs out of memory.
 Isolation = Literal["none", "process"]
 ISOLATIONS: tuple[Isolation, ...] = ("none", "process")
-IN_PROCESS = ("refimpl", "torch.optim:SGD")  # trusted: in-process unless told otherwise
+# refimpl and torch's own optimizers are trusted: in-process unless told otherwise
+IN_PROCESS = ("refimpl", "torch.optim:")
 REFERENCE_PATHS: tuple[ReferencePath, ...] = ("for-loop", "foreach", "fused")
 
-# The hyperparameters torch.optim.SGD defines, and the flags that only pick its code path.
-HYPERPARAMETERS = ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize")
-IMPLEMENTATION_FLAGS = ("foreach", "fused", "differentiable", "capturable")
-
-# torch.optim.SGD's constructor flags that select each reference path.
+# torch's constructor flags that select each reference path (every family has the three).
 PATH_FLAGS: dict[ReferencePath, dict[str, bool]] = {
     "for-loop": {"foreach": False},
     "foreach": {"foreach": True},
     "fused": {"fused": True},
 }
-
-# What an implementation may declare it does not do (`--without`), each with what is then left
-# unchecked; the hyperparameter each one is passed as, where it is one.
-FEATURES: dict[str, str] = {
-    "maximize": "maximize=True (gradient ascent) is never drawn",
-    "dampening": "nonzero dampening is never drawn",
-    "nesterov": "nesterov=True is never drawn",
-    "weight-decay": "nonzero weight_decay is never drawn",
-    "tensor-lr": "a learning rate given as a 1-element tensor is never drawn",
-    "closure": "step(closure) is never called",
-    "add-param-group": "add_param_group is never called",
-    "set-hyperparameter": "a group's hyperparameters are never changed between steps",
-    "state-dict": "state_dict() and load_state_dict() are never called",
-    "cross-load": "state dicts are never moved between torch and the implementation",
-    "set-to-none-false": "zero_grad(set_to_none=False) is never called",
-    "invalid-hyperparameters": "invalid hyperparameters and parameters are never passed "
-                               "(validation is not checked)",
-}
-ARGUMENT_OF: dict[str, str] = {"maximize": "maximize", "dampening": "dampening",
-                               "nesterov": "nesterov", "weight-decay": "weight_decay"}
 DTYPES = ("float32", "float64")
 
 
-def torch_writes_grad(group: dict[str, Any]) -> bool:
-    """torch 2.13's foreach SGD step computes nesterov's g + μb in the gradient tensors
-    themselves when it made no copy of them first (no maximize, no weight decay): `.grad` holds
-    that value after the step. The only place this condition is written."""
-    value = lambda key: group[key][1] if isinstance(group[key], tuple) else group[key]
-    return bool(value("nesterov")) and value("momentum") != 0 and not value("maximize") and \
-        value("weight_decay") == 0
-
-
-def parse_features(text: str | list[str]) -> frozenset[str]:
-    """`--without a,b` or a list (pyproject.toml); unknown names raise ValueError."""
+def parse_features(text: str | list[str], family: str = "sgd") -> frozenset[str]:
+    """`--without a,b` or a list (pyproject.toml); a name the family does not know raises
+    ValueError."""
+    known = families.get(family).features
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text)]
     names = [n for n in names if n]
-    unknown = sorted(set(names) - set(FEATURES))
+    unknown = sorted(set(names) - set(known))
     if unknown:
         raise ValueError(f"unknown feature(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(FEATURES)}")
+                         f"{', '.join(known)}")
     return frozenset(names)
+
+
+def parse_state_keys(text: str, family: str = "sgd") -> dict[str, str]:
+    """`--state-key`: where the implementation keeps torch's state entries, as
+    `torch_key=its_key,...`, or one name for the family's first key (SGD's momentum buffer);
+    "" keeps torch's names. Unknown torch keys raise ValueError."""
+    keys = [k.name for k in families.get(family).state]
+    text = text.strip()
+    if not text:
+        return {}
+    if "=" not in text:
+        return {} if text == keys[0] else {keys[0]: text}
+    mapping = {}
+    for item in text.split(","):
+        torch_key, sep, theirs = (part.strip() for part in item.partition("="))
+        if not sep or not torch_key or not theirs:
+            raise ValueError(f"expected torch_key=their_key, got {item.strip()!r}")
+        if torch_key not in keys:
+            raise ValueError(f"{torch_key!r} is not a state key of {family}; choose from "
+                             f"{', '.join(keys)}")
+        if theirs != torch_key:
+            mapping[torch_key] = theirs
+    return mapping
 
 
 @dataclass(frozen=True)
@@ -94,11 +89,12 @@ class RunOptions:
     through a report's settings, so a repro replays under the same options)."""
 
     implementation: str = "refimpl"
+    family: str = "sgd"  # conformance.families: which torch optimizer is the reference
     contract: Contract | None = None  # None: strict for refimpl, semantic otherwise
     mode: Mode | None = None  # None: the implementation's default (exact / ulp)
     reference_path: ReferencePath = "for-loop"
     without: frozenset[str] = field(default_factory=frozenset)
-    state_key: str = "momentum_buffer"
+    state_key: str = ""  # see parse_state_keys ("": torch's names)
     timeout: float | None = 10.0
     isolation: Isolation | None = None  # None: in-process for refimpl and torch, else process
     memory_limit: int = 4096  # MiB of address space the worker may add to what it started with
@@ -107,7 +103,8 @@ class RunOptions:
     def resolved_isolation(self) -> Isolation:
         if self.isolation is not None:
             return self.isolation
-        return "none" if self.implementation in IN_PROCESS else "process"
+        return "none" if self.implementation == IN_PROCESS[0] or \
+            self.implementation.startswith(IN_PROCESS[1]) else "process"
 
     @property
     def resolved_contract(self) -> Contract:
@@ -119,22 +116,32 @@ class RunOptions:
     def strict(self) -> bool:
         return self.resolved_contract == "strict"
 
+    @property
+    def spec(self) -> families.OptimizerFamily:
+        """The family's declaration (`conformance.families`)."""
+        return families.get(self.family)
+
+    @property
+    def state_keys(self) -> dict[str, str]:
+        """torch's state key -> the implementation's, where they differ."""
+        return parse_state_keys(self.state_key, self.family)
+
     def has(self, feature: str) -> bool:
         """Whether programs exercise `feature` (it was not declared absent)."""
-        if feature not in FEATURES:
+        if feature not in self.spec.features:
             raise KeyError(feature)
         return feature not in self.without
 
     def required_group_keys(self) -> tuple[str, ...]:
         """The hyperparameters every group must hold, with torch's values."""
-        absent = {ARGUMENT_OF[f] for f in self.without if f in ARGUMENT_OF}
-        return tuple(k for k in HYPERPARAMETERS if k not in absent)
+        return tuple(h.name for h in self.spec.drawn(self.without))
 
     def with_(self, **changes: Any) -> RunOptions:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"optimizer": self.implementation, "contract": self.resolved_contract,
+        return {"optimizer": self.implementation, "family": self.family,
+                "contract": self.resolved_contract,
                 "mode": self.mode, "reference_path": self.reference_path,
                 "without": sorted(self.without), "state_key": self.state_key,
                 "timeout": self.timeout, "isolation": self.resolved_isolation,
@@ -143,9 +150,11 @@ class RunOptions:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunOptions:
         """From `to_json()` or a report's settings (which hold more keys)."""
-        return cls(implementation=data["optimizer"], contract=data.get("contract"),
+        family = data.get("family", "sgd")
+        return cls(implementation=data["optimizer"], family=family,
+                   contract=data.get("contract"),
                    mode=data.get("mode"), reference_path=data.get("reference_path", "for-loop"),
-                   without=parse_features(data.get("without", [])),
-                   state_key=data.get("state_key", "momentum_buffer"),
+                   without=parse_features(data.get("without", []), family),
+                   state_key=data.get("state_key", ""),
                    timeout=data.get("timeout", 10.0), isolation=data.get("isolation"),
                    memory_limit=data.get("memory_limit", 4096))

@@ -8,29 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from conformance.actions import ACTIONS
 from conformance.models import ModelSpec
-
-# What users do, and the arguments each action takes (all JSON values).
-ACTION_KINDS = {
-    "backward": "forward on a fresh batch, then loss.backward(); grads accumulate if not cleared",
-    "backward_twice": "loss.backward(retain_graph=True), then loss.backward() again",
-    "zero_grad": "optimizer.zero_grad(set_to_none=...)",
-    "step": "optimizer.step()",
-    "step_closure": "optimizer.step(closure): the closure zeroes grads, runs forward/backward and "
-                    "returns the loss",
-    "set_hyperparameter": "param_groups[group][name] = value, as a scheduler does",
-    "add_param_group": "optimizer.add_param_group with parameters in no group yet; with a "
-                       "'flaw', also one torch rejects: 'duplicate' (already in a group), "
-                       "'non-leaf' or 'non-tensor'",
-    "construct": "a new optimizer over the current groups' parameters from these "
-                 "hyperparameters (which may be invalid, or made invalid by a 'flaw' as for "
-                 "add_param_group); where it is built, it replaces the old one",
-    "freeze": "parameter.requires_grad_(False)",
-    "unfreeze": "parameter.requires_grad_(True)",
-    "save_load": "state_dict() loaded into a fresh optimizer; source 'self' (each side its own), "
-                 "'reference' (torch's state loaded into the implementation too) or "
-                 "'implementation' (the implementation's state loaded into torch too)",
-}
 
 
 @dataclass(frozen=True)
@@ -50,7 +29,7 @@ class Group:
 class Setup:
     model: ModelSpec
     dtype: str  # "float32" | "float64"
-    defaults: dict[str, Any]  # SGD's constructor keyword arguments
+    defaults: dict[str, Any]  # the optimizer's constructor keyword arguments
     groups: tuple[Group, ...]
     tensor_lr: bool = False  # every lr (defaults, groups, changes) as a 1-element tensor
 
@@ -71,7 +50,7 @@ class Action:
     args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.kind not in ACTION_KINDS:
+        if self.kind not in ACTIONS:
             raise ValueError(f"unknown action {self.kind!r}")
 
     def __str__(self) -> str:

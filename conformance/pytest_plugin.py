@@ -44,14 +44,15 @@ from typing import Any
 import pytest
 
 from conformance.__main__ import MAX_MEMORY_LIMIT, MAX_TIMEOUT
+from conformance.families import FAMILY_NAMES
 from conformance.options import (
     CONTRACTS,
     DTYPES,
-    FEATURES,
     ISOLATIONS,
     REFERENCE_PATHS,
     RunOptions,
     parse_features,
+    parse_state_keys,
 )
 
 PROFILE_NAMES = ("dev", "ci", "thorough")
@@ -88,19 +89,24 @@ _RESULT = pytest.StashKey[str]()  # on an item: its encoded shard result, for it
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("conformance", "SGD conformance against torch.optim.SGD")
+    group = parser.getgroup("conformance", "conformance against torch.optim.SGD, Adam, AdamW")
+    group.addoption("--conformance-family", choices=FAMILY_NAMES, default="sgd",
+                    help="the optimizer family: sgd (default), adam or adamw")
     group.addoption("--optimizer", default="refimpl",
                     help="implementation under test: refimpl (default) or module:Class, a class "
-                         "constructed like torch.optim.SGD")
+                         "constructed like the family's torch optimizer")
     group.addoption("--conformance-contract", choices=CONTRACTS, default=None,
                     help="semantic (default for a module:Class) or strict (default for "
                          "refimpl); see conformance.options")
     group.addoption("--conformance-reference-path", choices=REFERENCE_PATHS,
                     default="for-loop", help="torch's code path used as the reference")
     group.addoption("--conformance-without", default="",
-                    help=f"features the optimizer does not claim: {', '.join(FEATURES)}")
-    group.addoption("--conformance-state-key", default="momentum_buffer",
-                    help="the state key of the momentum buffer")
+                    help="features the optimizer does not claim (see conformance run "
+                         "--help)")
+    group.addoption("--conformance-state-key", default="",
+                    help="where the optimizer keeps torch's state entries, if named "
+                         "differently: TORCH_KEY=KEY pairs, or one name for the family's "
+                         "first (default: torch's names)")
     group.addoption("--conformance-mode", choices=["exact", "ulp", "tolerance"], default=None,
                     help="how values are judged: exact (bitwise; refimpl's default), ulp (the "
                          "error model's budget; a module:Class's default) or tolerance "
@@ -116,7 +122,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-isolation", choices=ISOLATIONS, default=None,
                     help="where the optimizer runs: process (default for a module:Class; a "
                          "crash, hang or running out of memory is a reported divergence) or "
-                         "none (default for refimpl and torch.optim:SGD: in this process)")
+                         "none (default for refimpl and torch.optim's classes: in this process)")
     group.addoption("--conformance-memory-limit", type=int, default=4096, metavar="MIB",
                     help="MiB of address space the worker process may add (default 4096)")
     group.addoption("--conformance-report-dir", default="reports", metavar="DIR",
@@ -150,10 +156,15 @@ def shard_count(config: pytest.Config) -> int:
 def _read_config(config: pytest.Config) -> Config:
     """The options, every value checked; ValueError says what is wrong, in one line."""
     option = config.getoption
+    family = option("--conformance-family")
     try:
-        without = parse_features(option("--conformance-without"))
+        without = parse_features(option("--conformance-without"), family)
     except ValueError as error:
         raise ValueError(f"--conformance-without: {error}") from error
+    try:
+        parse_state_keys(option("--conformance-state-key"), family)
+    except ValueError as error:
+        raise ValueError(f"--conformance-state-key: {error}") from error
     timeout = option("--conformance-timeout")
     if not 0 < timeout <= MAX_TIMEOUT:
         raise ValueError(f"--conformance-timeout must be a positive number of seconds, at "
@@ -167,9 +178,9 @@ def _read_config(config: pytest.Config) -> Config:
     shards = option("--conformance-shards")
     if shards is not None and shards < 1:
         raise ValueError(f"--conformance-shards must be at least 1, got {shards!r}")
-    if not option("--optimizer") or not option("--conformance-state-key"):
-        raise ValueError("--optimizer and --conformance-state-key must not be empty")
-    options = RunOptions(implementation=option("--optimizer"),
+    if not option("--optimizer"):
+        raise ValueError("--optimizer must not be empty")
+    options = RunOptions(implementation=option("--optimizer"), family=family,
                          contract=option("--conformance-contract"),
                          mode=option("--conformance-mode"),
                          reference_path=option("--conformance-reference-path"),
@@ -349,9 +360,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         "examples": PROFILES[config.profile].max_examples, "seed": config.seed,
         "mode": options.mode or implementation(options).default_mode, "dtypes": dtypes,
         "max_failures": config.max_failures, "jobs": count, "config_file": None}
-    not_verified = [{"feature": f, "description": FEATURES[f],
+    features = options.spec.features
+    not_verified = [{"feature": f, "description": features[f],
                      "source": "--conformance-without"}
-                    for f in FEATURES if f in options.without]
+                    for f in features if f in options.without]
     not_verified += [{"feature": d, "description": f"{d} parameters are not checked",
                       "source": "pytest selection"} for d in DTYPES if d not in dtypes]
     not_verified += [{"feature": d, "source": "pytest selection",

@@ -44,7 +44,7 @@ FLAKY = "flaky: did not show again on a re-run"
 # state-dict, have no row).
 FEATURE_OF_HYPERPARAMETER = {"lr": "tensor-lr", "weight_decay": "weight-decay",
                              "maximize": "maximize", "dampening": "dampening",
-                             "nesterov": "nesterov"}
+                             "nesterov": "nesterov", "amsgrad": "amsgrad"}
 
 
 def environment() -> dict[str, Any]:
@@ -75,11 +75,14 @@ def build(results: Sequence[Any], settings: dict[str, Any], created: str | None 
     for result in results[1:]:
         coverage.merge(result.coverage)
     failures = [failure for result in results for failure in result.failures]
+    from conformance.families import get
+
     return {
         "schema_version": SCHEMA_VERSION,
         "created": created or _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "result": "fail" if failures else "pass",
         "implementation": results[0].implementation,
+        "reference": get(settings.get("family", "sgd")).torch_name,
         "contract": settings["contract"],
         "environment": environment(),
         "settings": settings,
@@ -262,7 +265,7 @@ def markdown(report: dict[str, Any]) -> str:
                        if name in settings)
     found = f"{len(failures)} distinct failure(s) in " if failures else ""
     lines = [
-        f"## {verdict.format(_code(report['implementation']))} torch.optim.SGD"
+        f"## {verdict.format(_code(report['implementation']))} {_reference(report)}"
         f"{_contract(report)}{unverified}",
         "",
         *([f"First: {failures[0]['dtype']}, {_where(failures[0]['first_divergence'], _code)}"
@@ -300,7 +303,7 @@ def _markdown_coverage(cov: dict[str, Any]) -> list[str]:
         ("ops (programs)", "ops"), ("kinks hit (forwards)", "kinks"),
         ("features in play (group steps)", "step_features"),
         ("feature pairs (group steps)", "feature_pairs"),
-        ("steps with a momentum buffer", "buffered_steps"), ("actions", "action_kinds"))
+        ("steps with optimizer state", "buffered_steps"), ("actions", "action_kinds"))
         if cov.get(key) is not None]
     if not rows:
         return lines
@@ -409,7 +412,7 @@ def html(report: dict[str, Any]) -> str:
     verdict = "conforms to" if outcome == "pass" else "diverges from"
     failures = report["failures"]
     body = [f"<header class='{outcome}'><h1><code>{e(report['implementation'])}</code> "
-            f"{verdict} torch.optim.SGD{e(_contract(report))}</h1>"
+            f"{verdict} {e(_reference(report))}{e(_contract(report))}</h1>"
             f"<p>{e(len(failures))} distinct failure(s) in {e(cov['programs'])} programs, "
             f"{e(cov['actions'])} actions.</p></header>"]
     if failures:
@@ -661,13 +664,18 @@ def _summary(failure: dict[str, Any]) -> str:
     return f"{where} differs at action {d['action_index']} {d['action']}{flaky}"
 
 
+def _reference(report: dict[str, Any]) -> str:
+    """The torch optimizer the run checked against (reports before families: SGD)."""
+    return str(report.get("reference", "torch.optim.SGD"))
+
+
 def repro_script(report: dict[str, Any], failure: dict[str, Any]) -> str:
     """A standalone script that replays the failing case against torch under the run's
     options (contract, mode, reference path, features left out, ...) and exits 1 with the
     first divergence (0 once the implementation conforms). The settings and the case are
     embedded as Python literals of their JSON, which hold any text safely."""
     return f'''#!/usr/bin/env python
-"""Reproduces a conformance failure against torch.optim.SGD.
+"""Reproduces a conformance failure against {_reference(report)}.
 
 Run it with plain `python {failure["repro"]}` where the implementation is importable (the
 current directory is put on sys.path). It rebuilds the shrunk program, runs it on torch and

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import hypothesis
 import torch
 from hypothesis import settings as Settings
 from hypothesis.errors import FlakyFailure
@@ -140,8 +141,8 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
                 if on_program is not None:
                     cls.on_program = lambda c, before=before, cls=cls, offset=offset: on_program(
                         offset + before + (cls.first_failure or (c.programs,))[0])
-                if seed is not None:  # what @hypothesis.seed sets; each round its own
-                    cls._hypothesis_internal_use_seed = seed + 7919 * len(failures)
+                if seed is not None:  # each round its own
+                    cls = hypothesis.seed(seed + 7919 * len(failures))(cls)
                 hypothesis_options: dict[str, Any] = {
                     "report_multiple_bugs": False,
                     "max_examples": budget - before}
@@ -226,9 +227,6 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
     return False
 
 
-_DEPENDENT = {"momentum": ("nesterov", "dampening")}
-
-
 def _same_kind(found: Divergence, divergence: Divergence) -> bool:
     """The same failure, for reducing: the same tensor, difference and kind of action."""
     return all(found.key[k] == divergence.key[k] for k in ("tensor", "difference", "action"))
@@ -259,7 +257,7 @@ def _reduce(case: Case, divergence: Divergence, impl: Implementation, options: R
                 continue
             candidate = Case(replace(setup, tensor_lr=False), case.actions)
         else:
-            dropped = {name, *_DEPENDENT.get(name, ())}  # nesterov needs momentum
+            dropped = {name, *options.spec.dependents(name)}  # nesterov needs momentum
             candidate = Case(replace(setup, defaults={k: v for k, v in setup.defaults.items()
                                                       if k not in dropped}), case.actions)
         found = fails(candidate)

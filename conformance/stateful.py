@@ -1,10 +1,12 @@
 """The Hypothesis state machine that drives `conformance.machine.Twins`, and the coverage
 of a run.
 
-`SGDMachine` is the `RuleBasedStateMachine`: its rules are what users do (never a feature the
-implementation declared absent), each recorded as an `Action`, so a failure shrinks to a short
-`Case` that can be stored and replayed. `machine(...)` configures a subclass for one run's
-round.
+`ConformanceMachine` is the `RuleBasedStateMachine`: its rules are what users do (never a
+feature the implementation declared absent), each recorded as an `Action`, so a failure
+shrinks to a short `Case` that can be stored and replayed; everything optimizer-specific
+comes from the run's family. `machine(...)` configures a subclass for one run's round.
+A new action is one `@rule` here that records it and one branch of `Side.apply` that runs it
+(`conformance.implementations`).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from hypothesis import target
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from conformance import models, strategies
+from conformance.actions import ACTIONS, counts_as, reached
 from conformance.implementations import implementation
-from conformance.machine import ACTION_CLASSES, Divergence, DivergenceFound, Twins
+from conformance.machine import Divergence, DivergenceFound, Twins
 from conformance.options import RunOptions
 from conformance.program import Action, Case, Setup
 
@@ -36,30 +39,13 @@ MAX_INCIDENTS = 8
 # --- coverage ------------------------------------------------------------------------------------
 
 
-# What a declared feature needs a run to reach before its verdict means anything: the
-# features of `conformance.options.FEATURES`, with "momentum" (always declared) for the
-# second step with a buffer, where a buffer is first read.
-NEEDS = {
-    "momentum": "a second step with a momentum buffer",
-    "maximize": "a step with maximize=True", "dampening": "a second step with dampening",
-    "nesterov": "a step with nesterov=True", "weight-decay": "a step with weight decay",
-    "tensor-lr": "a step with a tensor lr", "closure": "step(closure)",
-    "add-param-group": "add_param_group", "set-hyperparameter": "a hyperparameter changed",
-    "state-dict": "a state-dict round trip", "cross-load": "a state dict moved across",
-    "set-to-none-false": "zero_grad(set_to_none=False)",
-    "invalid-hyperparameters": "a construction with invalid arguments",
-}
-# A group's hyperparameter, and the feature it is when it is not its default.
-STEP_FEATURES = {"momentum": "momentum", "dampening": "dampening", "nesterov": "nesterov",
-                 "weight_decay": "weight-decay", "maximize": "maximize"}
-
-
 @dataclass
 class Coverage:
     """What the generated programs exercised (for the report): the setups' models and ops,
     the kinks their forwards hit (torch's values exactly at a break point or a tie), the
     hyperparameter features and pairs of features in play at each step of a group, the
-    actions, and the steps with a momentum buffer by how many came before."""
+    actions, and the steps with optimizer state (SGD's momentum buffer, Adam's moments) by
+    how many came before."""
 
     programs: int = 0  # drawn; the runner moves those re-run while shrinking to `shrinking`
     actions: int = 0
@@ -74,7 +60,7 @@ class Coverage:
     step_features: Counter[str] = field(default_factory=Counter)  # a group's steps, by feature
     feature_pairs: Counter[str] = field(default_factory=Counter)
     buffered_steps: Counter[str] = field(default_factory=Counter)  # first, second, later
-    reached: set[str] = field(default_factory=set)  # of NEEDS
+    reached: set[str] = field(default_factory=set)  # of the family's reach_needs()
     hyperparameters: set[str] = field(default_factory=set)
     group_layouts: set[str] = field(default_factory=set)
 
@@ -96,49 +82,41 @@ class Coverage:
         with its buffer in this program)."""
         self.actions += 1
         self.action_kinds[action.kind] += 1
-        reached = {"step_closure": "closure", "add_param_group": "add-param-group",
-                   "set_hyperparameter": "set-hyperparameter", "save_load": "state-dict"}
-        if action.kind in reached:
-            self.reached.add(reached[action.kind])
-        if action.kind == "save_load" and action.args.get("source") != "self":
-            self.reached.add("cross-load")
-        if action.kind == "zero_grad" and not action.args.get("set_to_none", True):
-            self.reached.add("set-to-none-false")
-        if action.kind == "construct" or "flaw" in action.args:
-            self.reached.add("invalid-hyperparameters")
-        if action.kind not in ("step", "step_closure"):
+        self.reached |= reached(action.kind, action.args)
+        if not ACTIONS[action.kind].steps:
             return
-        optimizer, names = twins.reference.optimizer, twins.reference.names
+        optimizer, names, family = twins.reference.optimizer, twins.reference.names, \
+            twins.family
+        kept = family.state[0].name  # what a step with state holds (SGD's buffer)
         for group in optimizer.param_groups:
             stepped = [p for p in group["params"] if p.grad is not None or
                        (action.kind == "step_closure" and p.requires_grad)]
             if not stepped:
                 continue
-            on = {feature for key, feature in STEP_FEATURES.items() if group.get(key)}
-            if hasattr(group["lr"], "item"):
-                on.add("tensor-lr")
-            if "momentum" not in on:
-                on -= {"dampening", "nesterov"}
+            on = set(family.in_play(lambda key, group=group: group.get(key),
+                                    hasattr(group["lr"], "item")))
             self.step_features.update(on or {"plain"})
             self.feature_pairs.update("+".join(pair)
                                       for pair in itertools.combinations(sorted(on), 2))
-            self.reached |= on - {"momentum", "dampening"}
-            if "momentum" not in on:
+            self.reached |= on - family.second_step
+            if family.state_needs is not None and family.state_needs not in on:
                 continue
             for p in stepped:
                 name = names[id(p)]
-                held = optimizer.state.get(p, {}).get("momentum_buffer") is not None
-                count = buffered.get(name, 2) if held else 0  # a loaded buffer: "later"
+                held = optimizer.state.get(p, {}).get(kept) is not None
+                count = buffered.get(name, 2) if held else 0  # loaded state: "later"
                 buffered[name] = count + 1
                 self.buffered_steps[("first", "second")[count] if count < 2 else "later"] += 1
                 if count >= 1:
-                    self.reached |= {"momentum"} | ({"dampening"} & on)
+                    self.reached |= family.second_step & (on | {family.state_needs})
 
     def unreached(self, options: RunOptions) -> dict[str, str]:
-        """Each declared feature the programs never reached, with what it needs."""
-        declared = lambda f: f == "momentum" or (options.has(f) and (
+        """Each declared feature the programs never reached, with what it needs (a feature
+        that cannot be declared absent, SGD's momentum, is always declared)."""
+        family = options.spec
+        declared = lambda f: f not in family.features or (options.has(f) and (
             f != "cross-load" or options.has("state-dict")))  # no state dicts, none to move
-        return {feature: need for feature, need in NEEDS.items()
+        return {feature: need for feature, need in family.reach_needs().items()
                 if declared(feature) and feature not in self.reached}
 
     def merge(self, other: Coverage) -> None:
@@ -182,7 +160,7 @@ class Coverage:
 # --- the state machine ---------------------------------------------------------------------------
 
 
-class SGDMachine(RuleBasedStateMachine):
+class ConformanceMachine(RuleBasedStateMachine):
     """Rules are what users do; after each, every observable must match torch (see Twins).
     A feature the options declare absent is never exercised. Configure a subclass with
     `machine(...)`."""
@@ -217,7 +195,8 @@ class SGDMachine(RuleBasedStateMachine):
     @initialize(data=st.data())
     def build(self, data: st.DataObject) -> None:
         cls = type(self)
-        setup = data.draw(strategies.setups(cls.dtypes, cls.options.without), label="setup")
+        setup = data.draw(strategies.setups(cls.dtypes, cls.options.without, cls.options.spec),
+                          label="setup")
         self.twins = Twins(setup, implementation(cls.options), cls.options)
         self.twins.reference.model.kinks = cls.coverage.kinks
         cls.coverage.add_setup(setup)
@@ -234,7 +213,7 @@ class SGDMachine(RuleBasedStateMachine):
             # the bound, a program fails as the shortest case seen at the same kind of
             # action, without running, so Hypothesis ends with that (genuine) case.
             divergence, case = cls.incident
-            if ACTION_CLASSES.get(action.kind, action.kind) == divergence.key["action"]:
+            if counts_as(action.kind) == divergence.key["action"]:
                 self._fail(divergence, case)
             return
         cls.coverage.add_action(action, self.twins, self.buffered)
@@ -298,7 +277,7 @@ class SGDMachine(RuleBasedStateMachine):
         group = groups[index]
         name, value = data.draw(strategies.hyperparameter_change(
             {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
-            type(self).options.without), label="change")
+            type(self).options.without, type(self).options.spec), label="change")
         self._do(Action("set_hyperparameter", {"group": index, "name": name, "value": value}))
 
     def _ungrouped(self) -> list[str]:
@@ -315,7 +294,8 @@ class SGDMachine(RuleBasedStateMachine):
         names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True),
                           label="params")
         options = data.draw(strategies.group_options(self._setup.defaults,
-                                                     type(self).options.without),
+                                                     type(self).options.without,
+                                                     type(self).options.spec),
                             label="options")
         self._do(Action("add_param_group", {"params": names, "options": options}))
 
@@ -332,7 +312,8 @@ class SGDMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._has("invalid-hyperparameters"))
     @rule(data=st.data())
     def construct(self, data: st.DataObject) -> None:
-        arguments = data.draw(strategies.constructions(type(self).options.without),
+        arguments = data.draw(strategies.constructions(type(self).options.without,
+                                                       type(self).options.spec),
                               label="construct")
         self._do(Action("construct", arguments))
 
@@ -366,14 +347,15 @@ def _failure_class(tensor: str, difference: str, action: str) -> type[Divergence
 
 def machine(options: RunOptions | str = "refimpl",
             dtypes: tuple[str, ...] = ("float32", "float64"),
-            known: tuple[dict[str, Any], ...] = (), round_: int = 0) -> type[SGDMachine]:
+            known: tuple[dict[str, Any], ...] = (), round_: int = 0
+            ) -> type[ConformanceMachine]:
     """A state machine class checking `options.implementation` against torch; programs that
     hit a failure a `known` key explains end quietly. Each round of a run has its own entry
     in Hypothesis's example database."""
     options = options if isinstance(options, RunOptions) else RunOptions(options)
     implementation(options)  # fail early, with ImplementationError, on a bad module:Class
     settings_name = json.dumps(options.to_json(), sort_keys=True)
-    name = f"SGDConformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
-    return type(name, (SGDMachine,), {
+    name = f"Conformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
+    return type(name, (ConformanceMachine,), {
         "options": options, "dtypes": dtypes, "coverage": Coverage(), "last_case": None,
         "known": known, "first_failure": None, "incidents": 0, "incident": None})

@@ -12,13 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conformance import strategies
+from conformance.families import get
+from conformance.families.sgd import torch_writes_grad
 from conformance.implementations import ImplementationError, implementation
 from conformance.machine import replay
-from conformance.options import FEATURES, RunOptions, parse_features, torch_writes_grad
+from conformance.options import RunOptions, parse_features
 from conformance.profiles import PROFILES
 from conformance.program import Action, Case, Group, Setup
 from conformance.runner import run
 from tests.test_machine import SPEC
+
+FEATURES = get("sgd").features
 
 # --- optimizers a user might write --------------------------------------------------------------
 

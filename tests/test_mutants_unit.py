@@ -18,9 +18,9 @@ import torch
 
 import refimpl
 import refimpl.functional as RF
+from conformance import families
 from conformance.mutants import (
     AUTOGRAD_MUTANTS,
-    CORRECT_OPTIMIZERS,
     OPTIMIZER_MUTANTS,
     THOROUGH_MUTANTS,
     CorrectSGD,
@@ -30,6 +30,7 @@ from conformance.mutants import (
 )
 from refimpl.ops import OPS
 
+CORRECT_OPTIMIZERS = families.get("sgd").correct_optimizers()
 ALL_OPTIMIZERS = [m.target for m in OPTIMIZER_MUTANTS] + list(CORRECT_OPTIMIZERS)
 
 

@@ -63,7 +63,7 @@ def test_references_are_listed() -> None:
     module = {"CompiledStepSGD": "compiled_reference"}
     expected = tuple(f"conformance.{module.get(name, 'references')}:{name}"
                      for name in FACTORIES)
-    assert expected == references.REFERENCES
+    assert expected == tuple(references.REFERENCES)
 
 
 # --------------------------------------------------------------------------------------------
