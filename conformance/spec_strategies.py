@@ -33,9 +33,9 @@ from conformance.models import (
     ModelSpec,
     Param,
     Shape,
-    _conv_out,
-    _graph_op_shape,
     cancelling_op,
+    conv_out,
+    graph_op_shape,
     zero_gradient_parameters,
 )
 
@@ -132,7 +132,7 @@ def conv_specs(draw: Any, dims: int) -> ModelSpec:
         kernel = draw(st.integers(1, 3))
         padding = draw(st.integers(0, 1))
         stride = draw(st.integers(1, 2))
-        out = _conv_out(spatial[0], kernel, stride, padding)
+        out = conv_out(spatial[0], kernel, stride, padding)
         if out < 1:
             break
         layers.append(Layer(f"conv{dims}d", draw(st.integers(1, 3)), kernel=kernel,
@@ -179,7 +179,7 @@ _FAMILIES = ((*BINARY_OPS, "matmul"), (*SMOOTH_OPS, *SOFTMAX_OPS), KINKED_OPS, R
 _EXACT_ONLY = ("clamp", "amax", "max")
 _WANTS_GRAD = (*KINKED_OPS, "amax", "max")
 # clamp's bounds (and their mirror images), hit by exact zeros and the tie values of batches
-# (models._TIES)
+# (conformance.models.data._TIES)
 _CLAMPS = ((0.0, None), (0.0, 1.25), (0.0, 0.5), (-1.0, 0.5))
 
 
@@ -256,7 +256,7 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
             values.append(a)
         params_before = len(params)
         op, bound, exact = _draw_graph_op(draw, name, a, last_first, new_param)
-        shape = _graph_op_shape(op, [_shape_of(values, x) for x in op.args])
+        shape = graph_op_shape(op, [_shape_of(values, x) for x in op.args])
         if bound > _MAX_BOUND or math.prod(shape) > _MAX_SIZE:
             for p in params[params_before:]:  # parameters made for the skipped op
                 values.remove(next(v for v in values if v.name == p.name))

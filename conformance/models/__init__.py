@@ -58,10 +58,6 @@ from conformance.models.spec import (
 )
 from refimpl.ops import OPS
 
-# The names conformance.spec_strategies imports from before they were public.
-_conv_out = conv_out
-_graph_op_shape = graph_op_shape
-
 __all__ = [
     "ACTIVATIONS",
     "ALL_OPS",
