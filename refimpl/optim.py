@@ -1,6 +1,6 @@
-"""torch.optim's Optimizer and SGD over refimpl tensors, exact to the bit.
+"""torch.optim's Optimizer, SGD, Adam and AdamW over refimpl tensors, exact to the bit.
 
-What `optimizer.step()` does for each parameter that has a gradient (`sgd_update`, which follows
+What `SGD.step()` does for each parameter that has a gradient (`sgd_update`, which follows
 the pseudocode in torch's SGD documentation line by line):
 
     g ← -∇ if maximize else ∇
@@ -10,18 +10,34 @@ the pseudocode in torch's SGD documentation line by line):
     g ← g + μ·b if nesterov else b   if momentum μ ≠ 0
     θ ← θ − γ·g
 
+and `Adam.step()` (`adam_update`, likewise; AdamW is Adam with decoupled weight decay):
+
+    g ← -∇ if maximize else ∇
+    θ ← θ·(1 − γλ)                   if decoupled (AdamW) and λ ≠ 0
+    g ← g + λ·θ                      if not decoupled and λ ≠ 0
+    m ← β₁·m + (1 − β₁)·g            (torch's lerp)
+    v ← β₂·v + (1 − β₂)·g²
+    v_max ← max(v_max, v)            if amsgrad (then v_max stands for v below)
+    θ ← θ − γ/(1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+
 Parameters whose `.grad` is None are skipped entirely; a zero gradient is not skipped.
-Every `x + α·y` is computed as torch's CPU kernel rounds it (`refimpl.rounding.add_scaled`):
-with one rounding (a fused multiply-add) on AVX2/AVX512 builds, with two under
-ATEN_CPU_CAPABILITY=default. SGD takes the CPU capability of the torch it reproduces as
-`cpu_capability=`; left unset, it is the one torch's dispatcher would pick on this machine
-(see `detected_capability`).
+Every line is computed as torch's CPU kernels round it (`refimpl.rounding`: `add_scaled`,
+`lerp`, `addcmul`, `addcdiv`): an `x + α·y` with one rounding (a fused multiply-add) on
+AVX2/AVX512 builds, with two under ATEN_CPU_CAPABILITY=default. The optimizers take the CPU
+capability of the torch they reproduce as `cpu_capability=`; left unset, it is the one torch's
+dispatcher would pick on this machine (see `detected_capability`). The path flags select which
+of torch's implementations is reproduced (for-loop, foreach=True, fused=True), each with its own
+rounding where they differ: the fused kernels' scalar tails, the Python-double or tensor
+arithmetic of Adam's bias corrections, lr and betas given as tensors. One operation is not
+reproduced by default: the square root of torch's for-loop and foreach Adam (MKL's, not correctly
+rounded); see `Adam` for the measured budget and the `sqrt` hook.
 
 State dicts use torch's format: `state` keyed by parameter index, `param_groups` with `params`
-as index lists. Like torch, `state_dict()` returns the live momentum buffers (no copies) and
-`load_state_dict()` keeps a loaded buffer whose dtype already matches its parameter (a buffer
-of another dtype is converted, which copies): two optimizers loaded from one state dict share
-their buffers unless the dict is deep-copied first.
+as index lists; Adam's `step` is a 0-dim float32 tensor, as torch's. Like torch, `state_dict()`
+returns the live state tensors (no copies) and `load_state_dict()` keeps a loaded tensor whose
+dtype already matches its parameter (a tensor of another dtype is converted, which copies; a
+`step` is kept as it is, or made float32 in a fused or capturable group): two optimizers loaded
+from one state dict share their buffers unless the dict is deep-copied first.
 """
 
 from __future__ import annotations
@@ -492,27 +508,30 @@ class AdamScalars(NamedTuple):
 
 def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
                 exp_avg_sq: np.ndarray, max_exp_avg_sq: np.ndarray | None, s: AdamScalars, *,
-                maximize: bool, rounding: Rounding, sqrt: Sqrt = np.sqrt,
-                fused_tail: np.ndarray | None = None) -> None:
+                maximize: bool, rounding: Rounding, fused: bool = False, sqrt: Sqrt = np.sqrt,
+                scalar_tail: np.ndarray | None = None) -> None:
     """One step of one parameter (or of a flat batch of them), in place on `param` and the
     moments (`max_exp_avg_sq` is None without amsgrad). Each line is a line of torch's
     documented algorithm, rounded as torch's kernels round it: `rounding` is the CPU
-    capability's (fma or two roundings), `sqrt` the square root of the torch path (torch's
-    for-loop and foreach paths call MKL's, see `Adam`), `fused_tail` the flat indices that
-    torch's fused kernel treats as its scalar tail (see `_second_moment`). An in-place line
-    stores into the moment's or parameter's dtype, whatever dtype numpy computed it in. Quiet
-    about overflow and NaN, as torch is."""
+    capability's (fma or two roundings), `fused` whether it is torch's fused kernel, `sqrt` the
+    square root of the torch path (torch's for-loop and foreach paths call MKL's, see `Adam`),
+    `scalar_tail` the flat indices that torch's kernels compute with their scalar code rather
+    than their vectors (see `lerp` and `_second_moment`). An in-place line stores into the
+    moment's or parameter's dtype, whatever dtype numpy computed it in. Quiet about overflow and
+    NaN, as torch is."""
     with np.errstate(all="ignore"):
         g = -grad if maximize else grad
         if s.decay is not None:
             param *= s.decay  # θ ← θ(1 − γλ)
         if s.weight_decay is not None:
             g = add_scaled(g, param, s.weight_decay, rounding)  # g ← g + λθ
-        exp_avg[...] = lerp(exp_avg, g, s.one_minus_beta1, rounding)  # m ← β₁m + (1 − β₁)g
-        exp_avg_sq[...] = _second_moment(exp_avg_sq, g, s, rounding, fused_tail)  # β₂v + (1 − β₂)g²
+        exp_avg[...] = lerp(exp_avg, g, s.one_minus_beta1, rounding,  # m ← β₁m + (1 − β₁)g
+                            scalar_tail)
+        exp_avg_sq[...] = _second_moment(exp_avg_sq, g, s, rounding,  # v ← β₂v + (1 − β₂)g²
+                                         scalar_tail if fused else None)
         v = exp_avg_sq
-        if max_exp_avg_sq is not None:
-            v = np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)  # v ← max(v_max, v)
+        if max_exp_avg_sq is not None:  # v ← max(v_max, v)
+            v = _maximum(max_exp_avg_sq, exp_avg_sq, scalar_tail if fused else None)
         denom = sqrt(v) / s.bias_correction2_sqrt + s.eps  # √v / √(1 − β₂ᵗ) + ε
         param[...] = addcdiv(param, exp_avg, denom, -s.step_size)  # θ − γ/(1 − β₁ᵗ) · m / denom
 
@@ -531,6 +550,31 @@ def _second_moment(v: np.ndarray, g: np.ndarray, s: AdamScalars, rounding: Round
     square = (v.dtype.type(s.one_minus_beta2) * tail_g) * tail_g
     body.reshape(-1)[fused_tail] = add_scaled(square, v.reshape(-1)[fused_tail], s.beta2, rounding)
     return body
+
+
+def _maximum(v_max: np.ndarray, v: np.ndarray, fused_tail: np.ndarray | None) -> np.ndarray:
+    """max(v_max, v) into v_max: NaN if either is NaN, as torch.maximum and the fused kernel's
+    vectors compute it; the fused kernel's scalar tail calls std::max(v_max, v), which keeps
+    v_max when v is NaN."""
+    kept = None if fused_tail is None else v_max.reshape(-1)[fused_tail]
+    np.maximum(v_max, v, out=v_max)
+    if kept is not None and kept.size:
+        tail_v = v.reshape(-1)[fused_tail]
+        v_max.reshape(-1)[fused_tail] = np.where(kept < tail_v, tail_v, kept)
+    return v_max
+
+
+# torch's elementwise CPU kernels (cpu_kernel_vec) step two 32-byte vectors at a time and the
+# last size mod 64 bytes of a tensor go through their scalar code, at every capability
+# (measured with lerp's sign of zero); a TensorIterator split over threads (32,768 elements or
+# more) has such a tail at the end of each thread's chunk, which refimpl does not model.
+LOOP_KERNEL_TAIL_BYTES = 64
+
+
+def _tail(size: int, dtype: np.dtype, vector_bytes: int) -> np.ndarray:
+    """The flat indices past the last whole `vector_bytes` of a tensor of `size` elements."""
+    lanes = vector_bytes // dtype.itemsize
+    return np.arange(size - size % lanes, size)
 
 
 def _hyperparameter(value: Any) -> Any:
@@ -641,19 +685,27 @@ class Adam(Optimizer):
 
     Bit for bit: the fused path, and the for-loop and foreach paths with one exception: the
     square root. torch's CPU `Tensor.sqrt()` calls MKL's vsSqrt/vdSqrt (HA mode), which is not
-    correctly rounded (measured on an AMD EPYC: 1 ULP off in 17% of float32 and 1.2% of float64
-    inputs, an error up to 0.75 ULP) and whose bits depend on the CPU MKL dispatches to. refimpl
-    takes the square root as `sqrt` (refimpl's addition, an elementwise function on numpy
-    arrays); left unset it is numpy's, correctly rounded, and then θ may differ from torch's:
-    by at most 2 ULP of max(|θ before|, |θ after|) per step (measured, see
-    tests/test_adam_bitwise.py), while m, v, v_max and step stay bitwise as long as θ does not
-    feed back into g (λ = 0 or AdamW). Given torch's square root, every path is bitwise.
+    correctly rounded (measured on this project's AMD EPYC, where MKL runs its generic SSE code
+    built on rsqrtps: 1 ULP off in 17% of float32 and 1.2% of float64 inputs, errors up to 0.75
+    ULP) and whose bits depend on the CPU MKL dispatches to. refimpl takes the square root as
+    `sqrt` (refimpl's addition: an elementwise function on numpy arrays, used by the for-loop and
+    foreach paths); left unset it is numpy's, correctly rounded, and then a step's θ may differ
+    from torch's by at most 4 ULP of max(|θ'|, |θ_new − θ'|), θ' the parameter the update is
+    added to (after AdamW's decay): measured over 10^8 elements of both dtypes, every
+    hyperparameter drawn, both roundings (PARAM_ULP_BUDGET in tests/test_adam_bitwise.py); 3% of
+    float32 and 0.2% of float64 elements differ at all. m, v, v_max and step stay bitwise as
+    long as the parameters agree (θ feeds g only through Adam's L2 λ). Given torch's square root
+    (`sqrt=` a function calling it), every path is bitwise.
 
     Not reproduced: a parameter listed twice in a group is stepped twice in sequence by the
     for-loop path and by the fused path (both as torch does), but torch's foreach path
-    interleaves the two steps op by op, which refimpl does not. `differentiable=True` raises
-    NotImplementedError; `capturable=True` raises torch's AssertionError at the first step (no
-    CPU tensor is capturable), except on the fused path, which ignores it.
+    interleaves the two steps op by op, which refimpl does not. The sign of a zero m when
+    1 − β₁ rounds to 1 depends on whether torch's kernel computes the element with its vectors
+    or its scalar code; refimpl follows the scalar tail of each tensor, but not the extra tails
+    at thread-chunk ends of tensors of 32,768 elements or more stepped on several threads.
+    `differentiable=True` raises NotImplementedError; `capturable=True` raises torch's
+    AssertionError at the first step (no CPU tensor is capturable), except on the fused path,
+    which ignores it.
     """
 
     def __init__(self, params: Any, lr: float | Tensor = 1e-3,
@@ -832,16 +884,15 @@ class Adam(Optimizer):
         def gather(arrays: list[np.ndarray]) -> np.ndarray:
             return np.concatenate([a.reshape(-1) for a in arrays]) if flat else arrays[0]
 
-        tail = None
-        if fused:
-            tail = np.concatenate([start + _fused_tail(n, p.data.dtype)
-                                   for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
+        vector_bytes = FUSED_KERNEL_VECTOR_BYTES if fused else LOOP_KERNEL_TAIL_BYTES
+        tail = np.concatenate([start + _tail(n, p.data.dtype, vector_bytes)
+                               for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
         param = gather([p.data for p in ps])
         arrays = [gather([t.data for t in tensors]) for tensors in moments]
         adam_update(param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
                     arrays[0], arrays[1], arrays[2] if group["amsgrad"] else None, scalars,
-                    maximize=group["maximize"], rounding=self.rounding,
-                    sqrt=np.sqrt if fused else self.sqrt, fused_tail=tail)
+                    maximize=group["maximize"], rounding=self.rounding, fused=fused,
+                    sqrt=np.sqrt if fused else self.sqrt, scalar_tail=tail)
         for tensors, array in zip([ps, *moments], [param, *arrays], strict=True):
             for t, piece in zip(tensors, np.split(array.reshape(-1), splits), strict=True):
                 if flat:

@@ -112,24 +112,30 @@ def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float, rounding: Rounding) -
     raise ValueError(f"rounding must be 'fused' or 'separate', got {rounding!r}")
 
 
-def lerp(start: np.ndarray, end: np.ndarray, weight: float | np.floating,
-         rounding: Rounding) -> np.ndarray:
+def lerp(start: np.ndarray, end: np.ndarray, weight: float | np.floating, rounding: Rounding,
+         scalar_tail: np.ndarray | None = None) -> np.ndarray:
     """torch's `start.lerp(end, weight)` on CPU for a scalar weight (first rounded to the dtype,
     as torch rounds a Python scalar or casts a 0-dim tensor). torch's kernel (ATen's lerp_vec and
     its scalar twin) picks one of two formulas by the weight, with d = end − start rounded:
 
         |w| < 0.5:  start + w·d
-        otherwise:  end − (1 − w)·d   (as end + (w − 1)·d; w − 1 is exact negation of 1 − w)
+        otherwise:  end − (1 − w)·d
 
-    'fused' (AVX2/AVX512): each as one fma, in the vector body and the scalar tail alike;
-    'separate' (ATEN_CPU_CAPABILITY=default): the product rounded, then the sum."""
+    'fused' (AVX2/AVX512): each as one fma, 'separate' (ATEN_CPU_CAPABILITY=default): the
+    product rounded, then the sum. The vector body computes the second as end + (w − 1)·d, the
+    scalar code (the flat indices `scalar_tail`) as end − d·(1 − w): the same value, except for
+    the sign of a zero result when w = 1 (the product is +0·d in one, −(d·+0) in the other)."""
     start, end = np.asarray(start), np.asarray(end)
     w = start.dtype.type(weight)
     with np.errstate(all="ignore"):
         d = end - start
         if abs(w) < 0.5:
             return add_scaled(start, d, w, rounding)
-        return add_scaled(end, d, w - start.dtype.type(1), rounding)
+        result = add_scaled(end, d, w - start.dtype.type(1), rounding)
+        if scalar_tail is not None and scalar_tail.size and w == 1:
+            flat_d, flat_end = d.reshape(-1)[scalar_tail], end.reshape(-1)[scalar_tail]
+            result.reshape(-1)[scalar_tail] = add_scaled(flat_end, -flat_d, 1 - w, rounding)
+        return result
 
 
 def addcmul(a: np.ndarray, t1: np.ndarray, t2: np.ndarray, value: float | np.floating,
