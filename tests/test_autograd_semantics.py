@@ -11,6 +11,7 @@ import itertools
 import operator
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -708,6 +709,39 @@ def test_clone_copies_and_passes_the_gradient_back(values: np.ndarray) -> None:
         assert (plain.requires_grad, plain.is_leaf) == (False, True)
         seen.append(as_array(x.grad))
     assert_same(*seen)
+
+
+# Floating-point errors: torch neither warns nor raises ------------------------------------------
+
+
+def _overflowing_program() -> list[np.ndarray]:
+    x = refimpl.tensor([1.0, 0.0, -1.0], requires_grad=True)
+    y = (x / 0.0) + (x * 1e38 * 1e38).log() + x.exp() * 1e38
+    with refimpl.no_grad():
+        z = x.detach().clone()
+        z *= 1e38
+        z *= 1e38
+    y.sum().backward()
+    return [y.data, z.data, x.grad.data]
+
+
+def test_ops_neither_warn_nor_raise_and_leave_numpys_settings_alone() -> None:
+    expected = [np.array(a, copy=True) for a in _overflowing_program()]
+    in_thread: list[list[np.ndarray]] = []
+    for handling in ("raise", "warn"):
+        with np.errstate(all=handling), warnings.catch_warnings():
+            warnings.simplefilter("error")
+            before = np.geterr()
+            for a, b in zip(_overflowing_program(), expected, strict=True):
+                assert_same(a, b)
+            assert np.geterr() == before
+            thread = threading.Thread(target=lambda: in_thread.append(_overflowing_program()))
+            thread.start()
+            thread.join()
+    assert len(in_thread) == 2
+    for results in in_thread:
+        for a, b in zip(results, expected, strict=True):
+            assert_same(a, b)
 
 
 # Gradients a leaf keeps without a copy alias nothing -------------------------------------------
