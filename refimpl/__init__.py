@@ -1,4 +1,5 @@
-"""refimpl: autograd, nn and SGD reimplemented over numpy, to be checked bit by bit against torch.
+"""refimpl: autograd, nn and optimizers (refimpl.optim: SGD, Adam, AdamW) reimplemented over
+numpy, to be checked bit by bit against torch.
 
 Importing refimpl never imports torch. The API mirrors torch's where refimpl covers it:
 

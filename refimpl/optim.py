@@ -733,12 +733,12 @@ class Adam(Optimizer):
         if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
                 or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
             raise ValueError("betas must be either both floats or both Tensors")
-        for i in (0, 1):
-            if isinstance(betas[i], Tensor):
+        for i, beta in enumerate(betas[:2]):
+            if isinstance(beta, Tensor):
                 if not capturable and foreach:
                     raise ValueError(f"betas[{i}] as a Tensor is not supported for "
                                      "capturable=False and foreach=True")
-                if betas[i].numel() != 1:
+                if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
         betas = tuple(map(_to_scalar, betas))  # type: ignore[assignment]
         defaults = {
@@ -771,7 +771,7 @@ class Adam(Optimizer):
             group.setdefault("decoupled_weight_decay", False)
             group.setdefault("fused", None)
             for p in group["params"]:
-                p_state = self.state.get(p, [])
+                p_state: Any = self.state.get(p, [])
                 if len(p_state) != 0 and not isinstance(p_state["step"], Tensor):
                     p_state["step"] = Tensor._wrap(  # type: ignore[call-overload]
                         np.array(float(p_state["step"]), np.float32))

@@ -95,7 +95,8 @@ def fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
     return out
 
 
-def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float, rounding: Rounding) -> np.ndarray:
+def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float | np.floating,
+               rounding: Rounding) -> np.ndarray:
     """torch's `a.add(b, alpha=alpha)` on CPU for a's dtype: alpha is first rounded to the dtype
     (float32: np.float32(alpha), as torch does for a Python scalar), then 'fused': fma(alpha, b, a);
     'separate': a + (alpha*b) rounded twice (ATEN_CPU_CAPABILITY=default)."""

@@ -330,6 +330,35 @@ def test_adam_matches_torch_with_default_cpu_capability() -> None:
     assert "cases passed" in done.stdout
 
 
+# The rounding primitives on their own --------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_lerp_addcmul_addcdiv_match_torch(dtype: type, data: st.DataObject) -> None:
+    """refimpl.rounding's lerp (both formulas, the scalar tail's sign of zero at weight 1),
+    addcmul and addcdiv against torch's CPU kernels, at this process's capability, on sizes
+    across the kernels' vector widths, zeros of both signs included."""
+    from refimpl.rounding import addcdiv, addcmul, lerp
+
+    rounding = roptim.rounding_for_capability(torch_capability())
+    n = data.draw(st.integers(0, 70))
+    width = 32 if dtype == np.float32 else 64
+    values = st.floats(-1e3, 1e3, width=width) | st.sampled_from([0.0, -0.0, 1.0])
+    a, b, c = (data.draw(hnp.arrays(dtype, n, elements=values)) for _ in range(3))
+    weight = data.draw(BETA | st.just(1.0) | st.floats(0.0, 1.0))
+    value = data.draw(st.floats(-10.0, 10.0))
+    tail = np.arange(n - n % (roptim.LOOP_KERNEL_TAIL_BYTES // np.dtype(dtype).itemsize), n)
+    ta, tb, tc = (torch.from_numpy(x.copy()) for x in (a, b, c))
+    for ours, theirs in [
+        (lerp(a, b, weight, rounding, tail), ta.lerp(tb, weight)),
+        (addcmul(a, b, c, value, rounding), ta.addcmul(tb, tc, value=value)),
+        (addcdiv(a, b, c, value), ta.addcdiv(tb, tc, value=value)),
+    ]:
+        assert bitwise_equal(ours, theirs.numpy()), first_difference(ours, theirs.numpy())
+
+
 # State dicts ----------------------------------------------------------------------------------
 
 
