@@ -35,7 +35,12 @@ import refimpl
 import refimpl.optim
 from conformance import families, models
 from conformance.actions import ACTIONS
-from conformance.bridge import state_dict_to_refimpl, state_dict_to_torch, torch_capability
+from conformance.bridge import (
+    state_dict_to_refimpl,
+    state_dict_to_torch,
+    torch_capability,
+    torch_sqrt,
+)
 from conformance.families import OptimizerFamily, load
 from conformance.options import RunOptions
 from conformance.oracle import Mode
@@ -137,6 +142,8 @@ class RefimplImplementation:
         return argument in _arguments(self.cls)[0]
 
     def optimizer(self, params: Any, **kwargs: Any) -> Any:
+        if "sqrt" in _arguments(self.cls)[0]:  # Adam: torch's square root (bridge.torch_sqrt)
+            kwargs["sqrt"] = torch_sqrt
         return self.cls(params, **kwargs, cpu_capability=torch_capability())
 
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
