@@ -357,6 +357,8 @@ def _not_verified(options: Any, dtypes: list[str], sources: dict[str, str]
     features = options.spec.features
     out = [{"feature": f, "description": features[f], "source": source}
            for f in features if f in options.without]
+    out += [{"feature": f, "description": why, "source": "--reference-path"}
+            for f, why in options.unsupported.items() if f not in options.without]
     out += [{"feature": d, "description": f"{d} parameters are not checked",
              "source": "--dtype"} for d in DTYPES if d not in dtypes]
     return out

@@ -126,11 +126,24 @@ class RunOptions:
         """torch's state key -> the implementation's, where they differ."""
         return parse_state_keys(self.state_key, self.family)
 
+    @property
+    def unsupported(self) -> dict[str, str]:
+        """The features torch's reference path rejects (Adam's foreach path, a tensor lr),
+        with why: never drawn on that path."""
+        return dict(self.spec.unsupported.get(self.reference_path, {}))
+
+    @property
+    def excluded(self) -> frozenset[str]:
+        """What programs never exercise: the features declared absent and those torch's
+        reference path rejects."""
+        return self.without | frozenset(self.unsupported)
+
     def has(self, feature: str) -> bool:
-        """Whether programs exercise `feature` (it was not declared absent)."""
+        """Whether programs exercise `feature` (neither declared absent nor rejected by the
+        reference path)."""
         if feature not in self.spec.features:
             raise KeyError(feature)
-        return feature not in self.without
+        return feature not in self.excluded
 
     def required_group_keys(self) -> tuple[str, ...]:
         """The hyperparameters every group must hold, with torch's values."""

@@ -364,6 +364,9 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     not_verified = [{"feature": f, "description": features[f],
                      "source": "--conformance-without"}
                     for f in features if f in options.without]
+    not_verified += [{"feature": f, "description": why,
+                      "source": "--conformance-reference-path"}
+                     for f, why in options.unsupported.items() if f not in options.without]
     not_verified += [{"feature": d, "description": f"{d} parameters are not checked",
                       "source": "pytest selection"} for d in DTYPES if d not in dtypes]
     not_verified += [{"feature": d, "source": "pytest selection",

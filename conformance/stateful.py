@@ -195,7 +195,7 @@ class ConformanceMachine(RuleBasedStateMachine):
     @initialize(data=st.data())
     def build(self, data: st.DataObject) -> None:
         cls = type(self)
-        setup = data.draw(strategies.setups(cls.dtypes, cls.options.without, cls.options.spec),
+        setup = data.draw(strategies.setups(cls.dtypes, cls.options.excluded, cls.options.spec),
                           label="setup")
         self.twins = Twins(setup, implementation(cls.options), cls.options)
         self.twins.reference.model.kinks = cls.coverage.kinks
@@ -277,7 +277,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         group = groups[index]
         name, value = data.draw(strategies.hyperparameter_change(
             {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
-            type(self).options.without, type(self).options.spec), label="change")
+            type(self).options.excluded, type(self).options.spec), label="change")
         self._do(Action("set_hyperparameter", {"group": index, "name": name, "value": value}))
 
     def _ungrouped(self) -> list[str]:
@@ -294,7 +294,7 @@ class ConformanceMachine(RuleBasedStateMachine):
         names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True),
                           label="params")
         options = data.draw(strategies.group_options(self._setup.defaults,
-                                                     type(self).options.without,
+                                                     type(self).options.excluded,
                                                      type(self).options.spec),
                             label="options")
         self._do(Action("add_param_group", {"params": names, "options": options}))
@@ -312,7 +312,7 @@ class ConformanceMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._has("invalid-hyperparameters"))
     @rule(data=st.data())
     def construct(self, data: st.DataObject) -> None:
-        arguments = data.draw(strategies.constructions(type(self).options.without,
+        arguments = data.draw(strategies.constructions(type(self).options.excluded,
                                                        type(self).options.spec),
                               label="construct")
         self._do(Action("construct", arguments))

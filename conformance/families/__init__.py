@@ -128,6 +128,8 @@ class OptimizerFamily:
                                              "capturable")
     # the state a step holds once a feature is on (SGD's buffer needs momentum); None: always
     state_needs: str | None = None
+    # features torch rejects on a reference path, never drawn there: path -> {feature: why}
+    unsupported: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     # features whose effect first shows at the second step with state (dampening)
     second_step: frozenset[str] = frozenset()
     # what reaching each feature needs, where not "a step with <feature>"

@@ -129,6 +129,8 @@ ADAM = OptimizerFamily(
                           "decoupled_weight_decay"),
     second_step=frozenset({"amsgrad"}),
     needs={"amsgrad": "a second step with amsgrad"},
+    unsupported={"foreach": {"tensor-lr": "torch's foreach path rejects a tensor lr "
+                                          "(ValueError), so none is drawn on it"}},
     correct="conformance.adam_mutants:ADAM_CORRECT",
     references="conformance.adam_references:ADAM_REFERENCES",
     mutants="conformance.adam_mutants:ADAM_MUTANTS",
