@@ -25,8 +25,8 @@ import functools
 import heapq
 import itertools
 import threading
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -43,13 +43,9 @@ class GradTensor(Protocol):
     requires_grad: bool
 
 
-class LeafGrad(NamedTuple):
-    """A leaf reached by `run_backward` and the sum of the gradients it received."""
-
-    tensor: GradTensor
-    grad: np.ndarray
-    # The engine's own array (see `_owned`): the leaf may keep it as `.grad` without a copy.
-    owned: bool
+# A leaf reached by `run_backward`, the sum of the gradients it received, and whether that is
+# the engine's own array (see `_owned`), which the leaf may keep as `.grad` without a copy.
+LeafGrad = tuple[GradTensor, np.ndarray, bool]
 
 
 class _GradMode(threading.local):
@@ -180,22 +176,20 @@ class Node:
             for t, e in zip(self.inputs, self.edges, strict=True)
         )
 
-    def apply(self, grad: np.ndarray, grad_owned: bool) -> list[tuple[np.ndarray, bool] | None]:
-        """The gradient for each input (None where the input needs none), each with whether the
-        engine owns it (see `_owned`). `grad_owned`: whether the engine owns `grad`."""
+    def apply(self, grad: np.ndarray, grad_owned: bool
+              ) -> tuple[list[np.ndarray | None], list[bool]]:
+        """The gradient for each input (None where the input needs none), and for each whether
+        the engine owns it (see `_owned`). `grad_owned`: whether the engine owns `grad`."""
         op = self.op
         if self.freed and op.saves:
             raise RuntimeError(FREED_GRAPH_MESSAGE)
         output, saved, params = self.output, self.saved, self.params
-        grads: list[tuple[np.ndarray, bool] | None] = []
-        # The arrays this node's rules are given, which others hold: a rule returning one of them
-        # (or a view) returns no array of its own. `grad` is the engine's when it owns it.
-        held: list[Any] = [output, *saved, *params.values()]
-        if not grad_owned:
-            held.append(grad)
+        grads: list[np.ndarray | None] = []
+        owned: list[bool] = []
         for i, tensor in enumerate(self.inputs):
             if tensor is None:
                 grads.append(None)
+                owned.append(False)
                 continue
             if op.variadic:
                 g = op.derivatives[0](i, grad, output, *saved, **params)
@@ -207,11 +201,16 @@ class Node:
                     )
                 g = rule(grad, output, *saved, **params)
             g = _conform(np.asarray(g), saved[i], tensor.data.dtype)
-            owned = _owned(g, held)
-            if owned:
-                held.append(g)  # the same array returned for another input is not owned twice
-            grads.append((g, owned))
-        return grads
+            if g is grad:  # passed through: the engine's, if it was, for the first input only
+                owned.append(grad_owned)
+                grad_owned = False
+            else:
+                # Fresh (see `_owned`) unless the rule returned an array it was given, or one
+                # already returned for another input (not owned twice).
+                owned.append(g.base is None and g.flags.writeable and g is not output
+                             and not _among(g, saved, grads, params))
+            grads.append(g)
+        return grads, owned
 
     def release(self) -> None:
         """Frees the saved arrays. A row whose rules need only shapes (`saves=False`) keeps them,
@@ -240,14 +239,25 @@ def unbroadcast(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return summed.reshape(shape)
 
 
-def _owned(grad: np.ndarray, held: Sequence[Any]) -> bool:
-    """Whether `grad` is a fresh array that nothing else refers to: one a derivative rule, a sum
-    or a cast made (an ndarray owning its memory, writable: not a view, nor the numpy scalar a
-    sum of 0-dim arrays gives), not one of the `held` arrays. Only such an array may become a
-    leaf's `.grad` without a copy, and later be updated in place there."""
-    if grad.base is not None or not grad.flags.writeable:
-        return False
-    return not any([grad is a for a in held])
+def _owned(grad: np.ndarray) -> bool:
+    """Whether `grad`, made by a derivative rule, a sum or a cast and not one of the arrays the
+    rule was given, is a fresh array that nothing else refers to: an ndarray owning its memory,
+    writable (not a view, nor the numpy scalar a sum of 0-dim arrays gives). Only such an array
+    may become a leaf's `.grad` without a copy, and later be updated in place there."""
+    return isinstance(grad, np.ndarray) and grad.base is None and grad.flags.writeable
+
+
+def _among(grad: np.ndarray, saved: tuple[Any, ...], earlier: list[np.ndarray | None],
+           params: dict[str, Any]) -> bool:
+    """Whether `grad` is (by identity) a saved array, a gradient already returned for another
+    input, or a parameter."""
+    for a in saved:
+        if grad is a:
+            return True
+    for a in earlier:
+        if grad is a:
+            return True
+    return any([grad is a for a in params.values()]) if params else False
 
 
 def _conform(grad: np.ndarray, saved: Any, dtype: np.dtype) -> np.ndarray:
@@ -303,7 +313,7 @@ def run_backward(
             seed, seed_owned = seed.astype(root.data.dtype), True
 
     if root.grad_fn is None:
-        return [LeafGrad(root, seed, seed_owned)]
+        return [(root, seed, seed_owned)]
     return _propagate(root.grad_fn, seed, seed_owned, keep=bool(retain_graph))
 
 
@@ -321,29 +331,31 @@ def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool) -> li
         grad_owned = node in owned_buffers
         if node.retained is not None:
             node.retained(grad)
-        grads = node.apply(grad, grad_owned)
+        grads, owned_grads = node.apply(grad, grad_owned)
         if not keep:
             node.release()
-        for tensor, parent, result in zip(node.inputs, node.edges, grads, strict=True):
-            if result is None:  # also where the input needs no gradient (tensor is None)
+        for tensor, parent, g, owned in zip(node.inputs, node.edges, grads, owned_grads,
+                                            strict=True):
+            if g is None:  # also where the input needs no gradient (tensor is None)
                 continue
-            g, owned = result
             if parent is None:
                 key = id(tensor)
                 previous = leaf_grads.get(key)
                 if previous is not None:
-                    g = previous.grad + g
-                    owned = _owned(g, ())
-                leaf_grads[key] = LeafGrad(tensor, g, owned)
+                    g = previous[1] + g
+                    owned = _owned(g)
+                leaf_grads[key] = (tensor, g, owned)
                 continue
             if parent in buffers:
-                g = buffers[parent] + g
-                owned = _owned(g, ())
-            buffers[parent] = g
-            if owned:
-                owned_buffers.add(parent)
+                buffers[parent] = g = buffers[parent] + g
+                if _owned(g):
+                    owned_buffers.add(parent)
+                else:
+                    owned_buffers.discard(parent)
             else:
-                owned_buffers.discard(parent)
+                buffers[parent] = g
+                if owned:
+                    owned_buffers.add(parent)
             dependencies[parent] -= 1
             if dependencies[parent] == 0:
                 heapq.heappush(ready, (-parent.sequence_nr, parent))

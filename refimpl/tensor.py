@@ -290,9 +290,8 @@ class Tensor:
             raise NotImplementedError("refimpl does not record higher-order gradients")
         seed = gradient.data if isinstance(gradient, Tensor) else gradient
         with np.errstate(all="ignore"):
-            for leaf in autograd.run_backward(self, seed, retain_graph):
-                # Every tensor in a refimpl graph is a Tensor.
-                _accumulate(cast(Tensor, leaf.tensor), leaf.grad, leaf.owned)
+            for leaf, grad, owned in autograd.run_backward(self, seed, retain_graph):
+                _accumulate(cast(Tensor, leaf), grad, owned)  # a refimpl graph holds Tensors
 
     def requires_grad_(self, requires_grad: builtins.bool = True) -> Tensor:
         if self.grad_fn is not None:

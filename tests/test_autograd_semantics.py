@@ -804,6 +804,44 @@ def test_leaf_grads_alias_nothing(name: str, seeded: bool) -> None:
         assert_same(t.data, values)
 
 
+def _rows_returning_held_arrays() -> dict[str, Any]:
+    """Table rows (refimpl.ops.Op) whose derivative returns an array others hold."""
+    from refimpl.ops import Op
+
+    last: list[np.ndarray] = []
+
+    def fresh_then_again(g: np.ndarray, *_: Any, **__: Any) -> np.ndarray:
+        last[:] = [g * 2.0]
+        return last[0]
+
+    return {
+        "a saved input": Op("returns_input", np.multiply,
+                            (lambda g, y, a, b, **_: b, lambda g, y, a, b, **_: a)),
+        "the output": Op("returns_output", np.multiply,
+                         (lambda g, y, a, b, **_: y, lambda g, y, a, b, **_: y)),
+        "a parameter": Op("returns_parameter", lambda a, b, w: a * b,
+                          (lambda g, y, a, b, w: w, lambda g, y, a, b, w: w * 1.0)),
+        "one fresh array for both inputs": Op("returns_one_array", np.multiply,
+                                              (fresh_then_again, lambda *_, **__: last[0])),
+    }
+
+
+@pytest.mark.parametrize("name", list(_rows_returning_held_arrays()))
+def test_a_leaf_copies_an_array_a_rule_was_given_or_gave_another_input(name: str) -> None:
+    from refimpl.tensor import apply
+
+    row = _rows_returning_held_arrays()[name]
+    p = refimpl.tensor([1.0, 2.0], requires_grad=True)
+    q = refimpl.tensor([3.0, 4.0], requires_grad=True)
+    params = {"w": np.array([5.0, 6.0], np.float32)} if name == "a parameter" else {}
+    out = apply(row, p, q, **params)
+    (out * 1.0).backward(refimpl.tensor([1.0, 1.0]))
+    held = [p.grad.data, q.grad.data, p.data, q.data, out.data, *params.values()]
+    for i, a in enumerate(held):
+        for b in held[i + 1 :]:
+            assert not np.shares_memory(a, b)
+
+
 # refimpl is numpy-only -------------------------------------------------------------------------
 
 
