@@ -9,12 +9,13 @@ import json
 
 import pytest
 
-from conformance import canonical, families, mutants, references
+from conformance import canonical, families, mutants
 from conformance.machine import replay
 from conformance.options import RunOptions
 from conformance.profiles import PROFILES
 from conformance.runner import run
 from tests.outside_catalogue import OUTSIDE_CATALOGUE
+from tests.outside_catalogue_adam import OUTSIDE_ADAM
 
 DTYPES = ("float32", "float64")
 
@@ -27,11 +28,19 @@ def _failing(target: str, **options: object) -> list[str]:
             if replay(case, run_options) is not None]
 
 
-@pytest.mark.parametrize("target", ["refimpl", "torch.optim:SGD",
-                                    *(r for r in references.REFERENCES
-                                      if not r.endswith(":CompiledStepSGD"))])
-def test_correct_optimizers_pass_every_canonical_case(target: str) -> None:
-    assert _failing(target) == []
+CORRECT = [(family, target, without) for family in families.FAMILY_NAMES
+           for target, without in [("refimpl", frozenset[str]()),
+                                   *((t, frozenset[str]())
+                                     for t in families.get(family).correct_optimizers()),
+                                   *families.get(family).reference_optimizers().items()]
+           if not target.endswith(":CompiledStepSGD")]
+
+
+@pytest.mark.parametrize(("family", "target", "without"), CORRECT,
+                         ids=lambda v: v if isinstance(v, str) else ",".join(sorted(v)))
+def test_correct_optimizers_pass_every_canonical_case(family: str, target: str,
+                                                      without: frozenset[str]) -> None:
+    assert _failing(target, family=family, without=without) == []
 
 
 def test_the_table_is_pytorchs_classic_configurations() -> None:
@@ -39,7 +48,7 @@ def test_the_table_is_pytorchs_classic_configurations() -> None:
     for base in ("plain", "momentum", "dampening", "nesterov"):
         assert {base, f"{base}+weight_decay", f"{base}+maximize",
                 f"{base}+weight_decay+maximize"} <= set(names)
-    assert any(tensor_lr for *_, tensor_lr in canonical.configurations())
+    assert any(tensor_lr for *_, tensor_lr in families.get("sgd").configurations)
 
 
 def test_a_declared_absent_feature_is_never_in_a_canonical_case() -> None:
@@ -56,11 +65,17 @@ def test_a_declared_absent_feature_is_never_in_a_canonical_case() -> None:
             assert set(case.setup.groups[0].params) == set(case.setup.model.parameter_names())
 
 
-@pytest.mark.parametrize("target", [m.target for m in mutants.OPTIMIZER_MUTANTS]
-                         + OUTSIDE_CATALOGUE, ids=lambda t: t.split(":")[1])
-def test_every_wrong_optimizer_fails_a_canonical_case(target: str) -> None:
+WRONG = [(family, mutant.target) for family in families.FAMILY_NAMES
+         for mutant in families.get(family).mutant_optimizers()] + \
+    [("sgd", target) for target in OUTSIDE_CATALOGUE] + \
+    [(family, target) for _, target, family in OUTSIDE_ADAM]
+
+
+@pytest.mark.parametrize(("family", "target"), WRONG,
+                         ids=lambda v: v.split(":")[-1])
+def test_every_wrong_optimizer_fails_a_canonical_case(family: str, target: str) -> None:
     """Whatever the seed, each is found among the first few dozen programs of a run."""
-    assert _failing(target), f"{target} passes every canonical case"
+    assert _failing(target, family=family), f"{target} passes every canonical case"
 
 
 def test_a_canonical_failure_is_reduced_and_found_first() -> None:
@@ -68,7 +83,7 @@ def test_a_canonical_failure_is_reduced_and_found_first() -> None:
                  settings=PROFILES["dev"], seed=0, isolation="none")
     (failure,) = result.failures
     full = len(canonical.program(RunOptions()))
-    assert failure.found_after_programs <= len(canonical.configurations())
+    assert failure.found_after_programs <= len(families.get("sgd").configurations)
     assert len(failure.case.actions) < full
     again = replay(failure.case, RunOptions(result.implementation, isolation="none"))
     assert again is not None and again.key == failure.key
