@@ -7,11 +7,11 @@ For every mutant of the family's catalogue (SGD: `conformance.mutants`, with the
 derivative rules; Adam and AdamW: `conformance.adam_mutants`) and every realistic bug kept out
 of it (`tests/outside_catalogue.py`, `tests/outside_catalogue_adam.py`), per seed: the dtypes
 are tried in order, float32 then float64, as `pytest conformance` runs them, until one fails.
-Printed per mutant (the worst seed): the programs run before the first failing one showed (`found_after_programs`, added up
-over the dtypes tried, and in the dtype that failed), the seconds until then
-(`found_after_seconds`), and the seconds to the shrunk report (the whole run of the failing
-dtype, shrinking and the report's replay included, plus the dtypes tried before it). Then the
-median and the worst, and the mutants that survived some seed.
+Printed per mutant (the worst seed): the programs run before the first failing one showed
+(`found_after_programs`, added up over the dtypes tried, and in the dtype that failed), the
+seconds until then (`found_after_seconds`), and the seconds to the shrunk report (the whole
+run of the failing dtype, shrinking and the report's replay included, plus the dtypes tried
+before it). Then the median and the worst, and the mutants that survived some seed.
 Runs one process, one job (`runner.run`), on whatever this machine has.
 """
 
