@@ -39,13 +39,6 @@ SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
 FLAKY = "flaky: did not show again on a re-run"
 
-# The hyperparameter that carries each feature a failure key can name, so the HTML can
-# highlight it in the failing group's table (features that are actions, such as closure or
-# state-dict, have no row).
-FEATURE_OF_HYPERPARAMETER = {"lr": "tensor-lr", "weight_decay": "weight-decay",
-                             "maximize": "maximize", "dampening": "dampening",
-                             "nesterov": "nesterov", "amsgrad": "amsgrad"}
-
 
 def environment() -> dict[str, Any]:
     import hypothesis
@@ -83,6 +76,12 @@ def build(results: Sequence[Any], settings: dict[str, Any], created: str | None 
         "result": "fail" if failures else "pass",
         "implementation": results[0].implementation,
         "reference": get(settings.get("family", "sgd")).torch_name,
+        # the hyperparameter that carries each feature a failure key can name, so the HTML can
+        # highlight it in the failing group's table (features that are actions, such as
+        # closure or state-dict, have none)
+        "hyperparameter_features": {"lr": "tensor-lr", **{
+            h.name: h.feature for h in get(settings.get("family", "sgd")).hyperparameters
+            if h.feature is not None}},
         "contract": settings["contract"],
         "environment": environment(),
         "settings": settings,
@@ -439,13 +438,13 @@ def html(report: dict[str, Any]) -> str:
         body.append(f"<h2>{title}</h2>" + _table(
             [(name, _setting_text(value)) for name, value in table.items()]))
     for n, failure in enumerate(failures, start=1):
-        body.append(_html_failure(n, failure))
+        body.append(_html_failure(n, failure, report.get("hyperparameter_features", {})))
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>sgd-conformance: {e(report['implementation'])}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>\n")
 
 
-def _html_failure(n: int, failure: dict[str, Any]) -> str:
+def _html_failure(n: int, failure: dict[str, Any], feature_of: dict[str, str]) -> str:
     e = _escape
     d = failure["first_divergence"]
     parts = [f"<section class='failure' id='failure-{n}'>"
@@ -467,7 +466,7 @@ def _html_failure(n: int, failure: dict[str, Any]) -> str:
     features = set(failure.get("key", {}).get("features", []))
     hyper = failure.get("group_hyperparameters")
     if hyper is not None:
-        highlight = {k for k in hyper if FEATURE_OF_HYPERPARAMETER.get(k) in features}
+        highlight = {k for k in hyper if feature_of.get(k) in features}
         parts.append("<h3>Hyperparameters of the failing parameter's group"
                      + (" (highlighted: this failure's features)" if highlight else "")
                      + "</h3>" + _table([(k, _hyperparameter(v)) for k, v in hyper.items()],

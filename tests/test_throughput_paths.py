@@ -258,9 +258,11 @@ def test_torch_observed_once_per_action_is_torch_as_it_is() -> None:
     for action in PROGRAM:
         twins.run(action)
         kept, now = twins._reference_now(), twins.reference.observe()
-        for table in ("params", "grads", "buffers"):
-            for name, value in getattr(now, table).items():
-                other = getattr(kept, table)[name]
+        tables = [(now.params, kept.params), (now.grads, kept.grads),
+                  *((now.state[key], kept.state[key]) for key in now.state)]
+        for observed, remembered in tables:
+            for name, value in observed.items():
+                other = remembered[name]
                 assert (value is None and other is None) or oracle.identical(value, other)
         assert kept.groups == now.groups and kept.requires_grad == now.requires_grad
 
