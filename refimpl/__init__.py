@@ -8,9 +8,14 @@ Importing refimpl never imports torch. The API mirrors torch's where refimpl cov
     (x * x).sum().backward()      # x.grad == [2, -4]
 """
 
+import builtins
+from collections.abc import Callable, Sequence
+from typing import overload
+
 from refimpl.autograd import enable_grad, is_grad_enabled, no_grad
 from refimpl.nn.init import manual_seed
 from refimpl.tensor import (
+    MaxResult,
     Tensor,
     arange,
     bool_,
@@ -33,12 +38,13 @@ from refimpl.tensor import (
     zeros_like,
 )
 
-bool = bool_
+bool = bool_  # shadows the builtin below: annotations say builtins.bool
 
 
-def _unary(name: str):
+def _unary(name: str) -> Callable[[Tensor], Tensor]:
     def function(x: Tensor) -> Tensor:
-        return getattr(x, name)()
+        result: Tensor = getattr(x, name)()
+        return result
 
     function.__name__ = name
     function.__doc__ = f"torch.{name}"
@@ -54,23 +60,29 @@ sigmoid = _unary("sigmoid")
 relu = _unary("relu")
 
 
-def sum(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+def sum(x: Tensor, dim: int | Sequence[int] | None = None,
+        keepdim: builtins.bool = False) -> Tensor:
     return x.sum(dim, keepdim)
 
 
-def mean(x: Tensor, dim=None, keepdim: bool = False) -> Tensor:
+def mean(x: Tensor, dim: int | Sequence[int] | None = None,
+         keepdim: builtins.bool = False) -> Tensor:
     return x.mean(dim, keepdim)
 
 
-def amax(x: Tensor, dim=(), keepdim: bool = False) -> Tensor:
+def amax(x: Tensor, dim: int | Sequence[int] = (), keepdim: builtins.bool = False) -> Tensor:
     return x.amax(dim, keepdim)
 
 
-def max(x: Tensor, dim=None, keepdim: bool = False):
+@overload
+def max(x: Tensor, dim: None = None, keepdim: builtins.bool = False) -> Tensor: ...
+@overload
+def max(x: Tensor, dim: int, keepdim: builtins.bool = False) -> MaxResult: ...
+def max(x: Tensor, dim: int | None = None, keepdim: builtins.bool = False) -> Tensor | MaxResult:
     return x.max(dim, keepdim)
 
 
-def reshape(x: Tensor, shape) -> Tensor:
+def reshape(x: Tensor, shape: int | tuple[int, ...] | list[int]) -> Tensor:
     return x.reshape(shape)
 
 
@@ -82,7 +94,7 @@ def transpose(x: Tensor, dim0: int, dim1: int) -> Tensor:
     return x.transpose(dim0, dim1)
 
 
-def permute(x: Tensor, dims) -> Tensor:
+def permute(x: Tensor, dims: tuple[int, ...] | list[int]) -> Tensor:
     return x.permute(dims)
 
 
@@ -90,7 +102,7 @@ def unsqueeze(x: Tensor, dim: int) -> Tensor:
     return x.unsqueeze(dim)
 
 
-def squeeze(x: Tensor, dim=None) -> Tensor:
+def squeeze(x: Tensor, dim: int | Sequence[int] | None = None) -> Tensor:
     return x.squeeze(dim)
 
 

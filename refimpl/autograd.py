@@ -114,8 +114,12 @@ class _Freed:
     """Stands in for a freed saved array; keeps only what shape-only derivatives use."""
 
     __slots__ = ("dtype", "ndim", "shape", "size")
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    ndim: int
+    size: int
 
-    def __init__(self, array: np.ndarray) -> None:
+    def __init__(self, array: np.ndarray | _Freed) -> None:  # a second release re-wraps one
         self.shape = array.shape
         self.dtype = array.dtype
         self.ndim = array.ndim
@@ -158,7 +162,8 @@ class Node:
         self.edges = tuple([None if t is None else t.grad_fn for t in inputs])
         # The forward's input arrays (or Python scalars), as the derivative rules take them.
         self.saved = arrays
-        self.output = output
+        # The forward's result; after `release`, a `_Freed` stand-in or (saves=True) None.
+        self.output: np.ndarray | _Freed | None = output
         self.params = params
         self.freed = False
         # retain_grad's hook (set by refimpl.tensor): called with the gradient this node
@@ -192,7 +197,9 @@ class Node:
                 owned.append(False)
                 continue
             if op.variadic:
-                g = op.derivatives[0](i, grad, output, *saved, **params)
+                variadic_rule = op.derivatives[0]
+                assert variadic_rule is not None  # cat and stack: one rule for every input
+                g = variadic_rule(i, grad, output, *saved, **params)
             else:
                 rule = op.derivatives[i] if i < len(op.derivatives) else None
                 if rule is None:
@@ -217,10 +224,11 @@ class Node:
         so that it can run again; any other row refuses to run once freed, so keeps nothing."""
         self.freed = True
         if self.op.saves:
-            self.saved, self.output = (), None  # type: ignore[assignment]
+            self.saved, self.output = (), None
             return
         self.saved = tuple([_Freed(a) if isinstance(a, np.ndarray) else a for a in self.saved])
-        self.output = _Freed(self.output)  # type: ignore[assignment]
+        assert self.output is not None  # None only once a row that saves arrays is released
+        self.output = _Freed(self.output)
 
     def __repr__(self) -> str:
         return f"<{self.name()} object>"
@@ -339,6 +347,7 @@ def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool) -> li
             if g is None:  # also where the input needs no gradient (tensor is None)
                 continue
             if parent is None:
+                assert tensor is not None  # g is a gradient: apply gives None for no tensor
                 key = id(tensor)
                 previous = leaf_grads.get(key)
                 if previous is not None:

@@ -2,7 +2,9 @@
 
 Arguments arrive already validated and normalised by `refimpl.functional` (dims are
 non-negative, pads are (before, after) pairs). Where torch's CPU kernel fixes an order of
-operations or of accumulation, the kernel here follows it, and says so.
+operations or of accumulation, the kernel here follows it, and says so. A result annotated
+`np.ndarray` may be the numpy scalar that a reduction to 0 dims gives: `refimpl.tensor.apply`
+and the autograd engine make every result an array.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ def clamp(x: np.ndarray, min: Any, max: Any) -> np.ndarray:
 
 
 def where(condition: np.ndarray, a: Any, b: Any) -> np.ndarray:
-    return np.where(condition, a, b)
+    out: np.ndarray = np.where(condition, a, b)
+    return out
 
 
 def relu(x: np.ndarray) -> np.ndarray:
@@ -65,11 +68,13 @@ def elu(x: np.ndarray, alpha: float) -> np.ndarray:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-x))
+    out: np.ndarray = 1 / (1 + np.exp(-x))
+    return out
 
 
 def silu(x: np.ndarray) -> np.ndarray:
-    return x / (1 + np.exp(-x))
+    out: np.ndarray = x / (1 + np.exp(-x))
+    return out
 
 
 def softplus(x: np.ndarray, beta: float, threshold: float) -> np.ndarray:
@@ -81,31 +86,38 @@ def gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     t = x.dtype.type
     if approximate == "tanh":
         beta, kappa = t(math.sqrt(2) * (2 / math.sqrt(math.pi)) * 0.5), t(0.044715)
-        return t(0.5) * x * (t(1) + np.tanh(beta * (x + kappa * (x * x * x))))
-    return x * t(0.5) * (t(1) + erf(x * t(math.sqrt(0.5))))
+        tanh_form: np.ndarray = t(0.5) * x * (t(1) + np.tanh(beta * (x + kappa * (x * x * x))))
+        return tanh_form
+    erf_form: np.ndarray = x * t(0.5) * (t(1) + erf(x * t(math.sqrt(0.5))))
+    return erf_form
 
 
 def log_sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    out: np.ndarray = np.minimum(x, 0) - np.log1p(np.exp(-np.abs(x)))
+    return out
 
 
 # Reductions ---------------------------------------------------------------------------------
 
 
 def sum(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
-    return np.sum(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    out: np.ndarray = np.sum(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    return out
 
 
 def mean(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
-    return np.mean(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    out: np.ndarray = np.mean(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    return out
 
 
 def amax(x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
-    return np.amax(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    out: np.ndarray = np.amax(x, axis=axes(dim, x.ndim), keepdims=keepdim)
+    return out
 
 
 def max_all(x: np.ndarray) -> np.ndarray:
-    return np.max(x)
+    out: np.ndarray = np.max(x)
+    return out
 
 
 def argmax_first(x: np.ndarray, dim: int) -> np.ndarray:
@@ -119,62 +131,80 @@ def max_dim(x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
 
 
 def _row_max(x: np.ndarray, dim: int) -> np.ndarray:
-    return x.max(axis=dim, keepdims=True, initial=-np.inf)  # the method skips np.amax's wrapper
+    # the method skips np.amax's wrapper
+    out: np.ndarray = x.max(axis=dim, keepdims=True, initial=-np.inf)
+    return out
 
 
 def softmax(x: np.ndarray, dim: int) -> np.ndarray:
     e = np.exp(x - _row_max(x, dim))
-    return e / e.sum(axis=dim, keepdims=True)
+    out: np.ndarray = e / e.sum(axis=dim, keepdims=True)
+    return out
 
 
 def log_softmax(x: np.ndarray, dim: int) -> np.ndarray:
     shifted = x - _row_max(x, dim)
-    return shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+    out: np.ndarray = shifted - np.log(np.exp(shifted).sum(axis=dim, keepdims=True))
+    return out
 
 
 # Linear -------------------------------------------------------------------------------------
 
 
 def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
-    y = np.matmul(x, w.T)
+    y: np.ndarray = np.matmul(x, w.T)
     if b is None:
         return y
     if b.dtype != y.dtype or b.shape != y.shape[-1:]:
-        return y + b
+        promoted: np.ndarray = y + b
+        return promoted
     y += b  # y is the product's fresh array: adding in place saves an output-sized temporary
     return y
 
 
 def linear_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
-    return np.matmul(g, w)
+    gx: np.ndarray = np.matmul(g, w)
+    return gx
 
 
 def linear_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
-    return np.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+    gw: np.ndarray = np.matmul(g.reshape(-1, g.shape[-1]).T, x.reshape(-1, x.shape[-1]))
+    return gw
 
 
 def linear_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any) -> np.ndarray:
-    return g.reshape(-1, g.shape[-1]).sum(axis=0)
+    gb: np.ndarray = g.reshape(-1, g.shape[-1]).sum(axis=0)
+    return gb
 
 
 # Convolution (1-D is lifted to 2-D with a height of one) ------------------------------------
 
 
 def _lift(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs,
-          dilation: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray, tuple, Pairs, tuple]:
+          dilation: tuple[int, ...]
+          ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Pairs, tuple[int, ...]]:
     if x.ndim == 3:
         return x[:, :, None], w[:, :, None], (1, *stride), ((0, 0), *padding), (1, *dilation)
     return x, w, stride, padding, dilation
 
 
-def _windows(xp: np.ndarray, kernel: tuple[int, int], stride: tuple, dilation: tuple) -> np.ndarray:
+def _windows(xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+             dilation: tuple[int, ...]) -> np.ndarray:
     """(N, C, H, W) → the view (N, C, OH, OW, KH, KW) of every kernel window."""
     extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
     view = sliding_window_view(xp, extent, axis=(2, 3))
     return view[:, :, :: stride[0], :: stride[1], :: dilation[0], :: dilation[1]]
 
 
-def _columns(x, w, stride, padding, dilation, groups):
+# The 2-D (stride, padding, dilation, weight shape) of a convolution lifted by `_lift`.
+Lifted = tuple[tuple[int, ...], Pairs, tuple[int, ...], tuple[int, ...]]
+
+
+def _columns(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs,
+             dilation: tuple[int, ...], groups: int
+             ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple[int, ...], Lifted]:
+    """The input's windows as columns (N, G, OH·OW, C/G·KH·KW), the weights (G, O/G, C/G·KH·KW),
+    the output's (N, OH, OW), the padded input's shape and the lifted geometry."""
     x4, w4, stride, padding, dilation = _lift(x, w, stride, padding, dilation)
     xp = np.pad(x4, ((0, 0), (0, 0), *padding))
     win = _windows(xp, w4.shape[2:], stride, dilation)
@@ -185,9 +215,10 @@ def _columns(x, w, stride, padding, dilation, groups):
     return cols, weights, (n, oh, ow), xp.shape, (stride, padding, dilation, w4.shape)
 
 
-def convolution(x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+def convolution(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, ...],
+                padding: Pairs, dilation: tuple[int, ...], groups: int) -> np.ndarray:
     cols, weights, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
-    out = np.matmul(cols, weights.transpose(0, 2, 1))  # (N, G, OH·OW, O/G)
+    out: np.ndarray = np.matmul(cols, weights.transpose(0, 2, 1))  # (N, G, OH·OW, O/G)
     out = out.transpose(0, 1, 3, 2).reshape(n, w.shape[0], oh, ow)
     if b is not None:
         out = out + b[:, None, None]
@@ -200,7 +231,9 @@ def _grouped_output_grad(g: np.ndarray, groups: int) -> np.ndarray:
     return g4.reshape(n, groups, o // groups, oh * ow).transpose(0, 1, 3, 2)  # (N, G, P, O/G)
 
 
-def convolution_grad_input(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+def convolution_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
+                           stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
+                           groups: int) -> np.ndarray:
     _, weights, (n, oh, ow), padded, (stride, pads, dilation, w4shape) = _columns(
         x, w, stride, padding, dilation, groups)
     gcols = np.matmul(_grouped_output_grad(g, groups), weights)  # (N, G, P, C/G·KH·KW)
@@ -220,18 +253,24 @@ def convolution_grad_input(g, y, x, w, b, stride, padding, dilation, groups) -> 
     return gx.reshape(x.shape)
 
 
-def convolution_grad_weight(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
+def convolution_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
+                            stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
+                            groups: int) -> np.ndarray:
     cols, _, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
     go = _grouped_output_grad(g, groups)  # (N, G, P, O/G)
     k = cols.shape[-1]
     cols2 = cols.transpose(1, 3, 0, 2).reshape(groups, k, n * oh * ow)
     go2 = go.transpose(1, 0, 2, 3).reshape(groups, n * oh * ow, -1)
     gw = np.matmul(cols2, go2).transpose(0, 2, 1)  # (G, O/G, K)
-    return gw.reshape(w.shape)
+    out: np.ndarray = gw.reshape(w.shape)
+    return out
 
 
-def convolution_grad_bias(g, y, x, w, b, stride, padding, dilation, groups) -> np.ndarray:
-    return g.sum(axis=(0, *range(2, g.ndim)))
+def convolution_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
+                          stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
+                          groups: int) -> np.ndarray:
+    gb: np.ndarray = g.sum(axis=(0, *range(2, g.ndim)))
+    return gb
 
 
 # Pooling (on (N, C, H, W); functional lifts the unbatched (C, H, W)) --------------------------
@@ -247,7 +286,10 @@ def pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: in
     return out
 
 
-def _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode):
+def _pool_geometry(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+                   padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
+                   ) -> tuple[tuple[int, ...], Pairs]:
+    """The output's (OH, OW) and the (before, after) padding of each spatial dim."""
     outs = tuple(
         pool_output_size(x.shape[2 + i], kernel[i], padding[i], stride[i], dilation[i], ceil_mode)
         for i in range(2)
@@ -260,7 +302,9 @@ def _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode):
     return outs, pads
 
 
-def _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode):
+def _max_pool_index(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+                    padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
+                    ) -> tuple[np.ndarray, tuple[int, ...], Pairs]:
     """Per output, the flat index (in the padded plane) of the element torch selects."""
     outs, pads = _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=-np.inf)
@@ -279,7 +323,9 @@ def _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode):
     return rows * xp.shape[3] + cols, xp.shape, pads
 
 
-def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
+def max_pool2d(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+               padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
+               ) -> np.ndarray:
     index, _padded, _ = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *_pool_geometry(x, kernel, stride, padding, dilation,
                                                      ceil_mode)[1]), constant_values=-np.inf)
@@ -288,7 +334,9 @@ def max_pool2d(x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
         index.shape)
 
 
-def max_pool2d_grad(g, y, x, kernel, stride, padding, dilation, ceil_mode) -> np.ndarray:
+def max_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...],
+                    stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
+                    ceil_mode: bool) -> np.ndarray:
     index, padded, pads = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
     n, c = x.shape[:2]
     gxp = np.zeros((n * c, padded[2] * padded[3]), dtype=g.dtype)
@@ -300,9 +348,11 @@ def max_pool2d_grad(g, y, x, kernel, stride, padding, dilation, ceil_mode) -> np
     return gxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
 
 
-def _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override):
+def _avg_divisors(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+                  padding: tuple[int, ...], outs: tuple[int, ...], count_include_pad: bool,
+                  divisor_override: int | None) -> np.ndarray:
     """torch's divide_factor per output position, shape (OH, OW)."""
-    sizes = []
+    sizes: list[np.ndarray] = []
     for i in range(2):
         start = np.arange(outs[i]) * stride[i] - padding[i]
         end = np.minimum(start + kernel[i], x.shape[2 + i] + padding[i])
@@ -311,10 +361,13 @@ def _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_o
         sizes.append(full if count_include_pad else clipped)
     if divisor_override:
         return np.full(outs, divisor_override)
-    return sizes[0][:, None] * sizes[1][None, :]
+    divisors: np.ndarray = sizes[0][:, None] * sizes[1][None, :]
+    return divisors
 
 
-def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+def avg_pool2d(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
+               padding: tuple[int, ...], ceil_mode: bool, count_include_pad: bool,
+               divisor_override: int | None) -> np.ndarray:
     outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *pads))
     win = _windows(xp, kernel, stride, (1, 1))[:, :, : outs[0], : outs[1]]
@@ -324,11 +377,13 @@ def avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad, divisor
         for j in range(kernel[1]):
             total += win[..., i, j]
     divisor = _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override)
-    return total / divisor.astype(x.dtype)
+    out: np.ndarray = total / divisor.astype(x.dtype)
+    return out
 
 
-def avg_pool2d_grad(g, y, x, kernel, stride, padding, ceil_mode, count_include_pad,
-                    divisor_override) -> np.ndarray:
+def avg_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...],
+                    stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool,
+                    count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
     outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
     divisor = _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override)
     share = g / divisor.astype(g.dtype)
@@ -347,23 +402,27 @@ def avg_pool2d_grad(g, y, x, kernel, stride, padding, ceil_mode, count_include_p
 # Normalisation and embedding ----------------------------------------------------------------
 
 
-def _moments(x: np.ndarray, ndim: int, eps: float):
+def _moments(x: np.ndarray, ndim: int, eps: float
+             ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+    """The normalised dims (the last `ndim`), the mean over them and 1 / sqrt(var + eps)."""
     dims = tuple(range(x.ndim - ndim, x.ndim))
     mu = x.mean(axis=dims, keepdims=True)
     var = ((x - mu) * (x - mu)).mean(axis=dims, keepdims=True)
     return dims, mu, 1 / np.sqrt(var + eps)
 
 
-def layer_norm(x, w, b, normalized_shape, eps) -> np.ndarray:
+def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
+               normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
     _, mu, rstd = _moments(x, len(normalized_shape), eps)
     # torch's CPU kernel: (x * rstd + (-rstd * mean)) * gamma + beta
-    y = x * rstd + (-rstd * mu)
+    y: np.ndarray = x * rstd + (-rstd * mu)
     if w is not None:
         y = y * w
     return y if b is None else y + b
 
 
-def layer_norm_grad_input(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
+def layer_norm_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray | None, b: Any,
+                          normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
     dims, mu, rstd = _moments(x, len(normalized_shape), eps)
     n = math.prod(normalized_shape)
     gw = g if w is None else g * w
@@ -372,24 +431,31 @@ def layer_norm_grad_input(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
     scale = 1 / x.dtype.type(n) if n else x.dtype.type(0)
     bb = (db * mu - ds) * rstd * rstd * rstd * scale
     c = -bb * mu - db * rstd * scale
-    return rstd * gw + bb * x + c
+    gx: np.ndarray = rstd * gw + bb * x + c
+    return gx
 
 
-def layer_norm_grad_weight(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
+def layer_norm_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: Any, b: Any,
+                           normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
     _dims, mu, rstd = _moments(x, len(normalized_shape), eps)
     lead = tuple(range(x.ndim - len(normalized_shape)))
-    return (g * ((x - mu) * rstd)).sum(axis=lead)
+    gw: np.ndarray = (g * ((x - mu) * rstd)).sum(axis=lead)
+    return gw
 
 
-def layer_norm_grad_bias(g, y, x, w, b, normalized_shape, eps) -> np.ndarray:
-    return g.sum(axis=tuple(range(x.ndim - len(normalized_shape))))
+def layer_norm_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: Any, b: Any,
+                         normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
+    gb: np.ndarray = g.sum(axis=tuple(range(x.ndim - len(normalized_shape))))
+    return gb
 
 
 def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None) -> np.ndarray:
-    return weight[indices]
+    rows: np.ndarray = weight[indices]
+    return rows
 
 
-def embedding_grad_weight(g, y, indices, weight, padding_idx) -> np.ndarray:
+def embedding_grad_weight(g: np.ndarray, y: Any, indices: np.ndarray, weight: np.ndarray,
+                          padding_idx: int | None) -> np.ndarray:
     grad = np.zeros(weight.shape, dtype=g.dtype)
     np.add.at(grad, indices.reshape(-1), g.reshape(-1, weight.shape[1]))
     if padding_idx is not None:
@@ -403,25 +469,27 @@ def embedding_grad_weight(g, y, indices, weight, padding_idx) -> np.ndarray:
 def reduce(loss: np.ndarray, reduction: str) -> np.ndarray:
     if reduction == "none":
         return loss
-    return loss.sum() if reduction == "sum" else loss.mean()
+    reduced: np.ndarray = loss.sum() if reduction == "sum" else loss.mean()
+    return reduced
 
 
-def mse_loss(x, t, reduction) -> np.ndarray:
+def mse_loss(x: np.ndarray, t: np.ndarray, reduction: str) -> np.ndarray:
     d = x - t
     return reduce(d * d, reduction)
 
 
-def smooth_l1_loss(x, t, reduction, beta) -> np.ndarray:
+def smooth_l1_loss(x: np.ndarray, t: np.ndarray, reduction: str, beta: float) -> np.ndarray:
     z = np.abs(x - t)
     return reduce(np.where(z < beta, 0.5 * z * z / beta, z - 0.5 * beta), reduction)
 
 
-def huber_loss(x, t, reduction, delta) -> np.ndarray:
+def huber_loss(x: np.ndarray, t: np.ndarray, reduction: str, delta: float) -> np.ndarray:
     z = np.abs(x - t)
     return reduce(np.where(z < delta, 0.5 * z * z, delta * (z - 0.5 * delta)), reduction)
 
 
-def _nll_targets(x, target, weight, ignore_index):
+def _nll_targets(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
+                 ignore_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per sample: the target class (0 where ignored), its weight (0 where ignored), the mask."""
     t = target if x.ndim > 1 else target.reshape(1)
     keep = t != ignore_index
@@ -431,22 +499,26 @@ def _nll_targets(x, target, weight, ignore_index):
     return safe, w, keep
 
 
-def nll_loss(x, target, weight, ignore_index, reduction) -> np.ndarray:
+def nll_loss(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, ignore_index: int,
+             reduction: str) -> np.ndarray:
     safe, w, keep = _nll_targets(x, target, weight, ignore_index)
     if x.ndim == 2:  # (N, C): a plain gather, much cheaper than moveaxis + take_along_axis
         picked = x[np.arange(x.shape[0]), safe]
     else:  # classes moved last; a 1-D input is one sample
         classes_last = np.moveaxis(x, 1, -1) if x.ndim > 1 else x[None]
         picked = np.take_along_axis(classes_last, safe[..., None], axis=-1)[..., 0]
-    losses = np.where(keep, -(picked * w), x.dtype.type(0))
+    losses: np.ndarray = np.where(keep, -(picked * w), x.dtype.type(0))
     if reduction == "none":
         return losses if x.ndim > 1 else losses.reshape(())
     if reduction == "sum":
-        return losses.sum()
-    return losses.sum() / w.sum()  # w has the losses' shape
+        total: np.ndarray = losses.sum()
+        return total
+    mean: np.ndarray = losses.sum() / w.sum()  # w has the losses' shape
+    return mean
 
 
-def nll_loss_grad(g, y, x, target, weight, ignore_index, reduction) -> np.ndarray:
+def nll_loss_grad(g: np.ndarray, y: Any, x: np.ndarray, target: np.ndarray,
+                  weight: np.ndarray | None, ignore_index: int, reduction: str) -> np.ndarray:
     safe, w, keep = _nll_targets(x, target, weight, ignore_index)
     if reduction == "mean":
         g = g / w.sum()
@@ -459,10 +531,12 @@ def nll_loss_grad(g, y, x, target, weight, ignore_index, reduction) -> np.ndarra
     classes_last = np.zeros((*safe.shape, x.shape[1 if x.ndim > 1 else 0]), dtype=x.dtype)
     np.put_along_axis(classes_last, safe[..., None], np.broadcast_to(share, safe.shape)[..., None],
                       axis=-1)
-    return np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
+    out: np.ndarray = np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
+    return out
 
 
-def bce_with_logits(x, t, weight, pos_weight, reduction) -> np.ndarray:
+def bce_with_logits(x: np.ndarray, t: np.ndarray, weight: np.ndarray | None,
+                    pos_weight: np.ndarray | None, reduction: str) -> np.ndarray:
     log_sig = log_sigmoid(x)
     if pos_weight is not None:
         log_sig = log_sig * ((pos_weight - 1) * t + 1)
@@ -472,7 +546,9 @@ def bce_with_logits(x, t, weight, pos_weight, reduction) -> np.ndarray:
     return reduce(loss, reduction)
 
 
-def bce_with_logits_grad_input(g, y, x, t, weight, pos_weight, reduction) -> np.ndarray:
+def bce_with_logits_grad_input(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray,
+                               weight: np.ndarray | None, pos_weight: np.ndarray | None,
+                               reduction: str) -> np.ndarray:
     if pos_weight is not None:
         pt = pos_weight * t
         grad = (pt + 1 - t) * sigmoid(x) - pt
@@ -481,14 +557,18 @@ def bce_with_logits_grad_input(g, y, x, t, weight, pos_weight, reduction) -> np.
     grad = grad * g
     if weight is not None:
         grad = grad * weight
-    return grad / x.dtype.type(x.size) if reduction == "mean" else grad
+    out: np.ndarray = grad / x.dtype.type(x.size) if reduction == "mean" else grad
+    return out
 
 
-def bce_with_logits_grad_target(g, y, x, t, weight, pos_weight, reduction) -> np.ndarray:
+def bce_with_logits_grad_target(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray,
+                                weight: np.ndarray | None, pos_weight: np.ndarray | None,
+                                reduction: str) -> np.ndarray:
     if pos_weight is not None:
         grad = (log_sigmoid(-x) - log_sigmoid(x) * pos_weight) * g
     else:
         grad = -x * g
     if weight is not None:
         grad = grad * weight
-    return grad / t.dtype.type(t.size) if reduction == "mean" else grad
+    out: np.ndarray = grad / t.dtype.type(t.size) if reduction == "mean" else grad
+    return out

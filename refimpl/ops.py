@@ -40,7 +40,7 @@ Rule = Callable[..., Any]
 class Op:
     name: str
     forward: Callable[..., np.ndarray]
-    derivatives: tuple[Rule, ...]
+    derivatives: tuple[Rule | None, ...]  # None: the input takes no gradient (a condition, indices)
     ulp: int = 0
     sums: bool = False  # the result sums terms that may cancel (see the docstring)
     saves: bool = True
@@ -56,7 +56,8 @@ class Op:
 
 def _sign(x: np.ndarray) -> np.ndarray:
     """torch.sign: 0 at ±0 and at NaN (numpy's sign gives NaN there)."""
-    return (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+    sign: np.ndarray = (x > 0).astype(x.dtype) - (x < 0).astype(x.dtype)
+    return sign
 
 
 def _zeros(like: Any) -> np.ndarray:
@@ -75,67 +76,85 @@ def _swap(a: np.ndarray) -> np.ndarray:
 
 
 def _matmul_grad_a(g: np.ndarray, y: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    grad: np.ndarray
     if a.ndim == 1 and b.ndim == 1:
-        return g * b
-    if a.ndim == 1:
-        return np.matmul(b, g[..., None])[..., 0]
-    if b.ndim == 1:
-        return g[..., None] * b
-    return np.matmul(g, _swap(b))
+        grad = g * b
+    elif a.ndim == 1:
+        grad = np.matmul(b, g[..., None])[..., 0]
+    elif b.ndim == 1:
+        grad = g[..., None] * b
+    else:
+        grad = np.matmul(g, _swap(b))
+    return grad
 
 
 def _matmul_grad_b(g: np.ndarray, y: Any, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    grad: np.ndarray
     if a.ndim == 1 and b.ndim == 1:
-        return g * a
-    if a.ndim == 1:
-        return a[:, None] * g[..., None, :]
-    if b.ndim == 1:
-        return np.matmul(_swap(a), g[..., None])[..., 0]
-    return np.matmul(_swap(a), g)
+        grad = g * a
+    elif a.ndim == 1:
+        grad = a[:, None] * g[..., None, :]
+    elif b.ndim == 1:
+        grad = np.matmul(_swap(a), g[..., None])[..., 0]
+    else:
+        grad = np.matmul(_swap(a), g)
+    return grad
 
 
 def _pow_forward(x: Any, e: Any) -> np.ndarray:
     """torch.pow, with torch's exact shortcuts for the common scalar exponents."""
-    if isinstance(e, (int, float)) and isinstance(x, np.ndarray) and x.dtype.kind == "f":
-        if e == 2:
-            return x * x
-        if e == 3:
-            return x * x * x
-        if e == 0.5:
-            return np.sqrt(x)
-        if e == -0.5:
-            return 1 / np.sqrt(x)
-        if e == -1:
-            return 1 / x
-        if e == -2:
-            return 1 / (x * x)
-        if x.dtype == np.float32:  # numpy's powf strays 2 ulp; the rounded double does not
-            return np.power(x.astype(np.float64), e).astype(np.float32)
-    return np.power(x, e)
+    power: np.ndarray
+    if not (isinstance(e, (int, float)) and isinstance(x, np.ndarray) and x.dtype.kind == "f"):
+        power = np.power(x, e)
+    elif e == 2:
+        power = x * x
+    elif e == 3:
+        power = x * x * x
+    elif e == 0.5:
+        power = np.sqrt(x)
+    elif e == -0.5:
+        power = 1 / np.sqrt(x)
+    elif e == -1:
+        power = 1 / x
+    elif e == -2:
+        power = 1 / (x * x)
+    elif x.dtype == np.float32:  # numpy's powf strays 2 ulp; the rounded double does not
+        power = np.power(x.astype(np.float64), e).astype(np.float32)
+    else:
+        power = np.power(x, e)
+    return power
 
 
 def _pow_grad_base(g: np.ndarray, y: Any, x: Any, e: Any) -> np.ndarray:
+    grad: np.ndarray
     if isinstance(e, (int, float)):
         if e == 0:
             return np.zeros_like(x)
-        return g * (e * _pow_forward(x, e - 1))
-    return np.where(e == 0, g.dtype.type(0), g * (e * np.power(x, e - 1)))
+        grad = g * (e * _pow_forward(x, e - 1))
+    else:
+        grad = np.where(e == 0, g.dtype.type(0), g * (e * np.power(x, e - 1)))
+    return grad
 
 
 def _pow_grad_exponent(g: np.ndarray, y: np.ndarray, x: Any, e: np.ndarray) -> np.ndarray:
+    grad: np.ndarray
     if isinstance(x, (int, float)):  # a Python base: torch takes the log in double precision
         log_x = math.log(x) if x > 0 else (-math.inf if x == 0 else math.nan)
-        return g * np.where(e >= 0, g.dtype.type(0), y * log_x) if x == 0 else g * (y * log_x)
-    return g * np.where((x == 0) & (e >= 0), g.dtype.type(0), y * np.log(x))
+        grad = g * np.where(e >= 0, g.dtype.type(0), y * log_x) if x == 0 else g * (y * log_x)
+    else:
+        grad = g * np.where((x == 0) & (e >= 0), g.dtype.type(0), y * np.log(x))
+    return grad
 
 
 def _softmax_grad(g: np.ndarray, y: np.ndarray, x: Any, dim: int) -> np.ndarray:
     gy = g * y
-    return gy - y * gy.sum(axis=dim, keepdims=True)
+    grad: np.ndarray = gy - y * gy.sum(axis=dim, keepdims=True)
+    return grad
 
 
 def _log_softmax_grad(g: np.ndarray, y: np.ndarray, x: Any, dim: int) -> np.ndarray:
-    return g - np.exp(y) * g.sum(axis=dim, keepdims=True)
+    grad: np.ndarray = g - np.exp(y) * g.sum(axis=dim, keepdims=True)
+    return grad
 
 
 def _getitem_grad(g: np.ndarray, y: Any, x: Any, key: Any) -> np.ndarray:
@@ -175,12 +194,16 @@ def _clamp_grad(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.
     return np.where(mask, g, g.dtype.type(0))
 
 
-def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool):
+def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool
+               ) -> np.ndarray:
+    grad: np.ndarray
     if x.ndim == 0 and dim:  # torch restores a dim of size 1, then sums it away from +0.0
-        return g + g.dtype.type(0)
-    mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
-    count = mask.sum(axis=K.axes(dim, x.ndim), keepdims=True)
-    return (_expand_reduced(g, x.shape, dim, keepdim) / count) * mask
+        grad = g + g.dtype.type(0)
+    else:
+        mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
+        count = mask.sum(axis=K.axes(dim, x.ndim), keepdims=True)
+        grad = (_expand_reduced(g, x.shape, dim, keepdim) / count) * mask
+    return grad
 
 
 def _max_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -191,7 +214,7 @@ def _max_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     return grad
 
 
-def _max_dim_grad(g: np.ndarray, y: Any, x: np.ndarray, dim: int, keepdim: bool):
+def _max_dim_grad(g: np.ndarray, y: Any, x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
     index = K.argmax_first(x, dim)
     grad = np.zeros(x.shape, dtype=g.dtype)
     g_kept = g if keepdim else np.expand_dims(g, dim)
@@ -208,20 +231,25 @@ def _gelu_grad(g: np.ndarray, y: Any, x: np.ndarray, approximate: str) -> np.nda
         left, right = t(0.5) * x, t(1) + tanh_inner
         inner_derivative = beta * (t(1) + t(3) * kappa * x_sq)
         right_derivative = left * (t(1) - tanh_inner * tanh_inner) * inner_derivative
-        return g * (t(0.5) * right + right_derivative)
+        tanh_grad: np.ndarray = g * (t(0.5) * right + right_derivative)
+        return tanh_grad
     cdf = t(0.5) * (t(1) + K.erf(x * t(math.sqrt(0.5))))
     pdf = t((2 / math.sqrt(math.pi)) * math.sqrt(0.5) * 0.5) * np.exp(x * x * t(-0.5))
-    return g * (cdf + x * pdf)
+    erf_grad: np.ndarray = g * (cdf + x * pdf)
+    return erf_grad
 
 
-def _softplus_grad(g: np.ndarray, y: Any, x: np.ndarray, beta: float, threshold: float):
+def _softplus_grad(g: np.ndarray, y: Any, x: np.ndarray, beta: float, threshold: float
+                   ) -> np.ndarray:
     z = np.exp(x * beta)
-    return np.where(x * beta > threshold, g, g * z / (z + 1))
+    grad: np.ndarray = np.where(x * beta > threshold, g, g * z / (z + 1))
+    return grad
 
 
 def _silu_grad(g: np.ndarray, y: Any, x: np.ndarray) -> np.ndarray:
     sigmoid = 1 / (1 + np.exp(-x))
-    return g * sigmoid * (1 + x * (1 - sigmoid))
+    grad: np.ndarray = g * sigmoid * (1 + x * (1 - sigmoid))
+    return grad
 
 
 def _elu_grad(g: np.ndarray, y: Any, x: np.ndarray, alpha: float) -> np.ndarray:
@@ -238,18 +266,22 @@ def _reduced_grad(g: np.ndarray, reduction: str) -> np.ndarray:
     return g if reduction == "none" else g.reshape(())
 
 
-def _mse_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str):
-    return 2 * _loss_norm(x, reduction) * (x - t) * _reduced_grad(g, reduction)
+def _mse_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str
+              ) -> np.ndarray:
+    grad: np.ndarray = 2 * _loss_norm(x, reduction) * (x - t) * _reduced_grad(g, reduction)
+    return grad
 
 
-def _smooth_l1_grad(g, y, x, t, reduction: str, beta: float) -> np.ndarray:
+def _smooth_l1_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str,
+                    beta: float) -> np.ndarray:
     norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
     with np.errstate(divide="ignore", invalid="ignore"):
         inside = norm * d * gr / beta
     return np.where(d <= -beta, -norm * gr, np.where(d >= beta, norm * gr, inside))
 
 
-def _huber_grad(g, y, x, t, reduction: str, delta: float) -> np.ndarray:
+def _huber_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str,
+                delta: float) -> np.ndarray:
     norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
     return np.where(
         d <= -delta, -norm * gr * delta, np.where(d >= delta, norm * gr * delta, norm * d * gr)

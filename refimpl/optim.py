@@ -304,6 +304,7 @@ def _cast(param: Tensor, value: Any, param_id: Any = None,
     if isinstance(value, dict):
         return {k: _cast(param, v, param_id, param_groups, k) for k, v in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        # type(value): a list, tuple, set... rebuilt from an iterable, as torch does
         return type(value)(_cast(param, v, param_id, param_groups)  # type: ignore[call-arg]
                            for v in value)
     return value
@@ -458,6 +459,7 @@ class SGD(Optimizer):
                                    for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
         param = gather([p.data for p in ps])
         buffer = sgd_update(
+            # step batches only parameters with a .grad, and a batch's buffers all set or all None
             param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
             None if old[0] is None else gather([b.data for b in old]),  # type: ignore[union-attr]
             lr=_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
@@ -467,8 +469,9 @@ class SGD(Optimizer):
                 not group["maximize"] and _scalar(group["weight_decay"]) == 0:
             # torch 2.13's foreach path adds μ·b into the gradient tensors themselves when it
             # made no copy of them (no maximize, no weight decay): .grad ends as g + μ·b
+            assert buffer is not None  # momentum != 0: sgd_update returned the buffer
             for p, b in zip(ps, np.split(buffer.reshape(-1), splits), strict=True):
-                g = p.grad.data  # type: ignore[union-attr]
+                g = p.grad.data  # type: ignore[union-attr]  # step batches params with a .grad
                 g[...] = add_scaled(g, b.reshape(g.shape), group["momentum"], self.rounding)
         for p, piece in zip(ps, np.split(param.reshape(-1), splits), strict=True):
             if flat:
@@ -480,7 +483,7 @@ class SGD(Optimizer):
             value = piece.reshape(p.data.shape)
             if buffers[i] is None:
                 buffers[i] = Tensor._wrap(value.copy() if flat else buffer)
-            elif flat:
+            elif flat:  # buffers[i] is not None (mypy does not narrow an indexed item)
                 buffers[i].data[...] = value  # type: ignore[union-attr]
 
 
@@ -743,7 +746,7 @@ class Adam(Optimizer):
                                      "capturable=False and foreach=True")
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
-        betas = tuple(map(_to_scalar, betas))  # type: ignore[assignment]
+        betas = tuple(map(_to_scalar, betas))
         defaults = {
             "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
             "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
@@ -776,7 +779,7 @@ class Adam(Optimizer):
             for p in group["params"]:
                 p_state: Any = self.state.get(p, [])
                 if len(p_state) != 0 and not isinstance(p_state["step"], Tensor):
-                    p_state["step"] = Tensor._wrap(  # type: ignore[call-overload]
+                    p_state["step"] = Tensor._wrap(
                         np.array(float(p_state["step"]), np.float32))
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -892,6 +895,7 @@ class Adam(Optimizer):
                                for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
         param = gather([p.data for p in ps])
         arrays = [gather([t.data for t in tensors]) for tensors in moments]
+        # step batches only parameters with a .grad
         adam_update(param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
                     arrays[0], arrays[1], arrays[2] if group["amsgrad"] else None, scalars,
                     maximize=group["maximize"], rounding=self.rounding, fused=fused,

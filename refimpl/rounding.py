@@ -33,6 +33,9 @@ from typing import Literal
 import numpy as np
 
 Rounding = Literal["fused", "separate"]
+# The factor b of a*b + c in the helpers below: a flat array of the operands' dtype, or a scalar
+# (a Python float or a numpy one).
+Factor = np.ndarray | float | np.floating
 
 # precision, emin, emax of the two formats
 _FORMATS = {np.dtype(np.float32): (24, -126, 127), np.dtype(np.float64): (53, -1022, 1023)}
@@ -53,7 +56,7 @@ _SPLITTER = float(2**27 + 1)
 _LO_A, _HI_A, _LO_P = 2.0**-1000, 2.0**995, 2.0**-965
 
 
-def fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
+def fma(a: np.ndarray | np.floating, b: Factor, c: np.ndarray | np.floating) -> np.ndarray:
     """a*b + c rounded once, elementwise, in the arrays' dtype (float32 or float64); IEEE semantics
     incl. signed zeros, subnormals, inf and NaN (inf*0 + c = NaN, etc.), round-to-nearest-even.
 
@@ -65,33 +68,33 @@ def fma(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
     if dtype not in _FORMATS or c.dtype != dtype:
         raise TypeError(f"fma needs float32 or float64 arrays of one dtype, got {a.dtype}, "
                         f"{c.dtype}")
-    scalar = np.ndim(b) == 0
-    if scalar:
+    factor: np.ndarray | np.floating  # b in the dtype: a numpy scalar, or a flat array
+    if np.ndim(b) == 0:
         with np.errstate(all="ignore"):
-            b = dtype.type(b)
+            factor = dtype.type(b)
         shape = np.broadcast_shapes(a.shape, c.shape)
     else:
         b = np.asarray(b)
         if b.dtype != dtype:
             raise TypeError(f"fma needs b of dtype {dtype}, got {b.dtype}")
         shape = np.broadcast_shapes(a.shape, b.shape, c.shape)
-        b = _flat(b, shape)
+        factor = _flat(b, shape)
     a, c = _flat(a, shape), _flat(c, shape)
     out = np.empty(shape, dtype)
     flat = out.reshape(-1)
     with np.errstate(all="ignore"):
-        if scalar and (b == 0 or not np.isfinite(b)):
+        if not isinstance(factor, np.ndarray) and (factor == 0 or not np.isfinite(factor)):
             # the product is exactly a signed zero, an infinity or NaN: one rounding, in the add
-            np.multiply(a, b, out=flat)
+            np.multiply(a, factor, out=flat)
             flat += c
-        elif scalar and abs(math.frexp(b)[0]) == 0.5:
-            _exact_product(a, b, c, flat)  # b = ±2^k
+        elif not isinstance(factor, np.ndarray) and abs(math.frexp(factor)[0]) == 0.5:
+            _exact_product(a, factor, c, flat)  # b = ±2^k
         elif dtype == np.float32:
-            _fma32(a, b, c, flat)
-        elif scalar:
-            _fma64_filtered(a, b, c, flat)
+            _fma32(a, factor, c, flat)
+        elif isinstance(factor, np.float64):  # a scalar (the dtype is float64 here)
+            _fma64_filtered(a, factor, c, flat)
         else:
-            _fma64(a, b, c, flat)
+            _fma64(a, factor, c, flat)
     return out
 
 
@@ -198,7 +201,8 @@ def _tiny(x: np.ndarray, lo: float, work: np.ndarray) -> np.ndarray:
 def _two_sum_err(x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     """x + y - s exactly, for s = fl(x + y) (Knuth's TwoSum; needs no ordering)."""
     z = s - x
-    return (x - (s - z)) + (y - z)
+    err: np.ndarray = (x - (s - z)) + (y - z)
+    return err
 
 
 def _two_sum_err_into(x: np.ndarray, y: np.ndarray, s: np.ndarray, err: np.ndarray,
@@ -216,7 +220,8 @@ def _round_to_odd(s: np.ndarray, e: np.ndarray) -> np.ndarray:
     bits = s.view(_U64)
     step = (bits ^ e.view(_U64)) >> _U64(63)  # 1 where e points toward zero
     nudged = (bits - step) | _U64(1)
-    return np.where((e != 0) & np.isfinite(s), nudged, bits).view(np.float64)
+    rounded: np.ndarray = np.where((e != 0) & np.isfinite(s), nudged, bits).view(np.float64)
+    return rounded
 
 
 def _exact_product(a: np.ndarray, b: np.floating, c: np.ndarray, out: np.ndarray) -> None:
@@ -253,13 +258,12 @@ def _fma32(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray, out: np.nd
     size = min(n, _CHUNK)
     s_buf, t_buf, k_buf = np.empty(size), np.empty(size), np.empty(size, _U64)
     m_buf = np.empty(size, np.float32)
-    scalar = np.ndim(b) == 0
     redo: list[np.ndarray] = []
     for start, stop in _blocks(n):
         s, t, k = s_buf[: stop - start], t_buf[: stop - start], k_buf[: stop - start]
         magnitude, ov = m_buf[: stop - start], out[start:stop]
         s[:] = a[start:stop]
-        if scalar:
+        if not isinstance(b, np.ndarray):  # a scalar
             s *= float(b)
         else:
             t[:] = b[start:stop]
@@ -278,7 +282,7 @@ def _fma32(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray, out: np.nd
             redo.append(start + np.flatnonzero(k < _SUB32))
     if redo:
         idx = np.concatenate(redo)  # an index in both lists is redone twice, alike
-        out[idx] = _fma32_odd(a[idx], b if scalar else b[idx], c[idx])
+        out[idx] = _fma32_odd(a[idx], b[idx] if isinstance(b, np.ndarray) else b, c[idx])
 
 
 def _fma32_odd(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray) -> np.ndarray:
@@ -337,36 +341,37 @@ def _fma64_filtered(a: np.ndarray, b: np.float64, c: np.ndarray, out: np.ndarray
         out[idx] = redone
 
 
-def _split(x: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
+def _split(x: Factor) -> tuple[np.ndarray | float, np.ndarray | float]:
     """Veltkamp's split: hi + lo == x, each with at most 26 significant bits."""
     t = np.multiply(x, _SPLITTER)
     hi = t - (t - x)
     return hi, x - hi
 
 
-def _fma64(a: np.ndarray, b: np.ndarray | np.float64, c: np.ndarray, out: np.ndarray) -> None:
+def _fma64(a: np.ndarray, b: Factor, c: np.ndarray, out: np.ndarray) -> None:
     """float64 fma: Dekker's product, z = RN(th + RN(tl + ul)), and the ties of that last rounding
     redone with round-to-odd (see _tie_path)."""
-    scalar = np.ndim(b) == 0
-    if scalar:
+    bh: np.ndarray | float  # Veltkamp's halves of b: once for a scalar, per block for an array
+    bl: np.ndarray | float
+    if not isinstance(b, np.ndarray):  # a scalar
         b = float(b)
         bh, bl = (float(x) for x in _split(b))
         # |a| >= lo keeps a normal and |a*b| >= _LO_P; no a is safe for an extreme b
         lo = max(_LO_A, _LO_P / abs(b)) if _LO_A <= abs(b) <= _HI_A else math.inf
     size = min(a.size, _CHUNK)
     uh_buf, th_buf, tl_buf, w1_buf, w2_buf = (np.empty(size) for _ in range(5))
-    bh_buf, bl_buf = (np.empty(0 if scalar else size) for _ in range(2))
+    bh_buf, bl_buf = (np.empty(size if isinstance(b, np.ndarray) else 0) for _ in range(2))
     odd: list[np.ndarray] = []
     slow: list[np.ndarray] = []
     for start, stop in _blocks(a.size):
         m = stop - start
         av, cv, ov = a[start:stop], c[start:stop], out[start:stop]
         uh, th, tl, w1, w2 = uh_buf[:m], th_buf[:m], tl_buf[:m], w1_buf[:m], w2_buf[:m]
-        bv = b if scalar else b[start:stop]
+        bv = b[start:stop] if isinstance(b, np.ndarray) else b
         np.multiply(av, bv, out=uh)
         np.add(uh, cv, out=th)
         _two_sum_err_into(cv, uh, th, tl, w1)
-        if not scalar:
+        if isinstance(bv, np.ndarray):
             bh, bl = bh_buf[:m], bl_buf[:m]
             np.multiply(bv, _SPLITTER, out=bh)
             np.subtract(bh, bv, out=bl)
@@ -376,7 +381,7 @@ def _fma64(a: np.ndarray, b: np.ndarray | np.float64, c: np.ndarray, out: np.nda
         odd.append(start + ties)
         slow.append(start + bad)
         work = w2.view(_U64)
-        if scalar:
+        if not isinstance(bv, np.ndarray):  # a scalar
             slow.append(start + _tiny(av, lo, work))
         else:
             slow.append(start + _tiny(av, _LO_A, work))
@@ -429,7 +434,7 @@ def _tie_path(a: np.ndarray, bh: np.ndarray | float, bl: np.ndarray | float, uh:
     return ties, _nonfinite(z)
 
 
-def _ro64(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _ro64(a: np.ndarray, b: Factor, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Boldo and Melquiond's emulated FMA, RN(th + RO(tl + ul)), on (few) elements.
 
     Returns the result and the mask of elements outside the proof's domain: a non-finite result,
@@ -454,22 +459,22 @@ def _ro64(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> tuple[np.ndarr
 
 # --- exact path ----------------------------------------------------------------------------------
 
-def _fix(a: np.ndarray, b: np.ndarray | float, c: np.ndarray, out: np.ndarray,
+def _fix(a: np.ndarray, b: Factor, c: np.ndarray, out: np.ndarray,
          odd: Sequence[np.ndarray] = (), exact: Sequence[np.ndarray] = ()) -> None:
     """Redoes elements (index arrays into the flat arrays): `odd` with the round-to-odd
     algorithm (float64), then `exact` and whatever `odd` leaves out of its domain exactly."""
     exact = list(exact)
     idx = np.concatenate(odd) if len(odd) else _EMPTY
     if idx.size:
-        z, bad = _ro64(a[idx], b if np.ndim(b) == 0 else b[idx], c[idx])
+        z, bad = _ro64(a[idx], b[idx] if isinstance(b, np.ndarray) else b, c[idx])
         out[idx] = z
         exact.append(idx[bad])
     idx = np.concatenate(exact) if exact else _EMPTY
     if idx.size:
-        out[idx] = _exact(a[idx], b if np.ndim(b) == 0 else b[idx], c[idx])
+        out[idx] = _exact(a[idx], b[idx] if isinstance(b, np.ndarray) else b, c[idx])
 
 
-def _exact(a: np.ndarray, b: np.ndarray | float, c: np.ndarray) -> np.ndarray:
+def _exact(a: np.ndarray, b: Factor, c: np.ndarray) -> np.ndarray:
     """fma by IEEE rules for special values and exact rational arithmetic for the rest."""
     dtype = a.dtype
     a, b, c = np.broadcast_arrays(a, np.asarray(b, dtype), c)

@@ -11,9 +11,8 @@ import builtins
 import contextvars
 import threading
 import weakref
-from collections import namedtuple
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import Any, NamedTuple, cast, overload
 
 import numpy as np
 from numpy.lib import NumpyVersion
@@ -221,14 +220,16 @@ class Tensor:
     def __len__(self) -> int:
         if self.data.ndim == 0:
             raise TypeError("len() of a 0-d tensor")
-        return self.data.shape[0]
+        length: int = self.data.shape[0]
+        return length
 
     def item(self) -> Scalar:
         if self.data.size != 1:
             raise RuntimeError(
                 f"a Tensor with {self.data.size} elements cannot be converted to Scalar"
             )
-        return self.data.reshape(()).item()
+        value: Scalar = self.data.reshape(()).item()
+        return value
 
     def tolist(self) -> Any:
         return self.data.tolist()
@@ -465,6 +466,7 @@ class Tensor:
         dtype = result_type(self, other)
         return Tensor._wrap(np.asarray(ufunc(_as_array(self, dtype), _as_array(other, dtype))))
 
+    # == and != compare elementwise and return a Tensor, as torch's do, not object's bool
     def __eq__(self, other: Any) -> Tensor:  # type: ignore[override]
         return self._compare(other, np.equal)
 
@@ -496,16 +498,20 @@ class Tensor:
 
     # Methods mirroring torch functions -------------------------------------------------------
     def add(self, other: Any) -> Tensor:
-        return self + other
+        total: Tensor = self + other
+        return total
 
     def sub(self, other: Any) -> Tensor:
-        return self - other
+        difference: Tensor = self - other
+        return difference
 
     def mul(self, other: Any) -> Tensor:
-        return self * other
+        product: Tensor = self * other
+        return product
 
     def div(self, other: Any) -> Tensor:
-        return self / other
+        quotient: Tensor = self / other
+        return quotient
 
     def neg(self) -> Tensor:
         return -self
@@ -574,7 +580,11 @@ class Tensor:
         _check_nonempty_reduction(self, dims, "amax")
         return apply(OPS["amax"], self, dim=dims, keepdim=keepdim)
 
-    def max(self, dim: int | None = None, keepdim: builtins.bool = False) -> Any:
+    @overload
+    def max(self, dim: None = None, keepdim: builtins.bool = False) -> Tensor: ...
+    @overload
+    def max(self, dim: int, keepdim: builtins.bool = False) -> MaxResult: ...
+    def max(self, dim: int | None = None, keepdim: builtins.bool = False) -> Tensor | MaxResult:
         if dim is None:
             if self.data.size == 0:
                 raise RuntimeError(
@@ -744,7 +754,9 @@ class _RetainGrad:
         tensor.grad = Tensor._wrap(total)
 
 
-MaxResult = namedtuple("MaxResult", ["values", "indices"])  # torch.return_types.max
+class MaxResult(NamedTuple):  # torch.return_types.max
+    values: Tensor
+    indices: Tensor
 
 
 def _data(x: Any) -> Any:
@@ -788,7 +800,8 @@ def _true_divide(a: Any, b: Any) -> Tensor:
         a = a.to(float32) if isinstance(a, Tensor) else float(a)
     if not isinstance(a, Tensor):  # torch computes `scalar / t` as `t.reciprocal() * scalar`
         b = b if b.data.dtype.kind == "f" else b.to(result_type(a, b))
-        return apply(OPS["reciprocal"], b) * a
+        scaled: Tensor = apply(OPS["reciprocal"], b) * a
+        return scaled
     return apply(OPS["div"], a, b)
 
 

@@ -409,11 +409,11 @@ class Module:
                 )
         for key in state_dict:
             if key.startswith(prefix):
-                name = key[len(prefix):].split(".", 1)
-                if len(name) > 1:
-                    if name[0] not in self._modules:
+                parts = key[len(prefix):].split(".", 1)
+                if len(parts) > 1:
+                    if parts[0] not in self._modules:
                         unexpected_keys.append(key)
-                elif name[0] not in local_state:
+                elif parts[0] not in local_state:
                     unexpected_keys.append(key)
 
     def load_state_dict(self, state_dict: Mapping[str, Any],

@@ -13,9 +13,9 @@ import math
 import operator
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, islice
-from typing import Any, Self
+from typing import Any, Self, overload
 
 import numpy as np
 
@@ -60,7 +60,11 @@ def _unsupported(condition: bool, what: str) -> None:
 class Sequential(Module):
     """Calls its modules in order, each on the previous one's output."""
 
-    def __init__(self, *args: Module) -> None:
+    @overload
+    def __init__(self, *args: Module) -> None: ...
+    @overload
+    def __init__(self, arg: OrderedDict[str, Module], /) -> None: ...
+    def __init__(self, *args: Any) -> None:
         super().__init__()
         if len(args) == 1 and isinstance(args[0], OrderedDict):
             for key, module in args[0].items():
@@ -78,7 +82,8 @@ class Sequential(Module):
 
     def __getitem__(self, idx: int | slice) -> Any:
         if isinstance(idx, slice):
-            return self.__class__(OrderedDict(list(self._modules.items())[idx]))
+            # _modules holds Module | None: an empty slot stays empty in the slice
+            return self.__class__(OrderedDict(list(self._modules.items())[idx]))  # type: ignore[arg-type]
         return self._item_by_index(self._modules.values(), idx)
 
     def __setitem__(self, idx: int, module: Module) -> None:
@@ -99,6 +104,7 @@ class Sequential(Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[Module]:
+        # _modules holds Module | None (add_module's empty slot); iterating yields what it holds
         return iter(self._modules.values())  # type: ignore[arg-type]
 
     def append(self, module: Module) -> Self:
@@ -132,6 +138,7 @@ class ModuleList(Module):
 
     def __getitem__(self, idx: int | slice) -> Any:
         if isinstance(idx, slice):
+            # _modules holds Module | None: an empty slot stays empty in the slice
             return self.__class__(list(self._modules.values())[idx])  # type: ignore[arg-type]
         return self._modules[self._index(idx)]
 
@@ -152,6 +159,7 @@ class ModuleList(Module):
         return len(self._modules)
 
     def __iter__(self) -> Iterator[Module]:
+        # _modules holds Module | None (add_module's empty slot); iterating yields what it holds
         return iter(self._modules.values())  # type: ignore[arg-type]
 
     def __iadd__(self, modules: Iterable[Module]) -> Self:
@@ -242,7 +250,9 @@ class _ConvNd(Module):
     """Conv1d and Conv2d: the same layer over `_n` spatial dims, applied by `_convolve`."""
 
     _n: int
-    _convolve: Any
+    # F.conv1d or F.conv2d
+    _convolve: Callable[[Tensor, Tensor, Tensor | None, F.IntOrPair, F.IntOrPair | str,
+                         F.IntOrPair, int], Tensor]
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTuple,
                  stride: IntOrTuple = 1, padding: str | IntOrTuple = 0,

@@ -36,4 +36,5 @@ class Parameter(Tensor):
         # As torch: a fresh copy of the values and the requires_grad flag; the grad is not copied.
         if id(self) not in memo:
             memo[id(self)] = type(self)(Tensor._wrap(self.data.copy()), self.requires_grad)
-        return memo[id(self)]
+        copy: Parameter = memo[id(self)]
+        return copy
