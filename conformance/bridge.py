@@ -9,7 +9,8 @@ as it is.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -40,7 +41,10 @@ def to_torch(tensor: refimpl.Tensor) -> torch.Tensor:
     return torch.from_numpy(np.array(tensor.detach().numpy(), copy=True))
 
 
-def _convert(value: Any, tensor_type: type, convert: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _convert(value: Any, tensor_type: type[_T], convert: Callable[[_T], Any]) -> Any:
     if isinstance(value, tensor_type):
         return convert(value)
     if isinstance(value, dict):
@@ -52,9 +56,11 @@ def _convert(value: Any, tensor_type: type, convert: Any) -> Any:
 
 def state_dict_to_refimpl(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A torch optimizer's state dict, loadable by `refimpl.optim.SGD.load_state_dict`."""
-    return _convert(state_dict, torch.Tensor, to_refimpl)
+    converted: dict[str, Any] = _convert(state_dict, torch.Tensor, to_refimpl)
+    return converted
 
 
 def state_dict_to_torch(state_dict: dict[str, Any]) -> dict[str, Any]:
     """A refimpl optimizer's state dict, loadable by `torch.optim.SGD.load_state_dict`."""
-    return _convert(state_dict, refimpl.Tensor, to_torch)
+    converted: dict[str, Any] = _convert(state_dict, refimpl.Tensor, to_torch)
+    return converted

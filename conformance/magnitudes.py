@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as TF
 from torch.nn import grad as nn_grad
 
-Backward = Callable[[torch.Tensor, tuple[Any, ...], torch.Tensor], tuple[Any, ...]]
+# backward(g, inputs, y): one gradient per input, None for an input that takes none
+Grads = tuple[torch.Tensor | None, ...]
+Backward = Callable[[torch.Tensor, tuple[Any, ...], torch.Tensor], Grads]
 
 
 class _Magnitude(torch.autograd.Function):
@@ -39,8 +41,8 @@ class _Magnitude(torch.autograd.Function):
                 *inputs: Any) -> torch.Tensor:
         ctx.backward, ctx.inputs = backward, tuple(
             x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
-        ctx.out = forward(*ctx.inputs)
-        return ctx.out.clone()
+        out = ctx.out = forward(*ctx.inputs)
+        return out.clone()
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
@@ -50,10 +52,13 @@ class _Magnitude(torch.autograd.Function):
                               for gr, x in zip(grads, ctx.inputs, strict=True)))
 
 
-def with_rule(forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any) -> Any:
+def with_rule(forward: Callable[..., torch.Tensor], backward: Backward,
+              *inputs: Any) -> torch.Tensor:
     """forward(*inputs), whose backward pass is the magnitude rule `backward(g, inputs, y)`:
     non-negative gradients in, one per input out (None for an input that takes none)."""
-    return _Magnitude.apply(forward, backward, *inputs)
+    # torch's Function.apply is unannotated; _Magnitude.forward returns a tensor
+    y: torch.Tensor = _Magnitude.apply(forward, backward, *inputs)  # type: ignore[no-untyped-call]
+    return y
 
 
 def _sigmoid_terms(y: torch.Tensor) -> torch.Tensor:
@@ -100,17 +105,20 @@ def elu(x: torch.Tensor, alpha: float) -> torch.Tensor:
                      lambda g, i, y: (g * torch.where(i[0] > 0, 1.0, y.abs() + alpha),), x)
 
 
-def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
     x, w, b = inputs
     g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
     return (g @ w.abs(), g2.T @ x2.abs(), None if b is None else g2.sum(0))
 
 
 def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
-    grad_input = nn_grad.conv1d_input if dims == 1 else nn_grad.conv2d_input
-    grad_weight = nn_grad.conv1d_weight if dims == 1 else nn_grad.conv2d_weight
+    # torch.nn.grad's functions: (input or input_size, weight or weight_size, grad_output, ...)
+    grad_input: Callable[..., torch.Tensor] = (
+        nn_grad.conv1d_input if dims == 1 else nn_grad.conv2d_input)
+    grad_weight: Callable[..., torch.Tensor] = (
+        nn_grad.conv1d_weight if dims == 1 else nn_grad.conv2d_weight)
 
-    def backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+    def backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
         x, w, b = inputs
         reduce = (0, 2) if dims == 1 else (0, 2, 3)
         # The padding as explicit zeros: each padding tap is a term |g| · 0, which is
@@ -124,7 +132,7 @@ def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
     return backward
 
 
-def _layer_norm_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+def _layer_norm_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
     x, w, b = inputs
     mean = x.mean(-1, keepdim=True)
     rstd = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
@@ -144,11 +152,11 @@ class MagnitudeFunctional:
         return with_rule(TF.linear, _linear_backward, x, w, b)
 
     def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return with_rule(lambda *a: TF.conv1d(*a, stride=stride, padding=padding),
+        return with_rule(lambda x, w, b: TF.conv1d(x, w, b, stride=stride, padding=padding),
                          _conv_backward(1, stride, padding), x, w, b)
 
     def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return with_rule(lambda *a: TF.conv2d(*a, stride=stride, padding=padding),
+        return with_rule(lambda x, w, b: TF.conv2d(x, w, b, stride=stride, padding=padding),
                          _conv_backward(2, stride, padding), x, w, b)
 
     def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
@@ -211,7 +219,7 @@ def graph_op(name: str, args: list[Any], exponent: float = 2.0, alpha: float = 1
     return None
 
 
-def _matmul_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> tuple:
+def _matmul_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
     a, b = inputs
     a1, b1 = a.abs(), b.abs()
     if a.ndim == 1 and b.ndim == 1:

@@ -36,7 +36,8 @@ import numpy as np
 
 Mode = Literal["exact", "ulp", "tolerance"]
 
-_INT = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+_INT: dict[np.dtype, type[np.int32] | type[np.int64]] = {
+    np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
 # precision p (significant bits, the implicit one included) and the smallest normal exponent
 _FORMATS = {np.dtype(np.float32): (24, -126), np.dtype(np.float64): (53, -1022)}
 # torch.testing.assert_close's defaults: dtype -> (rtol, atol)
@@ -83,7 +84,9 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     an infinity against a finite number, or infinities of opposite sign."""
     nan_a, nan_e = np.isnan(actual), np.isnan(expected)
     inf_a, inf_e = np.isinf(actual), np.isinf(expected)
-    return (nan_a != nan_e) | (inf_a != inf_e) | (inf_a & inf_e & (actual != expected))
+    mismatch: np.ndarray = (nan_a != nan_e) | (inf_a != inf_e) | (
+        inf_a & inf_e & (actual != expected))
+    return mismatch
 
 
 def ulp_distance(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -317,6 +320,7 @@ def judge(expected: np.ndarray, actual: np.ndarray, mode: Mode,
         ints = _INT[dtype]
         differs = nonfinite_bad | (finite & (actual.view(ints) != expected.view(ints)))
     elif mode == "ulp":
+        assert budget is not None  # checked above
         allowed = np.broadcast_to(budget, expected.shape)
         ok, magnitude = _within(expected, actual, allowed)
         differs = nonfinite_bad | (finite & ~ok)
@@ -419,7 +423,7 @@ def _format(dtype: np.dtype) -> _Format:
     return _Format(u=2.0**-precision, eta=tiny / 2, tiny=tiny)
 
 
-def _exact(x: np.ndarray) -> _Bounded:
+def _exact(x: np.ndarray | float) -> _Bounded:
     value = np.asarray(x, dtype=np.float64)
     return _Bounded(value, np.zeros_like(value))
 
@@ -500,12 +504,14 @@ def _adam_format(dtype: np.dtype) -> _Format:
 def _hi(x: _Bounded) -> np.ndarray:
     """A bound on |x| and on |x̃| for any correct implementation's x̃: |x.value| + 2·x.error."""
     with np.errstate(invalid="ignore", over="ignore"):
-        return np.abs(x.value) + 2 * x.error
+        bound: np.ndarray = np.abs(x.value) + 2 * x.error
+    return bound
 
 
 def _exactly_zero(x: _Bounded) -> np.ndarray:
     """Where every correct implementation holds exactly 0 (a zero with no error)."""
-    return (x.value == 0) & (x.error == 0)
+    zero: np.ndarray = (x.value == 0) & (x.error == 0)
+    return zero
 
 
 def _result(value: np.ndarray, carried: np.ndarray, magnitude: np.ndarray, fmt: _Format, *,

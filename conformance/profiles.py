@@ -7,9 +7,21 @@ profile generates 2 × 1,000 programs. The example database is Hypothesis's defa
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from hypothesis import HealthCheck, Phase, settings
 
-_COMMON = {
+
+class _Settings(TypedDict):
+    """The keyword arguments of `settings` that every profile sets."""
+
+    deadline: None
+    phases: list[Phase]
+    suppress_health_check: list[HealthCheck]
+    stateful_step_count: int
+
+
+_COMMON: _Settings = {
     "deadline": None,  # the per-action timeout bounds a hang; timing belongs in benchmarks
     # no explain phase: it traces every line of each shrunk program again (minutes per failure
     # with several failures a run) for a note in Hypothesis's message, which reports never show
@@ -23,10 +35,12 @@ _COMMON = {
 # machine reports with `target()`) only where it helps: Hypothesis needs thousands of examples
 # per label for it to pay, and in a ci run of 1,000 it took half the time for no failure
 # found sooner. The thorough profile has the examples for it.
-_UNTARGETED = [p for p in _COMMON["phases"] if p is not Phase.target]
+_UNTARGETED: list[Phase] = [p for p in _COMMON["phases"] if p is not Phase.target]
+_UNTARGETED_SETTINGS: _Settings = {**_COMMON, "phases": _UNTARGETED}
+_THOROUGH_SETTINGS: _Settings = {**_COMMON, "stateful_step_count": 30}
 
 PROFILES: dict[str, settings] = {
-    "dev": settings(max_examples=50, **{**_COMMON, "phases": _UNTARGETED}),
-    "ci": settings(max_examples=1000, **{**_COMMON, "phases": _UNTARGETED}),
-    "thorough": settings(max_examples=25_000, **{**_COMMON, "stateful_step_count": 30}),
+    "dev": settings(max_examples=50, **_UNTARGETED_SETTINGS),
+    "ci": settings(max_examples=1000, **_UNTARGETED_SETTINGS),
+    "thorough": settings(max_examples=25_000, **_THOROUGH_SETTINGS),
 }

@@ -258,8 +258,8 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
         op, bound, exact = _draw_graph_op(draw, name, a, last_first, new_param)
         shape = graph_op_shape(op, [_shape_of(values, x) for x in op.args])
         if bound > _MAX_BOUND or math.prod(shape) > _MAX_SIZE:
-            for p in params[params_before:]:  # parameters made for the skipped op
-                values.remove(next(v for v in values if v.name == p.name))
+            for made in params[params_before:]:  # parameters made for the skipped op
+                values.remove(next(v for v in values if v.name == made.name))
             del params[params_before:]
             continue
         grad = any(v.grad for v in values if v.name in op.args)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -18,8 +18,19 @@ from conformance.models.spec import DTYPES, LIBS, ModelSpec
 from refimpl.nn import Parameter as RefParameter
 
 
+class _Backend(Protocol):
+    """A library's side of `Model` (the classes `_Torch` and `_Refimpl` themselves)."""
+
+    F: Any  # the library's functional module, as conformance.models.forward calls it
+
+    def parameter(self, array: np.ndarray,
+                  requires_grad: bool) -> torch.nn.Parameter | RefParameter: ...
+
+    def tensor(self, array: np.ndarray) -> torch.Tensor | refimpl.Tensor: ...
+
+
 class _Torch:
-    F: Any = TF
+    F: ClassVar[Any] = TF
 
     @staticmethod
     def parameter(array: np.ndarray, requires_grad: bool) -> torch.nn.Parameter:
@@ -32,7 +43,7 @@ class _Torch:
 
 
 class _Refimpl:
-    F: Any = RF
+    F: ClassVar[Any] = RF
 
     @staticmethod
     def parameter(array: np.ndarray, requires_grad: bool) -> RefParameter:
@@ -43,7 +54,7 @@ class _Refimpl:
         return refimpl.from_numpy(array)
 
 
-_BACKENDS = {"torch": _Torch, "refimpl": _Refimpl}
+_BACKENDS: dict[str, _Backend] = {"torch": _Torch, "refimpl": _Refimpl}
 
 
 class Model:

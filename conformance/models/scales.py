@@ -95,6 +95,7 @@ def _error_graph_op(errors: magnitudes.ForwardErrors, op: GraphOp, args: list[An
     if op.op in _EXACT_GRAPH_OPS:
         return value
     if op.op == "log_softmax":  # shifted - logsumexp cancels
+        assert op.dim is not None  # a valid spec's softmax ops have one
         return errors.log_softmax(args[0], op.dim)
     if op.op == "softmax":  # exp(shifted) / sum: a few roundings of its own size
         return errors.rounded(value, value.abs(), ("softmax",), args[0].shape[op.dim])

@@ -153,7 +153,7 @@ class ModelSpec:
         _analysis(self)  # raises ValueError for a spec that does not describe a valid model
 
     # JSON -------------------------------------------------------------------------------------
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """Plain JSON types only (dicts, lists, str, int, float, bool, None)."""
         return {
             "kind": self.kind,
@@ -179,7 +179,7 @@ class ModelSpec:
         }
 
     @classmethod
-    def from_json(cls, data: dict) -> ModelSpec:
+    def from_json(cls, data: dict[str, Any]) -> ModelSpec:
         return cls(
             kind=str(data["kind"]),
             input_shape=tuple(int(n) for n in data["input_shape"]),
@@ -539,6 +539,7 @@ def _analyse_graph(spec: ModelSpec
         if op.op in REDUCTION_OPS:
             longest = max(longest, math.prod(arg_shapes[0]) // max(math.prod(out), 1))
         elif op.op in SOFTMAX_OPS:
+            assert op.dim is not None  # graph_op_shape checked it
             longest = max(longest, arg_shapes[0][op.dim])
         elif op.op == "matmul":
             longest = max(longest, arg_shapes[0][-1])
