@@ -261,13 +261,15 @@ class CorrectAdam(Optimizer):
         if decoupled:
             p.mul_(1 - lr * weight_decay)  # θ ← θ(1 − γλ)
             return g
-        return g.add(p, alpha=weight_decay)  # g + λθ
+        # torch's Adam passes tensors for alpha and value too; its stubs say a Number
+        return g.add(p, alpha=weight_decay)  # type: ignore[arg-type]  # g + λθ
 
     def _first_moment(self, exp_avg: Tensor, g: Tensor, beta1: Scalar) -> None:
         exp_avg.lerp_(g, 1 - beta1)  # m ← β₁m + (1 − β₁)g
 
     def _second_moment(self, exp_avg_sq: Tensor, g: Tensor, beta2: Scalar) -> None:
-        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # v ← β₂v + (1 − β₂)g²
+        # v ← β₂v + (1 − β₂)g²; a tensor value, as in _decay
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # type: ignore[arg-type]
 
     def _bias_corrections(self, beta1: Scalar, beta2: Scalar,
                           step: float) -> tuple[Scalar, Scalar]:
@@ -285,7 +287,8 @@ class CorrectAdam(Optimizer):
         return self._denominator(max_exp_avg_sq, bias_correction2, eps)
 
     def _descend(self, p: Tensor, exp_avg: Tensor, denom: Tensor, step_size: Scalar) -> None:
-        p.addcdiv_(exp_avg, denom, value=-step_size)  # θ − (γ / (1 − β₁ᵗ))·m / denom
+        # θ − (γ / (1 − β₁ᵗ))·m / denom; a tensor value, as in _decay
+        p.addcdiv_(exp_avg, denom, value=-step_size)  # type: ignore[arg-type]
 
 
 class CorrectAdamW(CorrectAdam):
@@ -358,7 +361,9 @@ class StepSharedAcrossParameters(CorrectAdam):
 
     def _zero_step(self, p: Tensor, group: dict[str, Any]) -> Tensor:
         new = super()._zero_step(p, group)
-        return self.__dict__.setdefault("shared_step", new)  # BUG: one counter per parameter
+        # BUG: one counter per parameter
+        shared: Tensor = self.__dict__.setdefault("shared_step", new)
+        return shared
 
 
 class LoadStateResetsStep(CorrectAdam):
@@ -429,7 +434,9 @@ class SecondMomentOfAbsGrad(CorrectAdam):
     not 0 or 1."""
 
     def _second_moment(self, exp_avg_sq: Tensor, g: Tensor, beta2: Scalar) -> None:
-        exp_avg_sq.mul_(beta2).add_(g.abs(), alpha=1 - beta2)  # BUG: g², not |g|
+        # a tensor alpha, as in CorrectAdam._decay
+        # BUG: g², not |g|
+        exp_avg_sq.mul_(beta2).add_(g.abs(), alpha=1 - beta2)  # type: ignore[arg-type]
 
 
 class FirstMomentLerpWeightBeta1(CorrectAdam):
@@ -461,7 +468,9 @@ class WeightDecayCoupled(CorrectAdamW):
 
     def _decay(self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar,
                decoupled: bool) -> Tensor:
-        return g.add(p, alpha=weight_decay)  # BUG: AdamW decays θ itself, not the gradient
+        # a tensor alpha, as in CorrectAdam._decay
+        # BUG: AdamW decays θ itself, not the gradient
+        return g.add(p, alpha=weight_decay)  # type: ignore[arg-type]
 
 
 class WeightDecayWithoutLr(CorrectAdamW):

@@ -142,7 +142,8 @@ class CompiledStepSGD(torch.optim.Optimizer):
                    for p in params]
         pad = torch.zeros(_PAD, dtype=dtype)
         p_flat = torch.cat([p.detach().reshape(-1) for p in params] + [pad])
-        g_flat = torch.cat([p.grad.reshape(-1) for p in params] + [pad])
+        # step passes only parameters with a .grad
+        g_flat = torch.cat([p.grad.reshape(-1) for p in params] + [pad])  # type: ignore[union-attr]
         b_flat = torch.cat([torch.zeros(p.numel(), dtype=dtype) if b is None
                             else b.reshape(-1).to(dtype) for p, b in zip(params, buffers,
                                                                         strict=True)] + [pad])

@@ -147,13 +147,16 @@ class CorrectSGD(Optimizer):
         return p.grad is not None
 
     def _grad(self, p: Tensor) -> Tensor:
-        return p.grad
+        grad = p.grad
+        assert grad is not None  # asked only for the parameters that _has_grad
+        return grad
 
     def _store(self, p: Tensor, buf: Tensor | None) -> None:
         self.state[p]["momentum_buffer"] = buf
 
     def _lr(self, group: dict[str, Any]) -> float | Tensor:
-        return _to_scalar(group["lr"])
+        lr: float | Tensor = _to_scalar(group["lr"])
+        return lr
 
     def _signed(self, grad: Tensor, maximize: bool) -> Tensor:
         return -grad if maximize else grad
@@ -161,7 +164,8 @@ class CorrectSGD(Optimizer):
     def _decayed(self, g: Tensor, p: Tensor, weight_decay: float | Tensor) -> Tensor:
         if isinstance(weight_decay, Tensor) and weight_decay.requires_grad:
             return g.addcmul_(p.clone(), weight_decay)  # torch's differentiable path
-        return g.add(p, alpha=weight_decay)  # g + λθ
+        # torch accepts a tensor for alpha, as torch.optim.SGD passes it; its stubs say a Number
+        return g.add(p, alpha=weight_decay)  # type: ignore[arg-type]  # g + λθ
 
     def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
                   dampening: float) -> Tensor:
@@ -176,7 +180,7 @@ class CorrectSGD(Optimizer):
         if isinstance(lr, Tensor) and lr.requires_grad:
             p.addcmul_(g, lr, value=-1)
         else:
-            p.add_(g, alpha=-lr)  # θ − γg
+            p.add_(g, alpha=-lr)  # type: ignore[arg-type]  # θ − γg; a tensor alpha, as above
 
 
 class TwiceRoundedSGD(CorrectSGD):
@@ -207,7 +211,8 @@ class DampeningOnFirstStep(CorrectSGD):
     """The first momentum buffer is (1 − dampening)·g instead of g; exposed by momentum with
     nonzero dampening."""
 
-    def _momentum(self, buf, g, momentum, dampening):
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
+                  dampening: float) -> Tensor:
         if buf is None:
             return (1 - dampening) * g.detach()  # BUG: torch does not dampen the first step
         return buf.mul_(momentum).add_(g, alpha=1 - dampening)
@@ -217,7 +222,8 @@ class UndecayedFirstBuffer(CorrectSGD):
     """The first momentum buffer is taken from the gradient before weight decay is added;
     exposed by momentum with weight decay over two steps."""
 
-    def _update(self, p, grad, buf, group):
+    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
+                group: dict[str, Any]) -> Tensor | None:
         raw = self._signed(grad, group["maximize"])
         g = raw
         if group["weight_decay"] != 0:
@@ -236,7 +242,8 @@ class DecayAfterMomentum(CorrectSGD):
     """Weight decay is added to the update after momentum instead of to the gradient before it;
     exposed by momentum with weight decay from the second step on."""
 
-    def _update(self, p, grad, buf, group):
+    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
+                group: dict[str, Any]) -> Tensor | None:
         g = self._signed(grad, group["maximize"])
         if group["momentum"] != 0:
             buf = self._momentum(buf, g, group["momentum"], group["dampening"])
@@ -250,28 +257,30 @@ class DecayAfterMomentum(CorrectSGD):
 class DecayUsesGrad(CorrectSGD):
     """Weight decay adds λ·g instead of λ·θ; exposed by any nonzero weight decay."""
 
-    def _decayed(self, g, p, weight_decay):
-        return g.add(g, alpha=weight_decay)  # BUG: the decay term is λθ, not λg
+    def _decayed(self, g: Tensor, p: Tensor, weight_decay: float | Tensor) -> Tensor:
+        # a tensor alpha, as in CorrectSGD._decayed
+        # BUG: the decay term is λθ, not λg
+        return g.add(g, alpha=weight_decay)  # type: ignore[arg-type]
 
 
 class NesterovIgnored(CorrectSGD):
     """nesterov=True steps along the buffer as plain momentum does; exposed by nesterov."""
 
-    def _nesterov(self, g, buf, momentum):
+    def _nesterov(self, g: Tensor, buf: Tensor, momentum: float) -> Tensor:
         return buf  # BUG: Nesterov steps along g + μb
 
 
 class NesterovWithoutMomentumFactor(CorrectSGD):
     """Nesterov steps along g + b instead of g + μ·b; exposed by nesterov."""
 
-    def _nesterov(self, g, buf, momentum):
+    def _nesterov(self, g: Tensor, buf: Tensor, momentum: float) -> Tensor:
         return g.add(buf)  # BUG: alpha=momentum forgotten
 
 
 class MaximizeIgnored(CorrectSGD):
     """maximize=True still descends the gradient; exposed by any maximize run."""
 
-    def _signed(self, grad, maximize):
+    def _signed(self, grad: Tensor, maximize: bool) -> Tensor:
         return grad  # BUG: maximize should negate the gradient
 
 
@@ -279,10 +288,10 @@ class MaximizeFlipsUpdate(CorrectSGD):
     """maximize is done by stepping uphill (−lr) instead of negating the gradient, which flips
     the weight-decay term too; exposed by maximize with weight decay."""
 
-    def _signed(self, grad, maximize):
+    def _signed(self, grad: Tensor, maximize: bool) -> Tensor:
         return grad
 
-    def _lr(self, group):
+    def _lr(self, group: dict[str, Any]) -> float | Tensor:
         lr = super()._lr(group)
         return -lr if group["maximize"] else lr  # BUG: also flips the sign of λθ
 
@@ -291,7 +300,8 @@ class DampeningAsFactor(CorrectSGD):
     """The momentum update adds τ·g instead of (1 − τ)·g; exposed by momentum over two steps
     (with any dampening but 0.5)."""
 
-    def _momentum(self, buf, g, momentum, dampening):
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
+                  dampening: float) -> Tensor:
         if buf is None:
             return g.detach().clone()
         return buf.mul_(momentum).add_(g, alpha=dampening)  # BUG: alpha=1 - dampening
@@ -301,10 +311,10 @@ class NoneGradAsZero(CorrectSGD):
     """Parameters whose .grad is None are stepped as if it were zero (weight decay and momentum
     still move them, and they get state); exposed by a parameter without gradient."""
 
-    def _has_grad(self, p):
+    def _has_grad(self, p: Tensor) -> bool:
         return True  # BUG: torch skips parameters whose grad is None
 
-    def _grad(self, p):
+    def _grad(self, p: Tensor) -> Tensor:
         return p.grad if p.grad is not None else torch.zeros_like(p)
 
 
@@ -312,7 +322,7 @@ class SkipsZeroGrad(CorrectSGD):
     """Parameters whose gradient is all zeros are skipped, so weight decay and momentum do not
     move them; exposed by an all-zero gradient with weight decay or momentum."""
 
-    def _has_grad(self, p):
+    def _has_grad(self, p: Tensor) -> bool:
         return p.grad is not None and bool(p.grad.any())  # BUG: a zero gradient still steps
 
 
@@ -320,8 +330,10 @@ class DecayModifiesGrad(CorrectSGD):
     """Weight decay is added to p.grad in place, so .grad changes (torch never writes it);
     exposed by weight decay without maximize."""
 
-    def _decayed(self, g, p, weight_decay):
-        return g.add_(p, alpha=weight_decay)  # BUG: in place on the caller's gradient
+    def _decayed(self, g: Tensor, p: Tensor, weight_decay: float | Tensor) -> Tensor:
+        # a tensor alpha, as in CorrectSGD._decayed
+        # BUG: in place on the caller's gradient
+        return g.add_(p, alpha=weight_decay)  # type: ignore[arg-type]
 
 
 class BufferAliasesGrad(CorrectSGD):
@@ -329,7 +341,8 @@ class BufferAliasesGrad(CorrectSGD):
     .grad and later accumulation corrupts the buffer; exposed by momentum without weight decay or
     maximize over two steps."""
 
-    def _momentum(self, buf, g, momentum, dampening):
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
+                  dampening: float) -> Tensor:
         if buf is None:
             return g  # BUG: must be g.detach().clone()
         return buf.mul_(momentum).add_(g, alpha=1 - dampening)
@@ -339,14 +352,16 @@ class LrReadOnce(CorrectSGD):
     """The learning rate is read once at construction, so later changes to param_groups' lr (and
     schedulers, and other groups' lr) are ignored; exposed by changing lr between steps."""
 
-    def _lr(self, group):
-        return _to_scalar(self.defaults["lr"])  # BUG: should read group["lr"] at every step
+    def _lr(self, group: dict[str, Any]) -> float | Tensor:
+        # BUG: should read group["lr"] at every step
+        lr: float | Tensor = _to_scalar(self.defaults["lr"])
+        return lr
 
 
 class LrOffByOnePpm(CorrectSGD):
     """The step uses lr·(1 + 10⁻⁶); exposed by float64 parameters (and often float32)."""
 
-    def _lr(self, group):
+    def _lr(self, group: dict[str, Any]) -> float | Tensor:
         return super()._lr(group) * (1 + 1e-6)  # BUG: a stray factor
 
 
@@ -354,7 +369,8 @@ class Float32Compute(CorrectSGD):
     """The update is computed in float32 and cast back even for float64 parameters; exposed by
     float64 parameters."""
 
-    def _update(self, p, grad, buf, group):
+    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
+                group: dict[str, Any]) -> Tensor | None:
         # BUG: .float() loses float64's precision (torch computes in the parameter's dtype)
         p32 = p.detach().float()
         buf32 = super()._update(p32, grad.float(), None if buf is None else buf.float(), group)
@@ -366,7 +382,7 @@ class LoadStateDropsState(CorrectSGD):
     """load_state_dict forgets the loaded state, so momentum buffers restart after a save and
     load; exposed by momentum with a state-dict round trip between steps."""
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self.state.clear()  # BUG: the loaded momentum buffers are thrown away
 
@@ -375,7 +391,7 @@ class StateDictReversed(CorrectSGD):
     """state_dict numbers the parameters' state from the last parameter, so each buffer is saved
     under another parameter's index; exposed by momentum and a state-dict round trip."""
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
         count = sum(len(group["params"]) for group in state_dict["param_groups"])
         # BUG: state must be keyed by the parameter's own index
@@ -388,7 +404,7 @@ class ClosureLossDropped(CorrectSGD):
     step with a closure."""
 
     @_use_grad_for_differentiable
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if closure is not None:
             with torch.enable_grad():
                 closure()  # BUG: the loss should be returned
@@ -402,7 +418,7 @@ class ClosureUnderNoGrad(CorrectSGD):
     backward() fails; exposed by any step with such a closure."""
 
     @_use_grad_for_differentiable
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
             loss = closure()  # BUG: needs `with torch.enable_grad():`
@@ -423,7 +439,7 @@ class MomentumNotPersisted(CorrectSGD):
     """The momentum buffer is never written back to the state, so every step is a first step;
     exposed by momentum over two steps."""
 
-    def _store(self, p, buf):
+    def _store(self, p: Tensor, buf: Tensor | None) -> None:
         pass  # BUG: should set self.state[p]["momentum_buffer"] = buf
 
 
@@ -432,7 +448,8 @@ class AcceptsInvalidConfig(CorrectSGD):
     ValueError (a hand-written check that forgets half of the rule); exposed by constructing
     SGD(nesterov=True, momentum>0, dampening≠0)."""
 
-    def _validate(self, lr, momentum, dampening, weight_decay, nesterov):
+    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
+                  weight_decay: float | Tensor, nesterov: bool) -> None:
         super()._validate(lr, momentum, 0, weight_decay, nesterov)  # BUG: dampening unchecked
 
 
@@ -440,7 +457,8 @@ class RejectsZeroLr(CorrectSGD):
     """The constructor raises ValueError for lr == 0, which torch accepts (a frozen run, the
     start of a warm-up schedule); exposed by constructing SGD(lr=0)."""
 
-    def _validate(self, lr, momentum, dampening, weight_decay, nesterov):
+    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
+                  weight_decay: float | Tensor, nesterov: bool) -> None:
         super()._validate(lr, momentum, dampening, weight_decay, nesterov)
         if lr == 0:  # BUG: torch only rejects lr < 0
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -468,7 +486,8 @@ class BufferStoredNotRead(CorrectSGD):
     starts a fresh buffer b = g, so momentum never accumulates (the state looks right, its
     values do not); exposed by momentum over two steps of one parameter."""
 
-    def _momentum(self, buf, g, momentum, dampening):
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
+                  dampening: float) -> Tensor:
         return super()._momentum(None, g, momentum, dampening)  # BUG: ignores the stored buf
 
 
@@ -529,7 +548,8 @@ def mse_grad_not_doubled() -> AbstractContextManager[None]:
 
 def _mse_half(g: np.ndarray, x: np.ndarray, t: np.ndarray, reduction: str) -> np.ndarray:
     scale = 1.0 / x.size if reduction == "mean" else 1.0
-    return (scale * (x - t) * g).astype(x.dtype)  # BUG: the 2 is missing
+    grad: np.ndarray = (scale * (x - t) * g).astype(x.dtype)  # BUG: the 2 is missing
+    return grad
 
 
 def linear_bias_grad_mean() -> AbstractContextManager[None]:
@@ -595,11 +615,15 @@ def clamp_grad_zero_at_bound() -> AbstractContextManager[None]:
 def amax_grad_not_shared() -> AbstractContextManager[None]:
     """amax gives every tied maximum the whole gradient instead of an even share; exposed by
     amax over tied maxima."""
-    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool):
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool
+             ) -> np.ndarray:
+        grad: np.ndarray
         if x.ndim == 0:
-            return g + g.dtype.type(0)
-        mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
-        return _expand_reduced(g, x.shape, dim, keepdim) * mask  # BUG: not divided by count
+            grad = g + g.dtype.type(0)
+        else:
+            mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
+            grad = _expand_reduced(g, x.shape, dim, keepdim) * mask  # BUG: not divided by count
+        return grad
     return patched_rule("amax", 0, rule)
 
 
@@ -616,10 +640,13 @@ def max_grad_first_tie() -> AbstractContextManager[None]:
 def max_dim_grad_shared() -> AbstractContextManager[None]:
     """max(dim)'s gradient is shared evenly among tied maxima instead of going to the index it
     returned (the first), as torch does; exposed by max over a dim with tied maxima."""
-    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: int, keepdim: bool):
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: int, keepdim: bool
+             ) -> np.ndarray:
         mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
         count = mask.sum(axis=dim, keepdims=True)
-        return _expand_reduced(g, x.shape, dim, keepdim) / count * mask  # BUG: not the index
+        # BUG: shared among the tied maxima, not given to the index
+        grad: np.ndarray = _expand_reduced(g, x.shape, dim, keepdim) / count * mask
+        return grad
     return patched_rule("max_dim", 0, rule)
 
 
