@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from conformance.options import RunOptions
 from conformance.oracle import Mode
 from conformance.program import Action, Setup
 
+if TYPE_CHECKING:  # the layer above: implementation() may return one
+    from conformance.isolation import IsolatedImplementation
+
 # --- tensors of either library as numpy ----------------------------------------------------------
 
 
@@ -64,7 +67,8 @@ class TorchLib:
     name = "torch"
 
     def numpy(self, tensor: Any) -> np.ndarray:
-        return tensor.detach().numpy().copy()
+        array: np.ndarray = tensor.detach().numpy().copy()
+        return array
 
     def assign(self, tensor: Any, value: np.ndarray) -> None:
         with torch.no_grad():
@@ -135,7 +139,8 @@ class RefimplImplementation:
     default_mode: Mode = "exact"
 
     def __init__(self, family: OptimizerFamily | None = None) -> None:
-        self.family, self.state_keys = family or families.get("sgd"), {}
+        self.family = family or families.get("sgd")
+        self.state_keys: dict[str, str] = {}
         self.cls = load(self.family.refimpl_class)
 
     def accepts(self, argument: str) -> bool:
@@ -218,7 +223,7 @@ def load_class(target: str, family: str = "sgd") -> type:
         module = importlib.import_module(module_name)
     except Exception as error:  # any import failure is the user's to fix
         raise ImplementationError(f"cannot import {module_name!r}: {error}") from error
-    cls = module
+    cls: object = module
     for part in attribute.split("."):
         cls = getattr(cls, part, None)
         if cls is None:
@@ -262,16 +267,16 @@ def _read_arguments(cls: type) -> tuple[frozenset[str], bool]:
     return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
-def check_surface(impl: Implementation, options: RunOptions) -> None:
+def check_surface(impl: Implementation | IsolatedImplementation, options: RunOptions) -> None:
     """Raises ImplementationError when the constructor cannot take an argument the programs
     will pass (one not declared absent): decided before any program runs."""
     if isinstance(impl, RefimplImplementation) or getattr(impl, "var_keyword", True):
         return
     assert hasattr(impl, "named")
     spec = options.spec
-    for argument in spec.example:
-        if argument not in impl.named:
-            raise ImplementationError(f"{impl.name} does not take {argument}=")
+    for name in spec.example:
+        if name not in impl.named:
+            raise ImplementationError(f"{impl.name} does not take {name}=")
     for feature in spec.features:
         argument = spec.argument_of(feature)
         if argument is not None and options.has(feature) and argument not in impl.named:
@@ -280,14 +285,14 @@ def check_surface(impl: Implementation, options: RunOptions) -> None:
                 f"with --without {feature}")
 
 
-def implementation(name: str | RunOptions) -> Implementation:
+def implementation(name: str | RunOptions) -> Implementation | IsolatedImplementation:
     """`refimpl` or `module:Class` (or the implementation of a run's options, with its state
     key and its declared surface checked; under process isolation, loaded and checked in a
     worker process, never in this one)."""
     options = name if isinstance(name, RunOptions) else RunOptions(name)
     if options.implementation == "refimpl":
         return RefimplImplementation(options.spec)
-    impl: Implementation
+    impl: Implementation | IsolatedImplementation
     if options.resolved_isolation == "process":
         from conformance.isolation import IsolatedImplementation
 
@@ -527,8 +532,8 @@ class Side:
     def options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Hyperparameters as the program states them, with lr as a tensor where the setup
         says so (a list is a tensor lr of several elements, which torch rejects)."""
-        out = {k: tuple(v) if type(v) is list and k != "lr" else v  # betas, from JSON
-               for k, v in options.items()}
+        out: dict[str, Any] = {k: tuple(v) if type(v) is list and k != "lr"
+                               else v for k, v in options.items()}  # betas, from JSON
         lr = out.get("lr")
         if isinstance(lr, list):
             out["lr"] = self.lib.tensor(np.array(lr, dtype=np.float64))
@@ -539,7 +544,7 @@ class Side:
     def loss(self, batch: int) -> Any:
         return self.model.loss(batch)
 
-    def apply(self, action: Action, closure_hook: Any = None) -> np.ndarray | None:
+    def apply(self, action: Action, closure_hook: Any = None) -> np.ndarray | Returned | None:
         """Runs one action (`conformance.actions`); returns the loss it produced (as an
         array), if any. `closure_hook(side)` runs inside step's closure after backward (the
         harness checks and synchronises the closure's gradients there)."""
@@ -547,9 +552,9 @@ class Side:
         if run is None:
             raise ValueError(f"{action.kind} is run by the twins, not one side")
         result = run(self, action.args, closure_hook)
-        return result if isinstance(result, np.ndarray) else None
+        return result if isinstance(result, np.ndarray | Returned) else None
 
-    def returned(self, result: Any) -> np.ndarray | None:
+    def returned(self, result: Any) -> np.ndarray | Returned | None:
         """What step(closure) returned, as the harness compares it: the loss as an array,
         None, or a `Returned` description of anything else."""
         if result is None or self.lib.is_tensor(result):
@@ -576,7 +581,8 @@ class Side:
              torch_defaults: dict[str, Any] | None) -> Step:
         start = time.perf_counter()
         end = None if not timeout else start + timeout
-        left = lambda: None if end is None else max(end - time.perf_counter(), 1e-3)
+        left: Callable[[], float | None] = (
+            lambda: None if end is None else max(end - time.perf_counter(), 1e-3))
         step = Step(Outcome() if before is None else
                     _run(lambda: self.synchronise(before), left()))
         if step.synced.error is not None:
