@@ -25,6 +25,7 @@ A node keeps the row it was recorded with, so the forward must run inside the co
 """
 
 import dataclasses
+import functools
 import inspect
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -34,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT, _to_scalar, _use_grad_for_differentiable
+from torch.optim.optimizer import Optimizer, ParamsT
 
 from conformance.families import load as load  # mutants.load, as before
 from conformance.families.sgd import torch_writes_grad
@@ -43,6 +44,23 @@ from refimpl.ops import OPS, _expand_reduced
 # --------------------------------------------------------------------------------------------
 # The correct optimizers
 # --------------------------------------------------------------------------------------------
+
+
+def _grad_for_differentiable(step: Callable[..., Any]) -> Callable[..., Any]:
+    """As torch's optimizers step: without autograd unless the optimizer was built with
+    differentiable=True (torch's own decorator for this is private)."""
+
+    @functools.wraps(step)
+    def stepped(self: Optimizer, *args: Any, **kwargs: Any) -> Any:
+        with torch.set_grad_enabled(bool(self.defaults["differentiable"])):
+            return step(self, *args, **kwargs)
+
+    return stepped
+
+
+def _scalar(value: Any) -> Any:
+    """A one-element tensor lr with dimensions as a 0-dim tensor, as torch reads it."""
+    return value.squeeze() if isinstance(value, Tensor) and value.dim() != 0 else value
 
 
 class CorrectSGD(Optimizer):
@@ -104,7 +122,7 @@ class CorrectSGD(Optimizer):
             group.setdefault("differentiable", False)
             group.setdefault("fused", False)
 
-    @_use_grad_for_differentiable  # no_grad unless differentiable=True, as torch's step
+    @_grad_for_differentiable  # no_grad unless differentiable=True, as torch's step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:
@@ -155,7 +173,7 @@ class CorrectSGD(Optimizer):
         self.state[p]["momentum_buffer"] = buf
 
     def _lr(self, group: dict[str, Any]) -> float | Tensor:
-        lr: float | Tensor = _to_scalar(group["lr"])
+        lr: float | Tensor = _scalar(group["lr"])
         return lr
 
     def _signed(self, grad: Tensor, maximize: bool) -> Tensor:
@@ -354,7 +372,7 @@ class LrReadOnce(CorrectSGD):
 
     def _lr(self, group: dict[str, Any]) -> float | Tensor:
         # BUG: should read group["lr"] at every step
-        lr: float | Tensor = _to_scalar(self.defaults["lr"])
+        lr: float | Tensor = _scalar(self.defaults["lr"])
         return lr
 
 
@@ -403,7 +421,7 @@ class ClosureLossDropped(CorrectSGD):
     """step(closure) runs the closure but returns None instead of its loss; exposed by any
     step with a closure."""
 
-    @_use_grad_for_differentiable
+    @_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         if closure is not None:
             with torch.enable_grad():
@@ -417,7 +435,7 @@ class ClosureUnderNoGrad(CorrectSGD):
     """step(closure) runs the closure under the step's no_grad, so a closure that calls
     backward() fails; exposed by any step with such a closure."""
 
-    @_use_grad_for_differentiable
+    @_grad_for_differentiable
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = None
         if closure is not None:

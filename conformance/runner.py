@@ -41,7 +41,7 @@ from hypothesis.stateful import run_state_machine_as_test
 
 from conformance import canonical
 from conformance.implementations import Implementation, implementation
-from conformance.isolation import stop_workers
+from conformance.isolation import IsolatedImplementation, stop_workers
 from conformance.machine import Divergence, DivergenceFound, Twins, history, replay
 from conformance.options import RunOptions
 from conformance.oracle import Mode
@@ -199,7 +199,8 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
         coverage.add_setup(case.setup)
         if on_program is not None:
             on_program(coverage.programs)
-        twins, buffered = Twins(case.setup, impl, options), {}
+        twins = Twins(case.setup, impl, options)
+        buffered: dict[str, int] = {}
         twins.reference.model.kinks = coverage.kinks
         for action in case.actions:
             coverage.add_action(action, twins, buffered)
@@ -232,8 +233,8 @@ def _same_kind(found: Divergence, divergence: Divergence) -> bool:
     return all(found.key[k] == divergence.key[k] for k in ("tensor", "difference", "action"))
 
 
-def _reduce(case: Case, divergence: Divergence, impl: Implementation, options: RunOptions,
-            coverage: Coverage) -> tuple[Divergence, Case]:
+def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedImplementation,
+            options: RunOptions, coverage: Coverage) -> tuple[Divergence, Case]:
     """A smaller case that fails the same way (the same tensor, difference and kind of
     action): each action dropped, each hyperparameter back to its default, a tensor lr made a
     number, as long as it still does."""
@@ -294,7 +295,8 @@ def without_local_constants() -> Iterator[None]:
     worker on a remote host runs the copy of pytest xdist put in its directory, as local code,
     and a user's optimizer module is local code too. So that a seed (and a shard count) draws
     the same programs wherever a shard runs and whatever the optimizer, a run draws without
-    them. A private Hypothesis API: where it is gone, nothing is changed."""
+    them. No public setting turns them off, so this patches a private Hypothesis API: where
+    it is gone, nothing is changed."""
     try:
         from hypothesis.internal.conjecture import providers
         from hypothesis.internal.constants_ast import Constants
