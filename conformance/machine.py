@@ -17,8 +17,9 @@ action for the report. The Hypothesis state machine that drives the twins is
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -158,7 +159,8 @@ class Twins:
 
     created: ClassVar[Callable[[Twins], None] | None] = None
 
-    def __init__(self, setup: Setup, impl: Implementation, options: RunOptions) -> None:
+    def __init__(self, setup: Setup, impl: Implementation | IsolatedImplementation,
+                 options: RunOptions) -> None:
         start = time.perf_counter()
         self.seconds = {"build": 0.0, "run": 0.0, "reference": 0.0, "implementation": 0.0}
         self.worst = 0.0  # see `worst` in the class docstring
@@ -180,6 +182,8 @@ class Twins:
         self._in_sync = False
         self.lost: str | None = None  # its worker process was lost: what happened
         self.side: Side | RemoteSide
+        self.reference: Side
+        self.setup_error: Outcome  # what constructing the implementation's optimizer raised
         if isinstance(impl, IsolatedImplementation):
             self.side = impl.side(setup, flags)
             finish = self.side.begin_build(self.timeout)  # the worker builds while torch's
@@ -192,13 +196,13 @@ class Twins:
                     self.setup_error, self.lost = Outcome(), str(lost)
         else:
             self.reference = Side(reference(options), setup, flags)
-            self.setup_error = _run(lambda: self._build(flags), self.timeout)
+            self.setup_error = _run(lambda: self._build(impl, flags), self.timeout)
         self.seconds["build"] = time.perf_counter() - start
         if Twins.created is not None:
             Twins.created(self)
 
-    def _build(self, flags: dict[str, bool]) -> None:
-        self.side = Side(self.impl, self.setup, flags)
+    def _build(self, impl: Implementation, flags: dict[str, bool]) -> None:
+        self.side = Side(impl, self.setup, flags)
 
     @property
     def case(self) -> Case:
@@ -372,8 +376,10 @@ class Twins:
         ref, side = self._reference_now(), self.side_obs
         if side is None:
             return None
-        table = {"param": (ref.params, side.params), "grad": (ref.grads, side.grads),
-                 **{key: (ref.state[key], side.state[key]) for key in ref.state}}
+        table: dict[str, tuple[Mapping[str, np.ndarray | None],
+                               Mapping[str, np.ndarray | None]]] = {
+            "param": (ref.params, side.params), "grad": (ref.grads, side.grads),
+            **{key: (ref.state[key], side.state[key]) for key in ref.state}}
         if tensor not in table or name is None:
             return None
         expected, actual = table[tensor][0].get(name), table[tensor][1].get(name)
@@ -413,7 +419,8 @@ class Twins:
         started from (for a step with closure, with the closure's grads) and `groups_of`
         each parameter's group in it."""
         found: list[Divergence] = []
-        new = lambda tensor, **kw: Divergence(index, str(action), tensor, **kw)
+        new: Callable[..., Divergence] = lambda tensor, **kw: Divergence(index, str(action),
+                                                                         tensor, **kw)
         if not same_error(expected, actual, self.strict):
             found.append(new("exception", detail=f"torch raised {_fmt_error(expected.error)}, "
                                                  f"the implementation {_fmt_error(actual.error)}",
@@ -473,7 +480,7 @@ class Twins:
                     mismatch = self._compare_count(expected, actual)
                 else:
                     mismatch = self._compare_step(expected, actual,
-                                                  lambda key=key: budget(key), stepped)
+                                                  functools.partial(budget, key), stepped)
                 if mismatch is not None:
                     found.append(new(key, parameter=name, group=group_index,
                                      mismatch=mismatch))
@@ -542,7 +549,7 @@ class Twins:
             group = (groups or {}).get(name)
             writes = self.family.writes_grad
             if stepped and group is not None and pre is not None and writes is not None and \
-                    writes(lambda key, group=group: _value(group, key)):
+                    writes(functools.partial(_value, group)):
                 mismatch = self._grad_written(name, pre, group, ref_obs, actual)
             else:
                 mismatch = self._compare_values(expected, actual, computed, name)
@@ -615,11 +622,12 @@ class Twins:
         if parameter is None:
             with np.errstate(all="ignore"):
                 scale = models.loss_scale(spec, dtype, values, batch)
-                forward = models.loss_forward_error_bound(spec, dtype, values, batch)
-            if not np.isfinite(scale) or not np.isfinite(forward):  # overflowed: see below
+                loss_forward = models.loss_forward_error_bound(spec, dtype, values, batch)
+            if not np.isfinite(scale) or not np.isfinite(loss_forward):  # overflowed: see below
                 return None
             return self._judge(expected, actual, "ulp",
-                               oracle.reduction_budget(expected, ulps, scale=scale) + forward)
+                               oracle.reduction_budget(expected, ulps, scale=scale)
+                               + loss_forward)
         with np.errstate(all="ignore"):
             terms = models.gradient_magnitudes(spec, dtype, values, batch)[parameter]
             forward = models.forward_error_bounds(spec, dtype, values, batch)[parameter]
@@ -719,19 +727,26 @@ _EXACT_TYPES = frozenset({bool, int, str, type(None), list})
 def _show(value: Any) -> str:
     if value is _MISSING:
         return "<missing>"
-    return f"tensor({value[1]!r})" if isinstance(value, tuple) else repr(value)
+    if isinstance(value, tuple) and len(value) == 2 and value[0] == "tensor":
+        return f"tensor({value[1]!r})"
+    return repr(value)
 
 
 def _same_value(expected: Any, actual: Any, strict: bool) -> bool:
     """Group values: strict, as observed (a float by its repr, so -0.0 != 0.0; a tensor lr only
-    as a tensor); semantic, numbers by value (a tensor lr may be held as a number)."""
+    as a tensor); semantic, numbers by value (a tensor lr may be held as a number, betas as a
+    list)."""
     if expected is _MISSING or actual is _MISSING:
         return expected is actual
     if strict:
-        show = lambda v: repr(v) if isinstance(v, float) else v
+        show: Callable[[Any], Any] = lambda v: repr(v) if isinstance(v, float) else v
         return bool(show(expected) == show(actual))
-    number = lambda v: v[1] if isinstance(v, tuple) and len(v) == 2 and v[0] == "tensor" else v
+    number: Callable[[Any], Any] = (
+        lambda v: v[1] if isinstance(v, tuple) and len(v) == 2 and v[0] == "tensor" else v)
     expected, actual = number(expected), number(actual)
+    if type(expected) in (tuple, list) and type(actual) in (tuple, list):  # betas, by value
+        return len(expected) == len(actual) and all(
+            _same_value(e, a, strict) for e, a in zip(expected, actual, strict=True))
     if isinstance(expected, float) or isinstance(actual, float):
         try:
             return float(expected) == float(actual) or (
@@ -744,8 +759,9 @@ def _same_value(expected: Any, actual: Any, strict: bool) -> bool:
         return False
 
 
-def _options(target: Implementation | str | RunOptions, options: RunOptions | None
-             ) -> tuple[Implementation, RunOptions]:
+def _options(target: Implementation | IsolatedImplementation | str | RunOptions,
+             options: RunOptions | None
+             ) -> tuple[Implementation | IsolatedImplementation, RunOptions]:
     """The implementation and the options of a replay."""
     if isinstance(target, RunOptions):
         return implementation(target), target
@@ -753,7 +769,7 @@ def _options(target: Implementation | str | RunOptions, options: RunOptions | No
     return (implementation(options) if isinstance(target, str) else target), options
 
 
-def replay(case: Case, target: Implementation | str | RunOptions,
+def replay(case: Case, target: Implementation | IsolatedImplementation | str | RunOptions,
            options: RunOptions | None = None) -> Divergence | None:
     """Runs a recorded case; returns its first divergence (None: it conforms)."""
     impl, options = _options(target, options)
@@ -774,7 +790,7 @@ class History:
     trajectory: dict[str, Any] | None  # the diverging element on both sides after each action
 
 
-def history(case: Case, target: Implementation | str | RunOptions,
+def history(case: Case, target: Implementation | IsolatedImplementation | str | RunOptions,
             options: RunOptions | None = None, element: Divergence | None = None) -> History:
     """Replays a case (synchronised before each action, so each error is that action's own)
     and records the largest ULP distance after each action and the values of `element`'s
@@ -809,13 +825,14 @@ def _trajectory(divergence: Divergence | None,
     if tensor in _NOT_ARRAYS - {"param"}:
         return None
     index = tuple(divergence.mismatch.index)
+    parameter = divergence.parameter
 
     def element(observation: Observation | None) -> float | str | None:
         if observation is None:
             return None
         table = observation.params if tensor == "param" else observation.grads \
             if tensor == "grad" else observation.state.get(tensor, {})
-        array = table.get(divergence.parameter)
+        array = table.get(parameter)
         if array is None or array.ndim != len(index) or \
                 any(i >= n for i, n in zip(index, array.shape, strict=True)):
             return None
@@ -839,7 +856,10 @@ def trajectory(setup: Setup, impl: Implementation | str, steps: int = 50,
     implementation runs in this process."""
     options = RunOptions(impl if isinstance(impl, str) else impl.name, family=family,
                          isolation="none")
-    impl = implementation(options) if isinstance(impl, str) else impl
+    if isinstance(impl, str):
+        built = implementation(options)
+        assert not isinstance(built, IsolatedImplementation)  # isolation="none": in this process
+        impl = built
     flags = PATH_FLAGS["for-loop"]
     torch_side = Side(reference(options), setup, flags)
     side = Side(impl, setup, flags)

@@ -361,3 +361,13 @@ def test_refimpl_is_strictly_torch_on_every_reference_path(path: str) -> None:
         result = run(RunOptions("refimpl", reference_path=path), dtypes=(dtype,),
                      settings=PROFILES["dev"], seed=0)
         assert result.passed, str(result.divergence)
+
+
+def test_betas_are_compared_by_value_under_the_semantic_contract() -> None:
+    from conformance.machine import _same_value, _show
+
+    assert _same_value((0.9, 0.999), [0.9, 0.999], strict=False)
+    assert _same_value((0.9, 0.999), (("tensor", 0.9), 0.999), strict=False)
+    assert not _same_value((0.9, 0.999), (0.9, 0.99), strict=False)
+    assert not _same_value((0.9, 0.999), [0.9, 0.999], strict=True)
+    assert _show((0.9, 0.999)) == "(0.9, 0.999)" and _show(("tensor", 0.5)) == "tensor(0.5)"
