@@ -27,7 +27,9 @@ BATCH, FEATURES, HIDDEN, CLASSES = 16, 4, 8, 3
 
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> int:
     """Largest number of representable floats between matching elements of a and b."""
-    bits = {np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}[a.dtype]
+    widths: dict[np.dtype, type[np.int32] | type[np.int64]] = {
+        np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+    bits = widths[a.dtype]
     low = int(np.iinfo(bits).min)
 
     def ordered(x: np.ndarray) -> np.ndarray:
@@ -87,13 +89,17 @@ def train(dtype: np.dtype) -> tuple[Gap, Gap]:
         grad, param = Gap(), Gap()
         pairs = list(zip(ours.parameters(), theirs.parameters(), strict=True))
         for p, q in pairs:
+            assert p.grad is not None and q.grad is not None  # both models ran backward
             grad.add(p.grad.data, q.grad.numpy())
         with refimpl.no_grad():
             for p in ours.parameters():
+                assert p.grad is not None
                 p.sub_(LR * p.grad)  # the same in-place update as torch's `q -= LR * q.grad`
         with torch.no_grad():
             for q in theirs.parameters():
-                q -= LR * q.grad
+                assert q.grad is not None
+                # in place, -= gives q itself; torch's stubs type it as a Tensor, not q's Parameter
+                q -= LR * q.grad  # type: ignore[misc]
         ours.zero_grad()
         theirs.zero_grad()
         for p, q in pairs:

@@ -50,6 +50,7 @@ from conformance.implementations import (
     _run,
 )
 from conformance.options import RunOptions
+from conformance.oracle import Mode
 from conformance.processes import context
 from conformance.program import Action, Setup
 
@@ -179,7 +180,7 @@ class IsolatedImplementation:
     its state keys."""
 
     lib = "torch"
-    default_mode = "ulp"
+    default_mode: Mode = "ulp"
 
     def __init__(self, options: RunOptions) -> None:
         self.name, self.state_keys = options.implementation, options.state_keys

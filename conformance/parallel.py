@@ -12,6 +12,7 @@ directory (`.hypothesis/`, safe for concurrent use): one shared database.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -48,7 +49,7 @@ def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
         return [runner.run(options, dtypes=(dtype,), settings=settings, seed=seed,
                            max_failures=max_failures,
                            on_program=None if on_program is None else
-                           lambda n, dtype=dtype: on_program(dtype, n))
+                           functools.partial(on_program, dtype))
                 for dtype in dtypes]
     # The database resolved here: a settings object left at the default holds a sentinel
     # that does not survive pickling. The one `.hypothesis/` every shard shares.

@@ -144,7 +144,7 @@ def shard_count(config: pytest.Config) -> int:
     (a value below 1 counts as 1 here; the option check rejects it), else one per xdist worker
     (as the controller told this worker), else 1. Every worker computes the same count, so
     every worker collects the same items, as xdist requires."""
-    explicit = config.getoption("--conformance-shards")
+    explicit: int | None = config.getoption("--conformance-shards")
     if explicit is not None:
         return max(1, explicit)
     workerinput = _worker_input(config)

@@ -33,7 +33,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence, Set
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 SCHEMA_VERSION = 2
 SCHEMA_PATH = Path(__file__).with_name("report_schema.json")
@@ -135,6 +135,13 @@ def first_divergence(divergence: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+class _Group(TypedDict):
+    """A parameter group as a program's JSON states it."""
+
+    params: list[str]
+    options: dict[str, Any]
+
+
 def group_hyperparameters(case: dict[str, Any], divergence: dict[str, Any]
                           ) -> dict[str, Any] | None:
     """The hyperparameters the failing parameter's group held when the failing action ran:
@@ -143,8 +150,9 @@ def group_hyperparameters(case: dict[str, Any], divergence: dict[str, Any]
     lr becomes {"tensor": value} (JSON has no tensors, and the reader must see it was one).
     None where the divergence names no parameter or group (an exception, the loss)."""
     setup = case["setup"]
-    groups = [{"params": list(g["params"]), "options": {**setup["defaults"], **g["options"]}}
-              for g in setup["groups"]]
+    groups: list[_Group] = [
+        {"params": list(g["params"]), "options": {**setup["defaults"], **g["options"]}}
+        for g in setup["groups"]]
     for action in case["actions"][:divergence["action_index"]]:
         args = action["args"]
         if action["kind"] == "set_hyperparameter" and groups:
@@ -758,7 +766,8 @@ def _reason(error: OSError) -> str:
 
 def schema() -> dict[str, Any]:
     """report_schema.json: the JSON Schema of report.json at SCHEMA_VERSION."""
-    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    loaded: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return loaded
 
 
 def timeless(value: Any) -> Any:

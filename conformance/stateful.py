@@ -93,8 +93,7 @@ class Coverage:
                        (action.kind == "step_closure" and p.requires_grad)]
             if not stepped:
                 continue
-            on = set(family.in_play(lambda key, group=group: group.get(key),
-                                    hasattr(group["lr"], "item")))
+            on = set(family.in_play(group.get, hasattr(group["lr"], "item")))
             self.step_features.update(on or {"plain"})
             self.feature_pairs.update("+".join(pair)
                                       for pair in itertools.combinations(sorted(on), 2))
@@ -114,8 +113,9 @@ class Coverage:
         """Each declared feature the programs never reached, with what it needs (a feature
         that cannot be declared absent, SGD's momentum, is always declared)."""
         family = options.spec
-        declared = lambda f: f not in family.features or (options.has(f) and (
-            f != "cross-load" or options.has("state-dict")))  # no state dicts, none to move
+        declared: Callable[[str], bool] = lambda f: f not in family.features or (
+            options.has(f) and (f != "cross-load" or options.has("state-dict"))
+        )  # no state dicts, none to move
         return {feature: need for feature, need in family.reach_needs().items()
                 if declared(feature) and feature not in self.reached}
 
@@ -137,7 +137,8 @@ class Coverage:
         self.group_layouts |= other.group_layouts
 
     def to_json(self, options: RunOptions | None = None) -> dict[str, Any]:
-        counts = lambda counter: dict(sorted(counter.items()))
+        counts: Callable[[Counter[str]], dict[str, int]] = lambda counter: dict(
+            sorted(counter.items()))
         data = {"programs": self.programs, "actions": self.actions,
                 "programs_rerun_while_shrinking": self.shrinking,
                 "action_kinds": counts(self.action_kinds),
@@ -212,9 +213,9 @@ class ConformanceMachine(RuleBasedStateMachine):
             # Each attempt to shrink a crash or a hang costs a restart or a timeout: past
             # the bound, a program fails as the shortest case seen at the same kind of
             # action, without running, so Hypothesis ends with that (genuine) case.
-            divergence, case = cls.incident
-            if counts_as(action.kind) == divergence.key["action"]:
-                self._fail(divergence, case)
+            incident, case = cls.incident
+            if counts_as(action.kind) == incident.key["action"]:
+                self._fail(incident, case)
             return
         cls.coverage.add_action(action, self.twins, self.buffered)
         divergence = self.twins.run(action)
