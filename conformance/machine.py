@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -770,12 +770,17 @@ def _options(target: Implementation | IsolatedImplementation | str | RunOptions,
 
 
 def replay(case: Case, target: Implementation | IsolatedImplementation | str | RunOptions,
-           options: RunOptions | None = None) -> Divergence | None:
-    """Runs a recorded case; returns its first divergence (None: it conforms)."""
+           options: RunOptions | None = None,
+           known: Sequence[dict[str, Any]] = ()) -> Divergence | None:
+    """Runs a recorded case; returns its first divergence (None: it conforms) that no
+    failure already found (`known`, their keys) explains."""
     impl, options = _options(target, options)
     twins = Twins(case.setup, impl, options)
     for action in case.actions:
         divergence = twins.run(action)
+        if divergence is not None and known:
+            divergence = twins.package([d for d in twins.found if not any(
+                d.explained_by(key) for key in known)])
         if divergence is not None:
             return divergence
     return None

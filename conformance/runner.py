@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -214,12 +214,13 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
             # as Hypothesis does with a drawn program: run it again, and a failure that does
             # not show again (a timeout a cold cache caused, say) is reported as flaky
             coverage.shrinking += 1
-            again = replay(twins.case, impl, options)
+            again = replay(twins.case, impl, options, known)
             if again is None or not _same_kind(again, divergence):
                 failures.append(Failure(divergence, twins.case, coverage.programs, when,
                                         flaky=True))
             else:
-                divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage)
+                divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage,
+                                              known)
                 failures.append(Failure(divergence, reduced, coverage.programs, when))
             known.append(divergence.key)
             if divergence.tensor == "process":
@@ -234,7 +235,8 @@ def _same_kind(found: Divergence, divergence: Divergence) -> bool:
 
 
 def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedImplementation,
-            options: RunOptions, coverage: Coverage) -> tuple[Divergence, Case]:
+            options: RunOptions, coverage: Coverage, known: Sequence[dict[str, Any]] = ()
+            ) -> tuple[Divergence, Case]:
     """A smaller case that fails the same way (the same tensor, difference and kind of
     action): each action dropped, each hyperparameter back to its default, a tensor lr made a
     number, as long as it still does."""
@@ -243,7 +245,7 @@ def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedI
 
     def fails(candidate: Case) -> Divergence | None:
         coverage.shrinking += 1
-        found = replay(candidate, impl, options)
+        found = replay(candidate, impl, options, known)
         return found if found is not None and _same_kind(found, divergence) else None
 
     for index in reversed(range(len(case.actions))):

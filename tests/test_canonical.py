@@ -104,3 +104,17 @@ def test_every_wrong_derivative_rule_fails_a_canonical_case() -> None:
             if not _failing("refimpl"):
                 missed.append(mutant.name)
     assert missed == []
+
+
+@pytest.mark.parametrize(("family", "target"), [
+    ("sgd", "conformance.mutants:MaximizeIgnored"),
+    ("adam", "conformance.adam_mutants:BetasSwapped"),
+    ("adamw", "conformance.adam_mutants:MaximizeIgnoredW"),
+], ids=lambda v: v.split(":")[-1])
+def test_a_deterministic_optimizer_has_no_flaky_failure(family: str, target: str) -> None:
+    """A canonical case that fails a second way, after a failure already found, is run again
+    with that failure still explained away: it shows again, so it is not called flaky."""
+    result = run(RunOptions(target, family=family, isolation="none"), dtypes=("float64",),
+                 settings=PROFILES["dev"], seed=0, max_failures=5)
+    assert len(result.failures) >= 2
+    assert not [f for f in result.failures if f.flaky]
