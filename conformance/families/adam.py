@@ -78,15 +78,17 @@ LR0, BETAS0, DECAY0 = 0.01, (0.9, 0.999), 0.1
 
 def configurations(decay_default: float) -> tuple[Configuration, ...]:
     """Plain and amsgrad, each alone, with weight decay, maximized, with both; then a tensor
-    lr with amsgrad and weight decay."""
+    lr with amsgrad and weight decay. Without weight decay, AdamW (which decays by default) is
+    passed weight_decay=0 and Adam nothing."""
     table = []
     for base, needs in (("plain", ()), ("amsgrad", ("amsgrad",))):
         for decay in (False, True):
             for maximize in (False, True):
                 name = "+".join([base] + ["weight_decay"] * decay + ["maximize"] * maximize)
+                off = {} if decay_default == 0 else {"weight_decay": 0.0}  # AdamW decays
                 table.append((name, needs + ("weight-decay",) * decay + ("maximize",) * maximize,
                               {"lr": LR0, "betas": BETAS0,
-                               "weight_decay": DECAY0 if decay else 0.0,
+                               **({"weight_decay": DECAY0} if decay else off),
                                **({"amsgrad": True} if needs else {}),
                                **({"maximize": True} if maximize else {})}, False))
     table.append(("amsgrad+weight_decay+tensor_lr", ("amsgrad", "weight-decay", "tensor-lr"),
