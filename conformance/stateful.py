@@ -169,7 +169,6 @@ class ConformanceMachine(RuleBasedStateMachine):
     options: ClassVar[RunOptions] = RunOptions()
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float64")
     coverage: ClassVar[Coverage]
-    last_case: ClassVar[Case | None] = None
     on_program: ClassVar[Callable[[Coverage], None] | None] = None  # progress reporting
     # keys of the failures already found: a program that hits one ends quietly
     known: ClassVar[tuple[dict[str, Any], ...]] = ()
@@ -219,7 +218,6 @@ class ConformanceMachine(RuleBasedStateMachine):
             return
         cls.coverage.add_action(action, self.twins, self.buffered)
         divergence = self.twins.run(action)
-        cls.last_case = self.twins.case
         if divergence is None:
             return
         if cls.known:  # the first divergence no failure found so far explains
@@ -358,5 +356,5 @@ def machine(options: RunOptions | str = "refimpl",
     settings_name = json.dumps(options.to_json(), sort_keys=True)
     name = f"Conformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
     return type(name, (ConformanceMachine,), {
-        "options": options, "dtypes": dtypes, "coverage": Coverage(), "last_case": None,
+        "options": options, "dtypes": dtypes, "coverage": Coverage(),
         "known": known, "first_failure": None, "incidents": 0, "incident": None})
