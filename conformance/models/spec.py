@@ -223,9 +223,16 @@ class ModelSpec:
         """Parameters the loss depends on (frozen ones included): the others' grads stay None."""
         return _analysis(self).used
 
+    def expects_grad(self, name: str) -> bool:
+        """Whether backward gives `name` a gradient (a tensor, maybe of zeros) rather than None."""
+        return name in self.used_parameters() and name not in self.frozen
+
     def op_names(self) -> tuple[str, ...]:
         """The `refimpl.ops.OPS` rows the forward runs, once per use, in order."""
         return _analysis(self).op_names
+
+    def num_parameters(self) -> int:
+        return sum(math.prod(s) for s in _analysis(self).param_shapes.values())
 
     def grad_ulp_budget(self, dtype: str) -> float:
         """The gradient tolerance in ULPs (of each tensor's max |torch grad|, or of the terms
