@@ -126,7 +126,7 @@ def hyperparameter_change(draw: st.DrawFn, group: dict[str, Any],
     """What a scheduler (or a user) changes mid-run: lr most often; a change torch's
     constructor would reject together with the group's other values (SGD's nesterov without
     momentum) is an lr change instead."""
-    drawn = {h.name: h for h in family.drawn(without)}
+    drawn = {h.name: h for h in family.drawn(without) if h.changeable}
     name = draw(st.sampled_from(["lr", *drawn]))
     value = draw(drawn[name].values)
     merged = family.valid({**group, name: value})

@@ -70,6 +70,9 @@ class Hyperparameter:
     needs: str | None = None
     off: Any = _DEFAULT  # the value that turns the feature off, where not the default
     # (AdamW decays by default: off, weight_decay=0 is passed)
+    # False: never changed between steps (turning Adam's amsgrad on over state kept without
+    # it is no use torch supports: its step raises KeyError, an artifact, not a contract)
+    changeable: bool = True
 
     @property
     def off_value(self) -> Any:

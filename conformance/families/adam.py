@@ -37,7 +37,7 @@ def hyperparameters(decay_default: float) -> tuple[Hyperparameter, ...]:
             feature="weight-decay", off=0.0,
             absent="nonzero weight_decay is never drawn (weight_decay=0 is passed)"),
         Hyperparameter("amsgrad", False, st.booleans(), on=st.just(True), feature="amsgrad",
-                       absent="amsgrad=True is never drawn"),
+                       absent="amsgrad=True is never drawn", changeable=False),
         Hyperparameter("maximize", False, st.booleans(), on=st.just(True), feature="maximize",
                        absent="maximize=True (gradient ascent) is never drawn"),
     )
