@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from conformance import references
+from conformance.families.sgd import torch_writes_grad
 from conformance.mutants import (
     AcceptsInvalidConfig,
     AddParamGroupNoDefaults,
@@ -231,8 +232,7 @@ def _lockstep(cls: type, config: dict[str, Any], dtype: torch.dtype, *,
 def _foreach_writes_grad(cls: type, group: dict[str, Any]) -> bool:
     """torch 2.13's foreach path writes g + μb into .grad for nesterov without maximize or
     weight decay (see test_foreach_sgd_writes_grad_as_torch_does)."""
-    return cls is ForeachSGD and group["nesterov"] and not group["maximize"] and \
-        group["weight_decay"] == 0
+    return cls is ForeachSGD and torch_writes_grad(group)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
