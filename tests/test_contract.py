@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -371,3 +372,28 @@ def test_betas_are_compared_by_value_under_the_semantic_contract() -> None:
     assert not _same_value((0.9, 0.999), (0.9, 0.99), strict=False)
     assert not _same_value((0.9, 0.999), [0.9, 0.999], strict=True)
     assert _show((0.9, 0.999)) == "(0.9, 0.999)" and _show(("tensor", 0.5)) == "tensor(0.5)"
+
+
+def test_nan_against_inf_where_the_step_overflowed_is_not_a_divergence() -> None:
+    """torch's lerp makes NaN of an infinite gradient (g − (g − m)·β at β1 = 0) where the
+    documented β·m + (1 − β)·g gives inf; MinimalAdam, written from the documentation, is
+    judged conforming on the case a ci run found (seed 1), while the values do differ so."""
+    import json
+    from pathlib import Path
+
+    from conformance.machine import Twins
+
+    data = json.loads((Path(__file__).parent / "fixtures" / "adam_lerp_nan_against_inf.json")
+                      .read_text(encoding="utf-8"))
+    case = Case.from_json(data)
+    options = RunOptions("conformance.adam_references:MinimalAdam", family="adam",
+                         isolation="none", without=frozenset({"amsgrad", "maximize",
+                                                              "cross-load",
+                                                              "invalid-hyperparameters"}))
+    twins = Twins(case.setup, implementation(options), options)
+    for action in case.actions:
+        assert twins.run(action) is None
+    assert twins.side_obs is not None
+    expected = twins._reference_now().state["exp_avg"]["0.weight"]
+    actual = twins.side_obs.state["exp_avg"]["0.weight"]
+    assert np.isnan(expected).any() and np.isinf(actual[np.isnan(expected)]).all()
