@@ -18,18 +18,20 @@ venv: .venv/.installed
 run: venv
 	.venv/bin/conformance run --optimizer refimpl --profile ci
 
-# pytest exits 5 when it collected nothing: that is a failure, never a pass. The tests run on
-# every core (pytest-xdist, in the test extra). The conformance suite runs with a fixed seed
-# here so CI is reproducible; `pytest conformance` alone explores.
-# Then ruff, the import rules of ARCHITECTURE.md (import-linter: [tool.importlinter] in
-# pyproject.toml), mypy --strict on conformance/ and refimpl/ ([tool.mypy] there), and the
-# package is installed as users install it (wheel, clean venv, from a temp directory) and both
-# routes run there (scripts/check-install.sh, about a minute).
+# First the static checks (about a minute): ruff (lint, and the format `ruff format` writes),
+# the import rules of ARCHITECTURE.md (import-linter: [tool.importlinter] in pyproject.toml) and
+# mypy --strict on conformance/ and refimpl/ ([tool.mypy] there). Then the tests, on every core
+# (pytest-xdist, in the test extra); pytest exits 5 when it collected nothing: that is a
+# failure, never a pass. The conformance suite runs with a fixed seed here so CI is
+# reproducible; `pytest conformance` alone explores. Last, the package is installed as users
+# install it (wheel, clean venv, from a temp directory) and both routes run there
+# (scripts/check-install.sh, about a minute).
 test: venv
-	$(PY) -m pytest -q -n auto --dist worksteal --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports
 	.venv/bin/mypy
+	$(PY) -m pytest -q -n auto --dist worksteal --conformance-seed 0; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran" >&2; exit 1; fi; exit $$rc
 	PYTHON=$(PY) bash scripts/check-install.sh
 
 bench: venv

@@ -72,8 +72,12 @@ MEMORY_JUDGED_FROM_MIB = 1.0
 LR = 0.01
 SEED = 0
 THREAD_VARIABLES = (
-    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
-    "NUMEXPR_NUM_THREADS", "BLIS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "BLIS_NUM_THREADS",
 )
 
 
@@ -237,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer warm-ups and samples")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    parser.add_argument("--models", nargs="+", choices=[m[0] for m in MODELS],
-                        help="only these models")
+    parser.add_argument(
+        "--models", nargs="+", choices=[m[0] for m in MODELS], help="only these models"
+    )
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
-    parser.add_argument("--worker", nargs=3, metavar=("SIDE", "MODEL", "MEASURE"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", nargs=3, metavar=("SIDE", "MODEL", "MEASURE"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(*args.worker, args.quick)))
@@ -278,32 +284,46 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(result)
         print(f"measured {name}", file=sys.stderr, flush=True)
 
-    header = (f"{'model':<16}{'refimpl ms':>12}{'torch ms':>11}{'ratio':>8}{'target':>8}{'met':>5}"
-              f"{'ref MiB':>10}{'torch MiB':>11}{'ratio':>8}{'target':>8}{'met':>5}")
+    header = (
+        f"{'model':<16}{'refimpl ms':>12}{'torch ms':>11}{'ratio':>8}{'target':>8}{'met':>5}"
+        f"{'ref MiB':>10}{'torch MiB':>11}{'ratio':>8}{'target':>8}{'met':>5}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         memory_ratio = "-" if r["memory_ratio"] is None else f"{r['memory_ratio']:.2f}"
-        print(f"{r['model']:<16}{r['refimpl']['time']['median_ms']:>12.4f}"
-              f"{r['torch']['time']['median_ms']:>11.4f}{r['time_ratio']:>8.3f}"
-              f"{'<=' + str(r['time_target']):>8}{_verdict(r['time_met']):>5}"
-              f"{r['refimpl']['memory']['peak_mib']:>10.2f}{r['torch']['memory']['peak_mib']:>11.2f}"
-              f"{memory_ratio:>8}{'<=' + str(MEMORY_TARGET):>8}{_verdict(r['memory_met']):>5}")
+        print(
+            f"{r['model']:<16}{r['refimpl']['time']['median_ms']:>12.4f}"
+            f"{r['torch']['time']['median_ms']:>11.4f}{r['time_ratio']:>8.3f}"
+            f"{'<=' + str(r['time_target']):>8}{_verdict(r['time_met']):>5}"
+            f"{r['refimpl']['memory']['peak_mib']:>10.2f}{r['torch']['memory']['peak_mib']:>11.2f}"
+            f"{memory_ratio:>8}{'<=' + str(MEMORY_TARGET):>8}{_verdict(r['memory_met']):>5}"
+        )
     load_after = os.getloadavg()
-    print(f"(ms per iteration: fastest round's median; peak = resident-set growth over the "
-          f"iteration; memory 'n/a' where torch's peak is under {MEMORY_JUDGED_FROM_MIB} MiB, "
-          f"i.e. page noise)")
-    print(f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
-          f"{os.cpu_count()} CPUs; {_cpu_name()}")
+    print(
+        f"(ms per iteration: fastest round's median; peak = resident-set growth over the "
+        f"iteration; memory 'n/a' where torch's peak is under {MEMORY_JUDGED_FROM_MIB} MiB, "
+        f"i.e. page noise)"
+    )
+    print(
+        f"load average (1 min) before {load_before[0]:.2f}, after {load_after[0]:.2f}; "
+        f"{os.cpu_count()} CPUs; {_cpu_name()}"
+    )
     if args.json:
         import numpy
         import torch
 
         meta = {
-            "python": platform.python_version(), "machine": platform.machine(),
-            "cpu": _cpu_name(), "cpus": os.cpu_count(), "numpy": numpy.__version__,
-            "torch": torch.__version__, "quick": args.quick, "threads": 1,
-            "load_average_before": load_before, "load_average_after": load_after,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpu": _cpu_name(),
+            "cpus": os.cpu_count(),
+            "numpy": numpy.__version__,
+            "torch": torch.__version__,
+            "quick": args.quick,
+            "threads": 1,
+            "load_average_before": load_before,
+            "load_average_after": load_after,
         }
         with open(args.json, "w") as out:
             json.dump({"meta": meta, "results": rows}, out, indent=2)

@@ -66,9 +66,13 @@ class _Twin:
         self.setup = setup
         self.model = models.build(setup.model, setup.dtype, "torch")
         self.params: dict[str, torch.Tensor] = dict(self.model.parameters)
-        self.optimizer = self._sgd([{"params": [self.params[n] for n in g.params],
-                                     **self._options(g.options)} for g in setup.groups],
-                                   setup.defaults)
+        self.optimizer = self._sgd(
+            [
+                {"params": [self.params[n] for n in g.params], **self._options(g.options)}
+                for g in setup.groups
+            ],
+            setup.defaults,
+        )
 
     def _options(self, options: dict[str, Any]) -> dict[str, Any]:
         out = dict(options)
@@ -105,6 +109,7 @@ class _Twin:
         elif action.kind == "step":
             self.optimizer.step()
         elif action.kind == "step_closure":
+
             def closure() -> torch.Tensor:
                 self.optimizer.zero_grad()
                 loss = self.model.loss(a["batch"])
@@ -114,8 +119,9 @@ class _Twin:
             return self.optimizer.step(closure).detach()
         elif action.kind == "set_hyperparameter":
             groups = self.optimizer.param_groups
-            groups[a["group"] % len(groups)][a["name"]] = \
-                self._options({a["name"]: a["value"]})[a["name"]]
+            groups[a["group"] % len(groups)][a["name"]] = self._options({a["name"]: a["value"]})[
+                a["name"]
+            ]
         elif action.kind == "add_param_group":
             params = [self.params[n] for n in a["params"]]
             if a.get("flaw"):
@@ -134,12 +140,16 @@ class _Twin:
         elif action.kind == "save_load":
             # the first twin plays torch, the second the implementation
             source = a["source"]
-            other = (source == "reference" and not first) or \
-                (source == "implementation" and first)
-            state = copy.deepcopy(partner.optimizer.state_dict()) if other \
+            other = (source == "reference" and not first) or (source == "implementation" and first)
+            state = (
+                copy.deepcopy(partner.optimizer.state_dict())
+                if other
                 else self.optimizer.state_dict()
-            fresh = self._sgd([{"params": list(g["params"])}
-                               for g in self.optimizer.param_groups], self.setup.defaults)
+            )
+            fresh = self._sgd(
+                [{"params": list(g["params"])} for g in self.optimizer.param_groups],
+                self.setup.defaults,
+            )
             fresh.load_state_dict(state)
             self.optimizer = fresh
         return None
@@ -177,8 +187,7 @@ def bare_loop(programs: list[tuple[Setup, list[Action]]]) -> tuple[float, float,
             a, b = twins
             for name, p in a.params.items():
                 q = b.params[name]
-                same &= _equal(p, q) and _equal(p.grad, q.grad) and \
-                    _equal(a.buffer(p), b.buffer(q))
+                same &= _equal(p, q) and _equal(p.grad, q.grad) and _equal(a.buffer(p), b.buffer(q))
             unequal += not same
     return time.perf_counter() - start, time.process_time() - cpu, unequal
 
@@ -205,34 +214,51 @@ def conformance_run(target: str, isolation: str | None, profile: str, seed: int)
     Twins.created = twins.append
     cpu = time.process_time()
     try:
-        result = run(options, dtypes=("float32",), settings=PROFILES[profile], seed=seed,
-                     **extra)
+        result = run(options, dtypes=("float32",), settings=PROFILES[profile], seed=seed, **extra)
     finally:
         Twins.created = None
     cpu = time.process_time() - cpu
     if not result.passed:
-        raise SystemExit(f"{target} failed, a throughput benchmark needs a correct optimizer: "
-                         f"{result.divergence}")
-    seconds = {key: sum(t.seconds[key] for t in twins)
-               for key in ("build", "run", "reference", "implementation")}
-    shares = {"reference": seconds["reference"], "implementation": seconds["implementation"],
-              "build": seconds["build"],
-              "twins": seconds["run"] - seconds["reference"] -
-              (0.0 if isolation == "process" else seconds["implementation"]),
-              "outside": result.seconds - seconds["run"] - seconds["build"]}
-    return Measured(target if isolation is None else f"{target}@{isolation}",
-                    result.coverage.programs, result.coverage.actions, result.seconds, cpu,
-                    [(t.setup, list(t.actions)) for t in twins], shares,
-                    seconds["build"] + seconds["run"])
+        raise SystemExit(
+            f"{target} failed, a throughput benchmark needs a correct optimizer: "
+            f"{result.divergence}"
+        )
+    seconds = {
+        key: sum(t.seconds[key] for t in twins)
+        for key in ("build", "run", "reference", "implementation")
+    }
+    shares = {
+        "reference": seconds["reference"],
+        "implementation": seconds["implementation"],
+        "build": seconds["build"],
+        "twins": seconds["run"]
+        - seconds["reference"]
+        - (0.0 if isolation == "process" else seconds["implementation"]),
+        "outside": result.seconds - seconds["run"] - seconds["build"],
+    }
+    return Measured(
+        target if isolation is None else f"{target}@{isolation}",
+        result.coverage.programs,
+        result.coverage.actions,
+        result.seconds,
+        cpu,
+        [(t.setup, list(t.actions)) for t in twins],
+        shares,
+        seconds["build"] + seconds["run"],
+    )
 
 
 def measure(spec: str, profile: str, seed: int, repeat: int) -> None:
     target, _, isolation = spec.partition("@")
     # warm-up, not measured: imports (torch._dynamo on a first step), Hypothesis's strategies
     # and the worker process, as any run after the first in a process has them
-    run(RunOptions(target, isolation=isolation or None),  # type: ignore[arg-type]
-        dtypes=("float32",), settings=PROFILES["dev"], seed=seed + 1,
-        **({"jobs": 1} if "jobs" in inspect.signature(run).parameters else {}))
+    run(
+        RunOptions(target, isolation=isolation or None),  # type: ignore[arg-type]
+        dtypes=("float32",),
+        settings=PROFILES["dev"],
+        seed=seed + 1,
+        **({"jobs": 1} if "jobs" in inspect.signature(run).parameters else {}),
+    )
     best: Measured | None = None
     bare = bare_cpu = float("inf")
     unequal = 0
@@ -246,35 +272,49 @@ def measure(spec: str, profile: str, seed: int, repeat: int) -> None:
     per_program = best.seconds / best.programs
     bare_per_program = bare / len(best.recorded)
     # in CPU seconds, where the implementation runs in this process (a worker's are not here)
-    cpu_ratio = "-" if isolation == "process" else \
-        f"{best.cpu / best.programs / (bare_cpu / len(best.recorded)):.2f}"
+    cpu_ratio = (
+        "-"
+        if isolation == "process"
+        else f"{best.cpu / best.programs / (bare_cpu / len(best.recorded)):.2f}"
+    )
     share = lambda key: f"{100 * best.shares[key] / best.seconds:.0f}%"
-    print(f"| {best.target} | {best.programs} | {best.actions} | {best.seconds:.2f} | "
-          f"{best.programs / best.seconds:.1f} | {best.actions / best.seconds:.0f} | "
-          f"{bare:.2f} | **{per_program / bare_per_program:.2f}** | {cpu_ratio} | "
-          f"{best.twins / bare:.2f} | {share('reference')} | "
-          f"{share('implementation')} | {share('build')} | {share('twins')} | "
-          f"{share('outside')} |", flush=True)
+    print(
+        f"| {best.target} | {best.programs} | {best.actions} | {best.seconds:.2f} | "
+        f"{best.programs / best.seconds:.1f} | {best.actions / best.seconds:.0f} | "
+        f"{bare:.2f} | **{per_program / bare_per_program:.2f}** | {cpu_ratio} | "
+        f"{best.twins / bare:.2f} | {share('reference')} | "
+        f"{share('implementation')} | {share('build')} | {share('twins')} | "
+        f"{share('outside')} |",
+        flush=True,
+    )
     if len(best.recorded) != best.programs or unequal:
-        print(f"  ({len(best.recorded)} programs recorded; the bare loop saw {unequal} "
-              f"action(s) with unequal twins)")
+        print(
+            f"  ({len(best.recorded)} programs recorded; the bare loop saw {unequal} "
+            f"action(s) with unequal twins)"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="ci", choices=sorted(PROFILES))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="runs per target, the fastest kept (default 1)")
-    parser.add_argument("--target", action="append",
-                        help="refimpl or module:Class, @process or @none for its isolation "
-                             f"(repeatable; default {' '.join(DEFAULT_TARGETS)})")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="runs per target, the fastest kept (default 1)"
+    )
+    parser.add_argument(
+        "--target",
+        action="append",
+        help="refimpl or module:Class, @process or @none for its isolation "
+        f"(repeatable; default {' '.join(DEFAULT_TARGETS)})",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)  # as a run does
     print(f"profile {args.profile}, float32, seed {args.seed}, fastest of {args.repeat}\n")
-    print("| target | programs | actions | seconds | programs/s | actions/s | bare loop s | "
-          "ratio | CPU ratio | twins / bare | torch | implementation | build | "
-          "twins' overhead | outside twins |")
+    print(
+        "| target | programs | actions | seconds | programs/s | actions/s | bare loop s | "
+        "ratio | CPU ratio | twins / bare | torch | implementation | build | "
+        "twins' overhead | outside twins |"
+    )
     print("| --- " * 15 + "|")
     for spec in args.target or DEFAULT_TARGETS:
         measure(spec, args.profile, args.seed, args.repeat)

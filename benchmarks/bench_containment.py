@@ -38,19 +38,40 @@ def hostile_table(profile: str, timeout: str) -> None:
         with tempfile.TemporaryDirectory() as reports:
             start = time.perf_counter()
             done = subprocess.run(
-                [sys.executable, "-m", "conformance", "run", "--optimizer",
-                 f"tests.hostile:{name}", "--profile", profile, "--seed", "0", "--timeout",
-                 timeout, "--report-dir", reports], cwd=ROOT, capture_output=True, text=True,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                [
+                    sys.executable,
+                    "-m",
+                    "conformance",
+                    "run",
+                    "--optimizer",
+                    f"tests.hostile:{name}",
+                    "--profile",
+                    profile,
+                    "--seed",
+                    "0",
+                    "--timeout",
+                    timeout,
+                    "--report-dir",
+                    reports,
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
             wall = time.perf_counter() - start
             found = sorted(Path(reports).glob("*/report.json"))
             first = "(no report)"
             if found:
                 failures = json.loads(found[0].read_text())["failures"]
-                first = failures[0]["summary"] if failures and "summary" in failures[0] \
+                first = (
+                    failures[0]["summary"]
+                    if failures and "summary" in failures[0]
                     else _first_line(found[0].with_name("report.md"))
-        print(f"| {name} | {done.returncode} | {wall:.1f} | {first.replace('|', '/')} |",
-              flush=True)
+                )
+        print(
+            f"| {name} | {done.returncode} | {wall:.1f} | {first.replace('|', '/')} |", flush=True
+        )
 
 
 def _first_line(path: Path) -> str:
@@ -71,18 +92,27 @@ def isolation_cost(profile: str, rounds: int) -> None:
     for isolation in ("none", "process"):
         best = None
         for _ in range(rounds):
-            result = run(RunOptions("conformance.references:MinimalSGD", isolation=isolation),
-                         dtypes=("float32",), settings=PROFILES[profile], seed=0)
+            result = run(
+                RunOptions("conformance.references:MinimalSGD", isolation=isolation),
+                dtypes=("float32",),
+                settings=PROFILES[profile],
+                seed=0,
+            )
             assert result.passed, result.divergence
             if best is None or result.seconds < best.seconds:
                 best = result
         assert best is not None
         per_action[isolation] = best.seconds / best.coverage.actions * 1e3
-        print(f"| {isolation} | {best.coverage.programs} | {best.coverage.actions} | "
-              f"{best.seconds:.1f} | {per_action[isolation]:.2f} |", flush=True)
+        print(
+            f"| {isolation} | {best.coverage.programs} | {best.coverage.actions} | "
+            f"{best.seconds:.1f} | {per_action[isolation]:.2f} |",
+            flush=True,
+        )
     extra = per_action["process"] - per_action["none"]
-    print(f"\nisolation adds {extra:.2f} ms per action "
-          f"({per_action['process'] / per_action['none']:.2f}x)")
+    print(
+        f"\nisolation adds {extra:.2f} ms per action "
+        f"({per_action['process'] / per_action['none']:.2f}x)"
+    )
 
 
 def main() -> None:

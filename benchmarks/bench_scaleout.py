@@ -113,8 +113,9 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def socket_servers(count: int, env: dict[str, str], *, with_tests: bool = False
-                   ) -> Iterator[list[str]]:
+def socket_servers(
+    count: int, env: dict[str, str], *, with_tests: bool = False
+) -> Iterator[list[str]]:
     """`count` execnet socket servers on 127.0.0.1, each in a temporary directory of its own
     (a stand-in for a host with the package installed, and with a copy of tests/ for the
     kill matrix: a checkout); yields their --tx specs, whose workers start in that directory
@@ -127,12 +128,19 @@ def socket_servers(count: int, env: dict[str, str], *, with_tests: bool = False
                 home = Path(hosts) / f"host{n + 1}"
                 home.mkdir()
                 if with_tests:
-                    shutil.copytree(ROOT / "tests", home / "tests",
-                                    ignore=shutil.ignore_patterns("__pycache__"))
+                    shutil.copytree(
+                        ROOT / "tests", home / "tests", ignore=shutil.ignore_patterns("__pycache__")
+                    )
                 port = _free_port()
-                servers.append(subprocess.Popen(
-                    [sys.executable, "-m", "execnet.script.socketserver", f"127.0.0.1:{port}"],
-                    cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                servers.append(
+                    subprocess.Popen(
+                        [sys.executable, "-m", "execnet.script.socketserver", f"127.0.0.1:{port}"],
+                        cwd=home,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
                 _wait_for(port)
                 specs.append(f"socket=127.0.0.1:{port}//chdir={home}")
             yield specs
@@ -158,41 +166,83 @@ def _wait_for(port: int, seconds: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _session(name: str, workers: int, args: list[str], suite_args: list[str], cwd: Path,
-             env: dict[str, str], *, report: bool) -> Row:
+def _session(
+    name: str,
+    workers: int,
+    args: list[str],
+    suite_args: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    *,
+    report: bool,
+) -> Row:
     with tempfile.TemporaryDirectory(prefix="bench-scaleout-") as tmp:
         stamps, reports = Path(tmp) / "stamps.json", Path(tmp) / "reports"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                   "-p", "bench_scaleout", *suite_args, *args]
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "bench_scaleout",
+            *suite_args,
+            *args,
+        ]
         start, cpu = time.time(), _children_cpu()
-        done = subprocess.run(command + (["--conformance-report-dir", str(reports)]
-                                         if report else []),
-                              cwd=cwd, env={**env, STAMPS: str(stamps)},
-                              capture_output=True, text=True)
+        done = subprocess.run(
+            command + (["--conformance-report-dir", str(reports)] if report else []),
+            cwd=cwd,
+            env={**env, STAMPS: str(stamps)},
+            capture_output=True,
+            text=True,
+        )
         wall = time.time() - start
         if done.returncode not in (0, 1):
             sys.stderr.write(done.stdout[-4000:] + done.stderr[-4000:])
             raise SystemExit(f"{name}: pytest exited {done.returncode}")
         found = sorted(reports.glob("*/report.json"))
-        return Row(name, workers, wall, json.loads(stamps.read_text()), start,
-                   json.loads(found[0].read_text()) if found else None, done.returncode,
-                   _children_cpu() - cpu)
+        return Row(
+            name,
+            workers,
+            wall,
+            json.loads(stamps.read_text()),
+            start,
+            json.loads(found[0].read_text()) if found else None,
+            done.returncode,
+            _children_cpu() - cpu,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", choices=["dev", "ci", "thorough"], default="ci",
-                        help="the conformance profile (default ci)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="workers of the distributed configurations (default 2)")
+    parser.add_argument(
+        "--profile",
+        choices=["dev", "ci", "thorough"],
+        default="ci",
+        help="the conformance profile (default ci)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="workers of the distributed configurations (default 2)",
+    )
     parser.add_argument("--quick", action="store_true", help="the dev profile")
-    parser.add_argument("--suite", choices=["conformance", "kill-matrix"],
-                        default="conformance",
-                        help="pytest --pyargs conformance (default), or the mutants of "
-                             "tests/test_kill_matrix.py from the repository root")
-    parser.add_argument("--select", default="kills", metavar="EXPR",
-                        help="pytest -k expression of the kill-matrix suite (default: kills, "
-                             "every mutant)")
+    parser.add_argument(
+        "--suite",
+        choices=["conformance", "kill-matrix"],
+        default="conformance",
+        help="pytest --pyargs conformance (default), or the mutants of "
+        "tests/test_kill_matrix.py from the repository root",
+    )
+    parser.add_argument(
+        "--select",
+        default="kills",
+        metavar="EXPR",
+        help="pytest -k expression of the kill-matrix suite (default: kills, every mutant)",
+    )
     args = parser.parse_args(argv)
     try:
         import xdist  # noqa: F401
@@ -202,20 +252,33 @@ def main(argv: list[str] | None = None) -> int:
     n = args.workers
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "benchmarks"), *filter(None, [env.get("PYTHONPATH")]), str(ROOT)])
+        [str(ROOT / "benchmarks"), *filter(None, [env.get("PYTHONPATH")]), str(ROOT)]
+    )
     conformance = args.suite == "conformance"
     with contextlib.ExitStack() as stack:
         if conformance:
-            suite = ["--pyargs", "conformance", "--optimizer", "refimpl",
-                     "--conformance-seed", "0", "--conformance-profile", profile]
+            suite = [
+                "--pyargs",
+                "conformance",
+                "--optimizer",
+                "refimpl",
+                "--conformance-seed",
+                "0",
+                "--conformance-profile",
+                profile,
+            ]
             cwd = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-cwd-")))
         else:  # a module name, not a path: xdist sends a path to a host only under rsync
             suite, cwd = ["--pyargs", "tests.test_kill_matrix", "-k", args.select], ROOT
-        print(f"pytest {' '.join(suite)}: 1 process, then {n} workers "
-              f"({os.cpu_count()} cores here)", flush=True)
-        configurations = [("1 process (no xdist)", 1, ["-p", "no:xdist"]),
-                          (f"-n {n}", n, ["-n", str(n)]),
-                          (f"--tx {n}*popen", n, ["--tx", f"{n}*popen", "--dist", "load"])]
+        print(
+            f"pytest {' '.join(suite)}: 1 process, then {n} workers ({os.cpu_count()} cores here)",
+            flush=True,
+        )
+        configurations = [
+            ("1 process (no xdist)", 1, ["-p", "no:xdist"]),
+            (f"-n {n}", n, ["-n", str(n)]),
+            (f"--tx {n}*popen", n, ["--tx", f"{n}*popen", "--dist", "load"]),
+        ]
         rows = []
         for name, workers, options in configurations:
             rows.append(_session(name, workers, options, suite, cwd, env, report=conformance))
@@ -223,8 +286,17 @@ def main(argv: list[str] | None = None) -> int:
         cpu = _children_cpu()
         with socket_servers(n, env, with_tests=not conformance) as specs:
             tx = [a for spec in specs for a in ("--tx", spec)]
-            rows.append(_session(f"{n} socket servers", n, [*tx, "--dist", "load"], suite,
-                                 cwd, env, report=conformance))
+            rows.append(
+                _session(
+                    f"{n} socket servers",
+                    n,
+                    [*tx, "--dist", "load"],
+                    suite,
+                    cwd,
+                    env,
+                    report=conformance,
+                )
+            )
         rows[-1].cpu = _children_cpu() - cpu  # the servers ran the workers
         _show(rows[-1])
     print()
@@ -232,22 +304,27 @@ def main(argv: list[str] | None = None) -> int:
     reports = [timeless(r.report) for r in rows[1:] if r.report is not None]
     if len(reports) > 1:
         same = all(r == reports[0] for r in reports)
-        print(f"\nthe {n}-worker reports are {'identical' if same else 'DIFFERENT'} "
-              f"(creation time and durations aside)")
+        print(
+            f"\nthe {n}-worker reports are {'identical' if same else 'DIFFERENT'} "
+            f"(creation time and durations aside)"
+        )
         if not same:
             return 1
     return 0
 
 
 def _show(row: Row) -> None:
-    print(f"  {row.name}: {row.wall:.1f} s, {row.cpu:.1f} CPU s (exit {row.returncode})",
-          flush=True)
+    print(
+        f"  {row.name}: {row.wall:.1f} s, {row.cpu:.1f} CPU s (exit {row.returncode})", flush=True
+    )
 
 
 def _table(rows: list[Row], *, suite: str) -> None:
     what = "programs" if suite == "conformance" else "tests"
-    print(f"| configuration | workers | wall (s) | startup (s) | tests (s) | finish (s) | "
-          f"CPU (s) | {what} | {what}/s | {what}/s per worker | {what} per CPU s | speed-up |")
+    print(
+        f"| configuration | workers | wall (s) | startup (s) | tests (s) | finish (s) | "
+        f"CPU (s) | {what} | {what}/s | {what}/s per worker | {what} per CPU s | speed-up |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     base = rows[0]
     for row in rows:
@@ -255,13 +332,16 @@ def _table(rows: list[Row], *, suite: str) -> None:
         startup = s["first_test"] - row.start
         tests = s["last_test"] - s["first_test"]
         finish = row.start + row.wall - s["last_test"]
-        count = (row.report["coverage"]["programs"] if row.report is not None
-                 else int(s.get("tests", 0)))
+        count = (
+            row.report["coverage"]["programs"] if row.report is not None else int(s.get("tests", 0))
+        )
         rate = count / row.wall
-        print(f"| {row.name} | {row.workers} | {row.wall:.1f} | {startup:.1f} | {tests:.1f} | "
-              f"{finish:.1f} | {row.cpu:.1f} | {count} | {rate:.1f} | "
-              f"{rate / row.workers:.1f} | {count / row.cpu:.1f} | "
-              f"{base.wall / row.wall:.2f}× |")
+        print(
+            f"| {row.name} | {row.workers} | {row.wall:.1f} | {startup:.1f} | {tests:.1f} | "
+            f"{finish:.1f} | {row.cpu:.1f} | {count} | {rate:.1f} | "
+            f"{rate / row.workers:.1f} | {count / row.cpu:.1f} | "
+            f"{base.wall / row.wall:.2f}× |"
+        )
 
 
 if __name__ == "__main__":

@@ -59,8 +59,7 @@ def timed(step: Callable[[], None], repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def measure(count: int, total: int, config: dict, repeats: int, dtype: type
-            ) -> dict[str, float]:
+def measure(count: int, total: int, config: dict, repeats: int, dtype: type) -> dict[str, float]:
     rng = np.random.default_rng(count)
     arrays = [rng.standard_normal(n).astype(dtype) for n in sizes(count, total, rng)]
     grads = [rng.standard_normal(a.size).astype(dtype) for a in arrays]
@@ -88,27 +87,33 @@ def measure(count: int, total: int, config: dict, repeats: int, dtype: type
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    parser.add_argument("--elements", type=int, default=10_000_000,
-                        help="total elements per case (default 10^7)")
+    parser.add_argument(
+        "--elements", type=int, default=10_000_000, help="total elements per case (default 10^7)"
+    )
     parser.add_argument("--dtype", choices=["float32", "float64", "both"], default="both")
     args = parser.parse_args()
     torch.set_num_threads(1)
     repeats = 3 if args.quick else 7
     print(f"torch CPU capability: {torch_capability()}; {args.elements:,} elements per case")
-    header = (f"{'dtype':7} {'params':>6} {'config':15} {'torch loop':>10} {'foreach':>9}"
-              f" {'refimpl':>9} {'plain np':>9} {'ref/foreach':>11} {'exact/plain':>11}")
+    header = (
+        f"{'dtype':7} {'params':>6} {'config':15} {'torch loop':>10} {'foreach':>9}"
+        f" {'refimpl':>9} {'plain np':>9} {'ref/foreach':>11} {'exact/plain':>11}"
+    )
     print(header)
     print("-" * len(header))
     dtypes = ["float32", "float64"] if args.dtype == "both" else [args.dtype]
     for dtype, count, (name, config) in product(dtypes, (10, 100, 1000), CONFIGS.items()):
         t = measure(count, args.elements, config, repeats, getattr(np, dtype))
         loop, foreach = t["torch for-loop"], t["torch foreach"]
-        print(f"{dtype:7} {count:>6} {name:15} {loop:>10.1f} {foreach:>9.1f}"
-              f" {t['refimpl']:>9.1f} {t['refimpl plain numpy']:>9.1f}"
-              f" {t['refimpl'] / t['torch foreach']:>11.2f}"
-              f" {t['refimpl'] / t['refimpl plain numpy']:>11.2f}")
-    print("(ms per step, median; targets: ref/foreach <= 1.5 on the largest case, "
-          "exact/plain <= 3)")
+        print(
+            f"{dtype:7} {count:>6} {name:15} {loop:>10.1f} {foreach:>9.1f}"
+            f" {t['refimpl']:>9.1f} {t['refimpl plain numpy']:>9.1f}"
+            f" {t['refimpl'] / t['torch foreach']:>11.2f}"
+            f" {t['refimpl'] / t['refimpl plain numpy']:>11.2f}"
+        )
+    print(
+        "(ms per step, median; targets: ref/foreach <= 1.5 on the largest case, exact/plain <= 3)"
+    )
 
 
 if __name__ == "__main__":

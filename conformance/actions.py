@@ -73,8 +73,10 @@ def _add_param_group(side: Any, args: dict[str, Any], hook: Any) -> None:
 
 
 def _construct(side: Any, args: dict[str, Any], hook: Any) -> None:
-    groups = [{"params": [side.names[id(p)] for p in g["params"] if id(p) in side.names],
-               "options": {}} for g in side.optimizer.param_groups]
+    groups = [
+        {"params": [side.names[id(p)] for p in g["params"] if id(p) in side.names], "options": {}}
+        for g in side.optimizer.param_groups
+    ]
     side.optimizer = side.construct(groups, args["options"], args.get("flaw"))
 
 
@@ -92,45 +94,68 @@ def _flawed(args: dict[str, Any]) -> set[str]:
 ACTIONS: dict[str, ActionKind] = {
     "backward": ActionKind(
         "forward on a fresh batch, then loss.backward(); grads accumulate if not cleared",
-        _backward, computes=True),
+        _backward,
+        computes=True,
+    ),
     "backward_twice": ActionKind(
         "loss.backward(retain_graph=True), then loss.backward() again",
         lambda side, args, hook: _backward(side, args, hook, twice=True),
-        counts_as="backward", computes=True),
+        counts_as="backward",
+        computes=True,
+    ),
     "zero_grad": ActionKind(
-        "optimizer.zero_grad(set_to_none=...)", _zero_grad,
-        reaches=lambda args: set() if args.get("set_to_none", True) else {"set-to-none-false"}),
+        "optimizer.zero_grad(set_to_none=...)",
+        _zero_grad,
+        reaches=lambda args: set() if args.get("set_to_none", True) else {"set-to-none-false"},
+    ),
     "step": ActionKind("optimizer.step()", _step, steps=True),
     "step_closure": ActionKind(
         "optimizer.step(closure): the closure zeroes grads, runs forward/backward and returns "
-        "the loss", _step_closure, feature="closure", counts_as="step", steps=True,
-        computes=True),
+        "the loss",
+        _step_closure,
+        feature="closure",
+        counts_as="step",
+        steps=True,
+        computes=True,
+    ),
     "set_hyperparameter": ActionKind(
-        "param_groups[group][name] = value, as a scheduler does", _set_hyperparameter,
-        feature="set-hyperparameter"),
+        "param_groups[group][name] = value, as a scheduler does",
+        _set_hyperparameter,
+        feature="set-hyperparameter",
+    ),
     "add_param_group": ActionKind(
         "optimizer.add_param_group with parameters in no group yet; with a 'flaw', also one "
         "torch rejects: 'duplicate' (already in a group), 'non-leaf' or 'non-tensor'",
-        _add_param_group, feature="add-param-group", reaches=_flawed),
+        _add_param_group,
+        feature="add-param-group",
+        reaches=_flawed,
+    ),
     "construct": ActionKind(
         "a new optimizer over the current groups' parameters from these hyperparameters (which "
         "may be invalid, or made invalid by a 'flaw' as for add_param_group); where it is "
-        "built, it replaces the old one", _construct, feature="invalid-hyperparameters"),
+        "built, it replaces the old one",
+        _construct,
+        feature="invalid-hyperparameters",
+    ),
     "freeze": ActionKind("parameter.requires_grad_(False)", _requires_grad(False)),
     "unfreeze": ActionKind("parameter.requires_grad_(True)", _requires_grad(True)),
     "save_load": ActionKind(
         "state_dict() loaded into a fresh optimizer; source 'self' (each side its own), "
         "'reference' (torch's state loaded into the implementation too) or 'implementation' "
-        "(the implementation's state loaded into torch too)", None, feature="state-dict",
-        reaches=lambda args: set() if args.get("source") == "self" else {"cross-load"}),
+        "(the implementation's state loaded into torch too)",
+        None,
+        feature="state-dict",
+        reaches=lambda args: set() if args.get("source") == "self" else {"cross-load"},
+    ),
 }
 
 
 def reached(kind: str, args: dict[str, Any]) -> set[str]:
     """The features an action of `kind` with `args` exercises (for the coverage)."""
     entry = ACTIONS[kind]
-    return ({entry.feature} if entry.feature else set()) | \
-        (entry.reaches(args) if entry.reaches else set())
+    return ({entry.feature} if entry.feature else set()) | (
+        entry.reaches(args) if entry.reaches else set()
+    )
 
 
 def counts_as(kind: str) -> str:

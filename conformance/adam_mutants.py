@@ -100,13 +100,21 @@ class CorrectAdam(Optimizer):
             if foreach:
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
 
-    def _validate(self, lr: float | Tensor, betas: tuple[Any, ...], eps: float,
-                  weight_decay: float, foreach: bool | None, capturable: bool) -> None:
+    def _validate(
+        self,
+        lr: float | Tensor,
+        betas: tuple[Any, ...],
+        eps: float,
+        weight_decay: float,
+        foreach: bool | None,
+        capturable: bool,
+    ) -> None:
         """torch.optim.Adam's checks, in its order, with its messages."""
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
         if not lr >= 0.0:
@@ -119,14 +127,18 @@ class CorrectAdam(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not weight_decay >= 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not (all(isinstance(b, float) for b in betas[:2])
-                or all(isinstance(b, Tensor) for b in betas[:2])):
+        if not (
+            all(isinstance(b, float) for b in betas[:2])
+            or all(isinstance(b, Tensor) for b in betas[:2])
+        ):
             raise ValueError("betas must be either both floats or both Tensors")
         for index, beta in enumerate(betas[:2]):
             if isinstance(beta, Tensor):
                 if not capturable and foreach:
-                    raise ValueError(f"betas[{index}] as a Tensor is not supported for "
-                                     "capturable=False and foreach=True")
+                    raise ValueError(
+                        f"betas[{index}] as a Tensor is not supported for "
+                        "capturable=False and foreach=True"
+                    )
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{index}] must be 1-element")
 
@@ -145,8 +157,9 @@ class CorrectAdam(Optimizer):
                 if len(p_state) != 0 and not torch.is_tensor(p_state["step"]):
                     step_val = float(p_state["step"])  # a number (older or foreign state)
                     if group["capturable"] or group["fused"]:
-                        p_state["step"] = torch.tensor(step_val, dtype=_scalar_dtype(fused),
-                                                       device=p.device)
+                        p_state["step"] = torch.tensor(
+                            step_val, dtype=_scalar_dtype(fused), device=p.device
+                        )
                     else:
                         p_state["step"] = torch.tensor(step_val, dtype=_scalar_dtype())
 
@@ -174,8 +187,9 @@ class CorrectAdam(Optimizer):
             params.append(p)
             grad = self._grad(p)
             if grad.is_sparse:
-                raise RuntimeError("Adam does not support sparse gradients, please consider "
-                                   "SparseAdam instead")
+                raise RuntimeError(
+                    "Adam does not support sparse gradients, please consider SparseAdam instead"
+                )
             grads.append(grad)
             state = self.state[p]
             if len(state) == 0:
@@ -184,10 +198,12 @@ class CorrectAdam(Optimizer):
             max_exp_avg_sq = state["max_exp_avg_sq"] if group["amsgrad"] else None
             if group["differentiable"] and state["step"].requires_grad:
                 raise RuntimeError(
-                    "`requires_grad` is not supported for `step` in differentiable mode")
+                    "`requires_grad` is not supported for `step` in differentiable mode"
+                )
             if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
                 raise RuntimeError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
             moments.append((exp_avg, exp_avg_sq, max_exp_avg_sq, state["step"]))
         for p, grad, moment in zip(params, grads, moments, strict=True):
             self._update(p, grad, moment, group)
@@ -215,15 +231,17 @@ class CorrectAdam(Optimizer):
             p = torch.view_as_real(p)
         # A tensor beta1 weighs the lerp in the parameter's dtype (torch casts it once per
         # device and dtype; the cast is the same every time).
-        device_beta1 = (beta1.to(device=p.device, dtype=p.dtype)
-                        if isinstance(beta1, Tensor) else beta1)
+        device_beta1 = (
+            beta1.to(device=p.device, dtype=p.dtype) if isinstance(beta1, Tensor) else beta1
+        )
         self._first_moment(exp_avg, g, device_beta1)
         self._second_moment(exp_avg_sq, g, beta2)
         bias_correction1, bias_correction2 = self._bias_corrections(beta1, beta2, step)
         step_size = self._step_size(lr, bias_correction1)
         if max_exp_avg_sq is not None:
-            denom = self._amsgrad_denominator(max_exp_avg_sq, exp_avg_sq, bias_correction2,
-                                              group["eps"])
+            denom = self._amsgrad_denominator(
+                max_exp_avg_sq, exp_avg_sq, bias_correction2, group["eps"]
+            )
         else:
             denom = self._denominator(exp_avg_sq, bias_correction2, group["eps"])
         self._descend(p, exp_avg, denom, step_size)
@@ -256,8 +274,9 @@ class CorrectAdam(Optimizer):
         step_t += 1
         return step_t.item()
 
-    def _decay(self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar,
-               decoupled: bool) -> Tensor:
+    def _decay(
+        self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar, decoupled: bool
+    ) -> Tensor:
         if decoupled:
             p.mul_(1 - lr * weight_decay)  # θ ← θ(1 − γλ)
             return g
@@ -271,8 +290,7 @@ class CorrectAdam(Optimizer):
         # v ← β₂v + (1 − β₂)g²; a tensor value, as in _decay
         exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)  # type: ignore[arg-type]
 
-    def _bias_corrections(self, beta1: Scalar, beta2: Scalar,
-                          step: float) -> tuple[Scalar, Scalar]:
+    def _bias_corrections(self, beta1: Scalar, beta2: Scalar, step: float) -> tuple[Scalar, Scalar]:
         return 1 - beta1**step, 1 - beta2**step
 
     def _step_size(self, lr: Scalar, bias_correction1: Scalar) -> Scalar:
@@ -281,8 +299,9 @@ class CorrectAdam(Optimizer):
     def _denominator(self, exp_avg_sq: Tensor, bias_correction2: Scalar, eps: float) -> Tensor:
         return (exp_avg_sq.sqrt() / bias_correction2**0.5).add_(eps)  # √v / √(1 − β₂ᵗ) + ε
 
-    def _amsgrad_denominator(self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor,
-                             bias_correction2: Scalar, eps: float) -> Tensor:
+    def _amsgrad_denominator(
+        self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor, bias_correction2: Scalar, eps: float
+    ) -> Tensor:
         torch.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)  # vmax ← max(vmax, v)
         return self._denominator(max_exp_avg_sq, bias_correction2, eps)
 
@@ -310,10 +329,20 @@ class CorrectAdamW(CorrectAdam):
         differentiable: bool = False,
         fused: bool | None = None,
     ) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
-                         maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True)
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+        )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -330,8 +359,7 @@ class BiasCorrectionOffByOne(CorrectAdam):
     """The bias corrections use t + 1 instead of the step number t, as if the counter started at
     one; exposed by any step."""
 
-    def _bias_corrections(self, beta1: Scalar, beta2: Scalar,
-                          step: float) -> tuple[Scalar, Scalar]:
+    def _bias_corrections(self, beta1: Scalar, beta2: Scalar, step: float) -> tuple[Scalar, Scalar]:
         return 1 - beta1 ** (step + 1), 1 - beta2 ** (step + 1)  # BUG: t, not t + 1
 
 
@@ -347,8 +375,9 @@ class AmsgradMaxOfBiasCorrected(CorrectAdam):
     """amsgrad keeps the running maximum of the bias-corrected v̂ instead of v (and divides by
     its root without correcting it again); exposed by amsgrad over two steps or more."""
 
-    def _amsgrad_denominator(self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor,
-                             bias_correction2: Scalar, eps: float) -> Tensor:
+    def _amsgrad_denominator(
+        self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor, bias_correction2: Scalar, eps: float
+    ) -> Tensor:
         # BUG: torch keeps max(vmax, v) and bias-corrects it at each step
         torch.maximum(max_exp_avg_sq, exp_avg_sq / bias_correction2, out=max_exp_avg_sq)
         return max_exp_avg_sq.sqrt().add_(eps)
@@ -384,8 +413,9 @@ class StateDictDropsStep(CorrectAdam):
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
         for index, state in state_dict["state"].items():
-            state_dict["state"][index] = {k: v for k, v in state.items()
-                                          if k != "step"}  # BUG: torch saves the step count
+            state_dict["state"][index] = {
+                k: v for k, v in state.items() if k != "step"
+            }  # BUG: torch saves the step count
         return state_dict
 
 
@@ -409,8 +439,9 @@ class AmsgradIgnored(CorrectAdam):
     """amsgrad=True divides by √v̂ as plain Adam does and never updates max_exp_avg_sq; exposed
     by amsgrad once v shrinks (or by the saved max_exp_avg_sq)."""
 
-    def _amsgrad_denominator(self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor,
-                             bias_correction2: Scalar, eps: float) -> Tensor:
+    def _amsgrad_denominator(
+        self, max_exp_avg_sq: Tensor, exp_avg_sq: Tensor, bias_correction2: Scalar, eps: float
+    ) -> Tensor:
         return self._denominator(exp_avg_sq, bias_correction2, eps)  # BUG: max(vmax, v) unused
 
 
@@ -456,8 +487,9 @@ class WeightDecayDecoupled(CorrectAdam):
     """Adam's weight decay shrinks θ by (1 − γλ) as AdamW does instead of adding λθ to the
     gradient; exposed by Adam with nonzero weight decay."""
 
-    def _decay(self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar,
-               decoupled: bool) -> Tensor:
+    def _decay(
+        self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar, decoupled: bool
+    ) -> Tensor:
         p.mul_(1 - lr * weight_decay)  # BUG: Adam's decay is L2, g + λθ, through the moments
         return g
 
@@ -466,8 +498,9 @@ class WeightDecayCoupled(CorrectAdamW):
     """AdamW's weight decay adds λθ to the gradient (Adam's L2) instead of shrinking θ by
     (1 − γλ); exposed by AdamW with nonzero weight decay (its default)."""
 
-    def _decay(self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar,
-               decoupled: bool) -> Tensor:
+    def _decay(
+        self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar, decoupled: bool
+    ) -> Tensor:
         # a tensor alpha, as in CorrectAdam._decay
         # BUG: AdamW decays θ itself, not the gradient
         return g.add(p, alpha=weight_decay)  # type: ignore[arg-type]
@@ -477,8 +510,9 @@ class WeightDecayWithoutLr(CorrectAdamW):
     """AdamW shrinks θ by (1 − λ) instead of (1 − γλ), the learning rate left out of the decay;
     exposed by AdamW with nonzero weight decay and lr ≠ 1."""
 
-    def _decay(self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar,
-               decoupled: bool) -> Tensor:
+    def _decay(
+        self, p: Tensor, g: Tensor, weight_decay: Scalar, lr: Scalar, decoupled: bool
+    ) -> Tensor:
         p.mul_(1 - weight_decay)  # BUG: the decay is scaled by the learning rate
         return g
 
@@ -555,8 +589,7 @@ _BOTH: tuple[tuple[str, type, type], ...] = (
     ("bias-correction-off-by-one", BiasCorrectionOffByOne, BiasCorrectionOffByOneW),
     ("eps-inside-sqrt", EpsInsideSqrt, EpsInsideSqrtW),
     ("amsgrad-max-of-bias-corrected", AmsgradMaxOfBiasCorrected, AmsgradMaxOfBiasCorrectedW),
-    ("step-shared-across-parameters", StepSharedAcrossParameters,
-     StepSharedAcrossParametersW),
+    ("step-shared-across-parameters", StepSharedAcrossParameters, StepSharedAcrossParametersW),
     ("load-state-resets-step", LoadStateResetsStep, LoadStateResetsStepW),
     ("state-dict-drops-step", StateDictDropsStep, StateDictDropsStepW),
     ("betas-swapped", BetasSwapped, BetasSwappedW),
@@ -565,8 +598,7 @@ _BOTH: tuple[tuple[str, type, type], ...] = (
     ("step-size-not-bias-corrected", StepSizeNotBiasCorrected, StepSizeNotBiasCorrectedW),
     ("bias-correction2-not-rooted", BiasCorrection2NotRooted, BiasCorrection2NotRootedW),
     ("second-moment-of-abs-grad", SecondMomentOfAbsGrad, SecondMomentOfAbsGradW),
-    ("first-moment-lerp-weight-beta1", FirstMomentLerpWeightBeta1,
-     FirstMomentLerpWeightBeta1W),
+    ("first-moment-lerp-weight-beta1", FirstMomentLerpWeightBeta1, FirstMomentLerpWeightBeta1W),
 )
 
 ADAM_MUTANTS: tuple[Mutant, ...] = (

@@ -63,13 +63,15 @@ __all__ = [
 ]
 
 
-def check_hyperparameters(lr: float | Tensor, betas: tuple[float, float], eps: float,
-                           weight_decay: float) -> None:
+def check_hyperparameters(
+    lr: float | Tensor, betas: tuple[float, float], eps: float, weight_decay: float
+) -> None:
     """What the docs imply is invalid, in our own words (the exception class is torch's:
     ValueError). A learning rate of 0, betas of 0 and an eps of 0 are valid."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"lr must be a number or a one-element tensor, got shape "
-                         f"{tuple(lr.shape)}")
+        raise ValueError(
+            f"lr must be a number or a one-element tensor, got shape {tuple(lr.shape)}"
+        )
     if not lr >= 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if not eps >= 0:
@@ -111,9 +113,14 @@ class MinimalAdam(torch.optim.Optimizer):
 
     decoupled = False  # AdamW: weight decay shrinks θ instead of joining the gradient
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
@@ -154,9 +161,14 @@ class MinimalAdamW(MinimalAdam):
 
     decoupled = True
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay)
 
 
@@ -165,10 +177,22 @@ class MinimalAdamW(MinimalAdam):
 # --------------------------------------------------------------------------------------------
 
 
-def adam_update(param: Tensor, grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor,
-                max_exp_avg_sq: Tensor | None, *, step: int, lr: float | Tensor, beta1: float,
-                beta2: float, eps: float, weight_decay: float, decoupled: bool,
-                maximize: bool) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+def adam_update(
+    param: Tensor,
+    grad: Tensor,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    max_exp_avg_sq: Tensor | None,
+    *,
+    step: int,
+    lr: float | Tensor,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    maximize: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
     """The docs' loop body for one tensor at step t = `step`, without side effects: returns new
     tensors (θ_t, m_t, v_t, vmax_t); vmax is None without amsgrad.
 
@@ -208,14 +232,30 @@ class BookkeepingAdam(torch.optim.Optimizer):
 
     decoupled = False
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
-                                  "weight_decay": weight_decay, "amsgrad": amsgrad,
-                                  "maximize": maximize, "step_count": 0})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": tuple(betas),
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+                "step_count": 0,
+            },
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Names each group after its position, unless it was given a name."""
@@ -246,11 +286,20 @@ class BookkeepingAdam(torch.optim.Optimizer):
                     state["max_exp_avg_sq"] = torch.zeros_like(param)
             t = int(state.get("step", 0)) + 1
             new_param, state["exp_avg"], state["exp_avg_sq"], new_max = adam_update(
-                param, param.grad, state["exp_avg"], state["exp_avg_sq"],
-                state["max_exp_avg_sq"] if group["amsgrad"] else None, step=t,
-                lr=lr, beta1=beta1, beta2=beta2, eps=group["eps"],
-                weight_decay=group["weight_decay"], decoupled=self.decoupled,
-                maximize=group["maximize"])
+                param,
+                param.grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state["max_exp_avg_sq"] if group["amsgrad"] else None,
+                step=t,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                decoupled=self.decoupled,
+                maximize=group["maximize"],
+            )
             param.copy_(new_param)
             if new_max is not None:
                 state["max_exp_avg_sq"] = new_max
@@ -263,10 +312,17 @@ class BookkeepingAdamW(BookkeepingAdam):
 
     decoupled = True
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
@@ -285,12 +341,27 @@ class ForeachAdam(torch.optim.Adam):
     absent.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, foreach=True)
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=True,
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group["foreach"] = True
@@ -305,12 +376,27 @@ class ForeachAdam(torch.optim.Adam):
 class ForeachAdamW(torch.optim.AdamW):
     """torch.optim.AdamW with its foreach implementation always on (see ForeachAdam)."""
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                         amsgrad=amsgrad, maximize=maximize, foreach=True)
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            foreach=True,
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group["foreach"] = True
@@ -341,14 +427,29 @@ class TwiceRoundedDocAdam(torch.optim.Optimizer):
 
     decoupled = False
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
-                                  "weight_decay": weight_decay, "amsgrad": amsgrad,
-                                  "maximize": maximize})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": tuple(betas),
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+            },
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -392,10 +493,17 @@ class TwiceRoundedDocAdamW(TwiceRoundedDocAdam):
 
     decoupled = True
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
@@ -427,8 +535,9 @@ ADAMW_REFERENCES: dict[str, frozenset[str]] = {
 }
 """Every correct AdamW reference, with the features it declares absent."""
 
-ULP_ONLY: frozenset[str] = frozenset(_target(cls) for cls in (
-    MinimalAdam, MinimalAdamW, TwiceRoundedDocAdam, TwiceRoundedDocAdamW))
+ULP_ONLY: frozenset[str] = frozenset(
+    _target(cls) for cls in (MinimalAdam, MinimalAdamW, TwiceRoundedDocAdam, TwiceRoundedDocAdamW)
+)
 """The references that round otherwise than torch: to be judged in ULP mode, not `exact`."""
 
 STATE_KEYS: dict[str, dict[str, str]] = {}

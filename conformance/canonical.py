@@ -22,8 +22,13 @@ from conformance.program import Action, Case, Group, Setup
 
 LR = 0.1
 
-MODEL = ModelSpec(kind="mlp", input_shape=(3, 4), loss="mse", seed=20261130,
-                  layers=(Layer("linear", 5), Layer("tanh"), Layer("linear", 2)))
+MODEL = ModelSpec(
+    kind="mlp",
+    input_shape=(3, 4),
+    loss="mse",
+    seed=20261130,
+    layers=(Layer("linear", 5), Layer("tanh"), Layer("linear", 2)),
+)
 LATE = "2.bias"  # left out of the group, for add_param_group
 
 
@@ -35,26 +40,34 @@ def program(options: RunOptions) -> tuple[Action, ...]:
     that need a feature declared absent are left out."""
     has = options.has
     plan: list[tuple[str | None, Action]] = [
-        (None, Action("backward", {"batch": 0})), (None, Action("step")),
+        (None, Action("backward", {"batch": 0})),
+        (None, Action("step")),
         ("add-param-group", Action("add_param_group", {"params": [LATE], "options": {}})),
         (None, Action("zero_grad", {"set_to_none": True})),
         (None, Action("backward", {"batch": 1})),
-        ("state-dict", Action("save_load", {"source": "self"})), (None, Action("step")),
+        ("state-dict", Action("save_load", {"source": "self"})),
+        (None, Action("step")),
         ("set-to-none-false", Action("zero_grad", {"set_to_none": False})),
         ("set-to-none-false", Action("step")),
-        (None, Action("zero_grad", {"set_to_none": True})), (None, Action("step")),
+        (None, Action("zero_grad", {"set_to_none": True})),
+        (None, Action("step")),
         ("state-dict+cross-load", Action("save_load", {"source": "reference"})),
         (None, Action("backward", {"batch": 2})),
-        ("set-hyperparameter", Action("set_hyperparameter",
-                                      {"group": 0, "name": "lr", "value": LR / 2})),
-        (None, Action("step")), ("closure", Action("step_closure", {"batch": 3})),
+        (
+            "set-hyperparameter",
+            Action("set_hyperparameter", {"group": 0, "name": "lr", "value": LR / 2}),
+        ),
+        (None, Action("step")),
+        ("closure", Action("step_closure", {"batch": 3})),
     ]
-    actions = [action for needs, action in plan
-               if needs is None or all(map(has, needs.split("+")))]
+    actions = [action for needs, action in plan if needs is None or all(map(has, needs.split("+")))]
     if has("invalid-hyperparameters"):  # every rule of torch's validation, and its edges
         family = options.spec
-        actions += [Action("construct", {"options": {"lr": LR, **change}})
-                    for needs, change in family.invalid + family.edges if all(map(has, needs))]
+        actions += [
+            Action("construct", {"options": {"lr": LR, **change}})
+            for needs, change in family.invalid + family.edges
+            if all(map(has, needs))
+        ]
     return tuple(actions)
 
 
@@ -64,8 +77,10 @@ def program(options: RunOptions) -> tuple[Action, ...]:
 # and a step each, so that each wrong
 # derivative rule shows here too.
 MODELS_FILE = Path(__file__).with_name("canonical_models.json")
-MODELS = [ModelSpec.from_json(data)
-          for data in json.loads(MODELS_FILE.read_text(encoding="utf-8"))["models"]]
+MODELS = [
+    ModelSpec.from_json(data)
+    for data in json.loads(MODELS_FILE.read_text(encoding="utf-8"))["models"]
+]
 
 
 def reach(spec: ModelSpec) -> frozenset[str]:
@@ -91,15 +106,20 @@ def reach(spec: ModelSpec) -> frozenset[str]:
             with mutants.load(mutant.target)():
                 changed = gradients(dtype)
             if len(changed) != len(baseline) or any(
-                    not np.array_equal(a, b, equal_nan=True)
-                    for a, b in zip(changed, baseline, strict=True)):
+                not np.array_equal(a, b, equal_nan=True)
+                for a, b in zip(changed, baseline, strict=True)
+            ):
                 found[-1].add(f"mutant:{mutant.name}")
     return ops_of(spec) | (found[0] & found[1])
 
 
-MODEL_PROGRAM = (Action("backward", {"batch": 0}), Action("step"),
-                 Action("zero_grad", {"set_to_none": True}), Action("backward", {"batch": 1}),
-                 Action("step"))
+MODEL_PROGRAM = (
+    Action("backward", {"batch": 0}),
+    Action("step"),
+    Action("zero_grad", {"set_to_none": True}),
+    Action("backward", {"batch": 1}),
+    Action("step"),
+)
 
 
 def cases(dtype: str, options: RunOptions) -> list[tuple[str, Case]]:
@@ -107,11 +127,19 @@ def cases(dtype: str, options: RunOptions) -> list[tuple[str, Case]]:
     configuration on the small model, then each of MODELS."""
     names = MODEL.parameter_names()
     group = Group(tuple(n for n in names if n != LATE or not options.has("add-param-group")))
-    return [(name, Case(Setup(MODEL, dtype, kwargs, (group,), tensor_lr=tensor_lr),
-                        program(options)))
-            for name, needs, kwargs, tensor_lr in options.spec.configurations
-            if all(options.has(feature) for feature in needs)] + \
-        [(f"model {i} ({spec.kind})",
-          Case(Setup(spec, dtype, dict(options.spec.example),
-                     (Group(tuple(spec.parameter_names())),)), MODEL_PROGRAM))
-         for i, spec in enumerate(MODELS)]
+    return [
+        (name, Case(Setup(MODEL, dtype, kwargs, (group,), tensor_lr=tensor_lr), program(options)))
+        for name, needs, kwargs, tensor_lr in options.spec.configurations
+        if all(options.has(feature) for feature in needs)
+    ] + [
+        (
+            f"model {i} ({spec.kind})",
+            Case(
+                Setup(
+                    spec, dtype, dict(options.spec.example), (Group(tuple(spec.parameter_names())),)
+                ),
+                MODEL_PROGRAM,
+            ),
+        )
+        for i, spec in enumerate(MODELS)
+    ]

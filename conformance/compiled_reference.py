@@ -19,10 +19,9 @@ from conformance.references import Params, _check_hyperparameters, _run_closure
 __all__ = ["COMPILE_SKIP_REASON", "COMPILE_WARMUP_SECONDS", "CompiledStepSGD"]
 
 
-
-
-def _flat_update(p: Tensor, g: Tensor, b: Tensor, first: Tensor, hyper: Tensor,
-                 flags: Tensor) -> tuple[Tensor, Tensor]:
+def _flat_update(
+    p: Tensor, g: Tensor, b: Tensor, first: Tensor, hyper: Tensor, flags: Tensor
+) -> tuple[Tensor, Tensor]:
     """The docs' loop body over one flat vector: returns (θ_t, b_t).
 
     hyper = [lr, weight_decay, momentum, 1 − dampening] in the parameters' dtype; flags =
@@ -70,9 +69,14 @@ def _compile_update() -> tuple[Callable[..., tuple[Tensor, Tensor]] | None, str 
                     # Every product and sum here is exact, so the check holds whether or not a
                     # compiler fuses multiply-adds; every branch of the update is taken.
                     x = torch.arange(1.0, 4.0, dtype=dtype)
-                    args = (x, x / 4, x * 3, torch.tensor([True, False, False]),
-                            torch.tensor([0.5, 0.25, 0.75, 0.5], dtype=dtype),
-                            torch.ones(4, dtype=torch.bool))
+                    args = (
+                        x,
+                        x / 4,
+                        x * 3,
+                        torch.tensor([True, False, False]),
+                        torch.tensor([0.5, 0.25, 0.75, 0.5], dtype=dtype),
+                        torch.ones(4, dtype=torch.bool),
+                    )
                     got, expected = compiled(*args), _flat_update(*args)
                     if not all(map(torch.equal, got, expected)):
                         return None, f"torch.compile's update differs from eager ({dtype})", 0.0
@@ -116,15 +120,31 @@ class CompiledStepSGD(torch.optim.Optimizer):
     compiled here.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         if COMPILE_SKIP_REASON is not None:
             raise RuntimeError(f"CompiledStepSGD is unavailable: {COMPILE_SKIP_REASON}")
         _check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov)
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov,
-                                  "maximize": maximize})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+            },
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -138,30 +158,35 @@ class CompiledStepSGD(torch.optim.Optimizer):
     def _step_tensors(self, params: list[Tensor], group: dict[str, Any]) -> None:
         momentum = group["momentum"]
         dtype = params[0].dtype
-        buffers = [self.state[p].get("momentum_buffer") if momentum != 0 else None
-                   for p in params]
+        buffers = [self.state[p].get("momentum_buffer") if momentum != 0 else None for p in params]
         pad = torch.zeros(_PAD, dtype=dtype)
         p_flat = torch.cat([p.detach().reshape(-1) for p in params] + [pad])
         # step passes only parameters with a .grad
         g_flat = torch.cat([p.grad.reshape(-1) for p in params] + [pad])  # type: ignore[union-attr]
-        b_flat = torch.cat([torch.zeros(p.numel(), dtype=dtype) if b is None
-                            else b.reshape(-1).to(dtype) for p, b in zip(params, buffers,
-                                                                        strict=True)] + [pad])
-        first = torch.cat([torch.full((p.numel(),), b is None) for p, b in
-                           zip(params, buffers, strict=True)] + [torch.zeros(_PAD,
-                                                                              dtype=torch.bool)])
-        hyper = torch.tensor([float(group["lr"]), group["weight_decay"], momentum,
-                              1 - group["dampening"]], dtype=dtype)
-        flags = torch.tensor([group["maximize"], group["weight_decay"] != 0, momentum != 0,
-                              group["nesterov"]])
+        b_flat = torch.cat(
+            [
+                torch.zeros(p.numel(), dtype=dtype) if b is None else b.reshape(-1).to(dtype)
+                for p, b in zip(params, buffers, strict=True)
+            ]
+            + [pad]
+        )
+        first = torch.cat(
+            [torch.full((p.numel(),), b is None) for p, b in zip(params, buffers, strict=True)]
+            + [torch.zeros(_PAD, dtype=torch.bool)]
+        )
+        hyper = torch.tensor(
+            [float(group["lr"]), group["weight_decay"], momentum, 1 - group["dampening"]],
+            dtype=dtype,
+        )
+        flags = torch.tensor(
+            [group["maximize"], group["weight_decay"] != 0, momentum != 0, group["nesterov"]]
+        )
         assert _COMPILED_UPDATE is not None  # the constructor refused otherwise
         new_p, new_b = _COMPILED_UPDATE(p_flat, g_flat, b_flat, first, hyper, flags)
         offset = 0
         for p in params:
             n = p.numel()
-            p.copy_(new_p[offset:offset + n].view(p.shape))
+            p.copy_(new_p[offset : offset + n].view(p.shape))
             if momentum != 0:
-                self.state[p]["momentum_buffer"] = new_b[offset:offset + n].view(p.shape).clone()
+                self.state[p]["momentum_buffer"] = new_b[offset : offset + n].view(p.shape).clone()
             offset += n
-
-

@@ -28,7 +28,9 @@ BATCH, FEATURES, HIDDEN, CLASSES = 16, 4, 8, 3
 def ulp_distance(a: np.ndarray, b: np.ndarray) -> int:
     """Largest number of representable floats between matching elements of a and b."""
     widths: dict[np.dtype, type[np.int32] | type[np.int64]] = {
-        np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+        np.dtype(np.float32): np.int32,
+        np.dtype(np.float64): np.int64,
+    }
     bits = widths[a.dtype]
     low = int(np.iinfo(bits).min)
 
@@ -78,8 +80,10 @@ def train(dtype: np.dtype) -> tuple[Gap, Gap]:
     x_ours, y_ours = refimpl.tensor(x), refimpl.tensor(y)
     x_theirs, y_theirs = torch.from_numpy(x), torch.from_numpy(y)
 
-    print(f"\n{dtype.name}: {'step':>4} {'loss refimpl':>20} {'loss torch':>20} "
-          f"{'|d grad|':>9} {'ulp':>4} {'|d param|':>9} {'ulp':>4}")
+    print(
+        f"\n{dtype.name}: {'step':>4} {'loss refimpl':>20} {'loss torch':>20} "
+        f"{'|d grad|':>9} {'ulp':>4} {'|d param|':>9} {'ulp':>4}"
+    )
     worst_grad, worst_param = Gap(), Gap()
     for step in range(1, STEPS + 1):
         a = loss_ours(ours(x_ours), y_ours)
@@ -104,8 +108,10 @@ def train(dtype: np.dtype) -> tuple[Gap, Gap]:
         theirs.zero_grad()
         for p, q in pairs:
             param.add(p.data, q.detach().numpy())
-        print(f"{'':9}{step:>4} {a.item():20.15g} {b.item():20.15g} "
-              f"{grad.abs:9.2e} {grad.ulp:4d} {param.abs:9.2e} {param.ulp:4d}")
+        print(
+            f"{'':9}{step:>4} {a.item():20.15g} {b.item():20.15g} "
+            f"{grad.abs:9.2e} {grad.ulp:4d} {param.abs:9.2e} {param.ulp:4d}"
+        )
         worst_grad = Gap(max(worst_grad.abs, grad.abs), max(worst_grad.ulp, grad.ulp))
         worst_param = Gap(max(worst_param.abs, param.abs), max(worst_param.ulp, param.ulp))
     return worst_grad, worst_param
@@ -115,8 +121,10 @@ def main() -> None:
     summary = []
     for dtype in (refimpl.float64, refimpl.float32):
         grad, param = train(dtype)
-        summary.append(f"{dtype.name}: grads within {grad.ulp} ulp ({grad.abs:.1e}), "
-                       f"params within {param.ulp} ulp ({param.abs:.1e})")
+        summary.append(
+            f"{dtype.name}: grads within {grad.ulp} ulp ({grad.abs:.1e}), "
+            f"params within {param.ulp} ulp ({param.abs:.1e})"
+        )
     print(f"\nrefimpl vs torch after {STEPS} SGD steps: " + "; ".join(summary))
 
 

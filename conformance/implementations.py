@@ -125,8 +125,9 @@ class Implementation(Protocol):
     def accepts(self, argument: str) -> bool: ...
     def optimizer(self, params: Any, **kwargs: Any) -> Any: ...
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]: ...
-    def to_torch_state(self, state_dict: dict[str, Any],
-                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]: ...
+    def to_torch_state(
+        self, state_dict: dict[str, Any], torch_defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]: ...
 
 
 class RefimplImplementation:
@@ -154,8 +155,9 @@ class RefimplImplementation:
     def load_torch_state(self, state_dict: dict[str, Any]) -> dict[str, Any]:
         return state_dict_to_refimpl(state_dict)
 
-    def to_torch_state(self, state_dict: dict[str, Any],
-                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_torch_state(
+        self, state_dict: dict[str, Any], torch_defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return state_dict_to_torch(state_dict)
 
 
@@ -176,8 +178,12 @@ class TorchOptimizerImplementation:
     lib = "torch"
     default_mode: Mode = "ulp"
 
-    def __init__(self, target: str, state_keys: dict[str, str] | None = None,
-                 family: OptimizerFamily | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        state_keys: dict[str, str] | None = None,
+        family: OptimizerFamily | None = None,
+    ) -> None:
         self.family = family or families.get("sgd")
         self.name, self.state_keys = target, dict(state_keys or {})
         self.cls = load_class(target, self.family.name)
@@ -199,8 +205,9 @@ class TorchOptimizerImplementation:
                     state[theirs] = state.pop(torch_key)
         return state_dict
 
-    def to_torch_state(self, state_dict: dict[str, Any],
-                       torch_defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_torch_state(
+        self, state_dict: dict[str, Any], torch_defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         state_dict = copy.deepcopy(state_dict)
         for state in state_dict.get("state", {}).values():
             for torch_key, theirs in self.state_keys.items():
@@ -237,7 +244,8 @@ def load_class(target: str, family: str = "sgd") -> type:
         call = ", ".join(f"{k}={v!r}" for k, v in spec.example.items())
         raise ImplementationError(
             f"{target} does not construct like {spec.torch_name}(params, {call}): "
-            f"{type(error).__name__}: {error}") from error
+            f"{type(error).__name__}: {error}"
+        ) from error
     return cls
 
 
@@ -262,8 +270,9 @@ def _read_arguments(cls: type) -> tuple[frozenset[str], bool]:
         parameters = inspect.signature(cls).parameters.values()
     except (TypeError, ValueError):  # no signature to read: assume it takes anything
         return frozenset(), True
-    named = frozenset(p.name for p in parameters
-                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    named = frozenset(
+        p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    )
     return named, any(p.kind is p.VAR_KEYWORD for p in parameters)
 
 
@@ -282,7 +291,8 @@ def check_surface(impl: Implementation | IsolatedImplementation, options: RunOpt
         if argument is not None and options.has(feature) and argument not in impl.named:
             raise ImplementationError(
                 f"{impl.name} does not take {argument}=; if it has no {feature}, declare it "
-                f"with --without {feature}")
+                f"with --without {feature}"
+            )
 
 
 def implementation(name: str | RunOptions) -> Implementation | IsolatedImplementation:
@@ -298,8 +308,9 @@ def implementation(name: str | RunOptions) -> Implementation | IsolatedImplement
 
         impl = IsolatedImplementation(options)
     else:
-        impl = TorchOptimizerImplementation(options.implementation, options.state_keys,
-                                            options.spec)
+        impl = TorchOptimizerImplementation(
+            options.implementation, options.state_keys, options.spec
+        )
     check_surface(impl, options)
     return impl
 
@@ -379,7 +390,8 @@ class Outcome:
     # ~80 us a frame stack, and most tracebacks are never shown: torch's never are); pickling
     # (a worker's answer) formats it and drops the exception.
     _raised: tuple[type[BaseException], BaseException, TracebackType | None] | None = field(
-        default=None, repr=False, compare=False)
+        default=None, repr=False, compare=False
+    )
     _traceback: str | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -420,8 +432,10 @@ def _run(call: Callable[[], Any], timeout: float | None) -> Outcome:
         else:  # torch's side: no deadline to arm
             result = call()
     except KeyboardInterrupt:
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
             raise
         return _raised()
     except BaseException:
@@ -443,9 +457,11 @@ def _raised() -> Outcome:
     except BaseException:  # a hostile __str__: the exception was still raised
         message = f"<{type(error).__name__} whose str() raised>"
     # the triple, not the exception alone: a later raise of the same object would add frames
-    return Outcome(error=(type(error).__name__, message),
-                   error_mro=tuple(_qualified(c) for c in type(error).__mro__),
-                   _raised=(type(error), error, error.__traceback__))
+    return Outcome(
+        error=(type(error).__name__, message),
+        error_mro=tuple(_qualified(c) for c in type(error).__mro__),
+        _raised=(type(error), error, error.__traceback__),
+    )
 
 
 @dataclass
@@ -490,24 +506,27 @@ class Side:
     implementation flags of the reference path; the optimizer gets those its constructor
     names."""
 
-    def __init__(self, impl: Implementation, setup: Setup,
-                 flags: dict[str, bool] | None = None) -> None:
+    def __init__(
+        self, impl: Implementation, setup: Setup, flags: dict[str, bool] | None = None
+    ) -> None:
         self.impl, self.setup = impl, setup
         self.lib = LIBS[impl.lib]
-        self.state_keys = [(k.name, impl.state_keys.get(k.name, k.name))
-                           for k in impl.family.state]
+        self.state_keys = [(k.name, impl.state_keys.get(k.name, k.name)) for k in impl.family.state]
         self.flags = {k: v for k, v in (flags or {}).items() if impl.accepts(k)}
         self.model = models.build(setup.model, setup.dtype, impl.lib)
         self.params: dict[str, Any] = dict(self.model.parameters)
         self.names = {id(p): name for name, p in self.params.items()}
         self.optimizer = self.construct([g.to_json() for g in setup.groups], setup.defaults)
 
-    def construct(self, groups: list[dict[str, Any]], defaults: dict[str, Any],
-                   flaw: str | None = None) -> Any:
+    def construct(
+        self, groups: list[dict[str, Any]], defaults: dict[str, Any], flaw: str | None = None
+    ) -> Any:
         """The optimizer over `groups` (names and options, as in the program's JSON);
         `flaw` makes the parameter list invalid (see `_flawed`)."""
-        built = [{"params": [self.params[n] for n in g["params"]], **self.options(g["options"])}
-                 for g in groups]
+        built = [
+            {"params": [self.params[n] for n in g["params"]], **self.options(g["options"])}
+            for g in groups
+        ]
         if flaw == "duplicate":  # a parameter in two groups
             built.append({"params": built[0]["params"][:1]})
         elif flaw is not None:
@@ -532,8 +551,9 @@ class Side:
     def options(self, options: dict[str, Any]) -> dict[str, Any]:
         """Hyperparameters as the program states them, with lr as a tensor where the setup
         says so (a list is a tensor lr of several elements, which torch rejects)."""
-        out: dict[str, Any] = {k: tuple(v) if type(v) is list and k != "lr"
-                               else v for k, v in options.items()}  # betas, from JSON
+        out: dict[str, Any] = {
+            k: tuple(v) if type(v) is list and k != "lr" else v for k, v in options.items()
+        }  # betas, from JSON
         lr = out.get("lr")
         if isinstance(lr, list):
             out["lr"] = self.lib.tensor(np.array(lr, dtype=np.float64))
@@ -561,10 +581,15 @@ class Side:
             return None if result is None else self.lib.numpy(result)
         return Returned(f"a {type(result).__name__}, not a tensor")
 
-    def act(self, before: Observation | None, action: Action, timeout: float | None,
-            closure_grads: Observation | None = None,
-            state: dict[str, Any] | None = None,
-            torch_defaults: dict[str, Any] | None = None) -> Step:
+    def act(
+        self,
+        before: Observation | None,
+        action: Action,
+        timeout: float | None,
+        closure_grads: Observation | None = None,
+        state: dict[str, Any] | None = None,
+        torch_defaults: dict[str, Any] | None = None,
+    ) -> Step:
         """Synchronises from torch's state `before` (None: this side is in it already, as
         the harness saw after the last action), applies `action` and observes, all
         within `timeout` (one deadline for the three). A closure records what it sees after
@@ -576,28 +601,38 @@ class Side:
         with alarms():
             return self._act(before, action, timeout, closure_grads, state, torch_defaults)
 
-    def _act(self, before: Observation | None, action: Action, timeout: float | None,
-             closure_grads: Observation | None, state: dict[str, Any] | None,
-             torch_defaults: dict[str, Any] | None) -> Step:
+    def _act(
+        self,
+        before: Observation | None,
+        action: Action,
+        timeout: float | None,
+        closure_grads: Observation | None,
+        state: dict[str, Any] | None,
+        torch_defaults: dict[str, Any] | None,
+    ) -> Step:
         start = time.perf_counter()
         end = None if not timeout else start + timeout
-        left: Callable[[], float | None] = (
-            lambda: None if end is None else max(end - time.perf_counter(), 1e-3))
-        step = Step(Outcome() if before is None else
-                    _run(lambda: self.synchronise(before), left()))
+        left: Callable[[], float | None] = lambda: (
+            None if end is None else max(end - time.perf_counter(), 1e-3)
+        )
+        step = Step(Outcome() if before is None else _run(lambda: self.synchronise(before), left()))
         if step.synced.error is not None:
             return step
         applying = time.perf_counter()
         if action.kind == "save_load":
             own: dict[str, Any] = {}
-            step.outcome = _run(lambda: self._save_load(action.args["source"], state, own),
-                                left())
+            step.outcome = _run(lambda: self._save_load(action.args["source"], state, own), left())
             if "state" in own and action.args["source"] == "implementation":
                 converted: dict[str, Any] = {}
-                _run(lambda: converted.update(state=self.impl.to_torch_state(
-                    own["state"], torch_defaults)), left())
+                _run(
+                    lambda: converted.update(
+                        state=self.impl.to_torch_state(own["state"], torch_defaults)
+                    ),
+                    left(),
+                )
                 step.state = converted.get("state")
         elif action.kind == "step_closure":
+
             def seen(side: Side) -> None:
                 step.closure.append(side.observe())
                 if closure_grads is not None:
@@ -613,14 +648,14 @@ class Side:
         step.seconds = time.perf_counter() - start
         return step
 
-    def begin(self, before: Observation | None, action: Action, timeout: float | None
-              ) -> Callable[[], Step]:
+    def begin(
+        self, before: Observation | None, action: Action, timeout: float | None
+    ) -> Callable[[], Step]:
         """`act`, deferred: what a worker process runs while the harness runs torch's side,
         run here when its result is asked for."""
         return lambda: self.act(before, action, timeout)
 
-    def _save_load(self, source: str, state: dict[str, Any] | None,
-                   own: dict[str, Any]) -> None:
+    def _save_load(self, source: str, state: dict[str, Any] | None, own: dict[str, Any]) -> None:
         """state_dict(), then a fresh optimizer over the same groups that loads torch's state
         dict (source "reference") or its own."""
         own["state"] = self.optimizer.state_dict()

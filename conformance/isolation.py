@@ -94,9 +94,19 @@ class Worker:
         ctx = context()
         parent, child = ctx.Pipe()
         process = ctx.Process(
-            target=_serve, name="conformance-worker", daemon=True,
-            args=(child, self.options.implementation, self.options.family, self.options.state_keys,
-                  self.options.memory_limit, list(sys.path), os.getcwd()))
+            target=_serve,
+            name="conformance-worker",
+            daemon=True,
+            args=(
+                child,
+                self.options.implementation,
+                self.options.family,
+                self.options.state_keys,
+                self.options.memory_limit,
+                list(sys.path),
+                os.getcwd(),
+            ),
+        )
         try:
             process.start()
         finally:
@@ -120,8 +130,7 @@ class Worker:
             return timeout
         return min(timeout, max(SHORT_TIMEOUT, 4 * self.slowest))
 
-    def call(self, method: str, args: tuple[Any, ...], timeout: float | None,
-             during: str) -> Any:
+    def call(self, method: str, args: tuple[Any, ...], timeout: float | None, during: str) -> Any:
         """Sends one request and returns the worker's answer; raises Lost (and stops the
         worker) when there is none."""
         return self.receive(method, self.send(method, args), timeout, during)
@@ -144,29 +153,36 @@ class Worker:
         if not self.conn.poll(wait):
             self.stop()
             self.hung = True
-            note = "" if timeout == self.options.timeout else \
-                f"; once a hang was seen the {self.options.timeout:g} s timeout is shortened"
-            raise Lost(f"no answer after {timeout:g} s during {during} (the worker was "
-                       f"killed{note})")
+            note = (
+                ""
+                if timeout == self.options.timeout
+                else f"; once a hang was seen the {self.options.timeout:g} s timeout is shortened"
+            )
+            raise Lost(
+                f"no answer after {timeout:g} s during {during} (the worker was killed{note})"
+            )
         try:
             status, value = self.conn.recv()
         except (EOFError, OSError):
             self.process.join(5)
             code = self.process.exitcode
             self.stop()
-            raise Lost(f"the implementation's process {_describe_exit(code)} during "
-                       f"{during}") from None
+            raise Lost(
+                f"the implementation's process {_describe_exit(code)} during {during}"
+            ) from None
         except Exception as error:  # an answer that does not unpickle
             self.stop()
-            raise Lost(f"the answer to {during} could not be received: "
-                       f"{type(error).__name__}: {error}") from None
+            raise Lost(
+                f"the answer to {during} could not be received: {type(error).__name__}: {error}"
+            ) from None
         if status == "unsendable":
             self.stop()
             raise Lost(f"the answer to {during} cannot be sent between processes: {value}")
         if status == "bug":
             self.stop()
-            raise HarnessError(f"the harness failed in its worker process during {during}:\n"
-                               f"{value}")
+            raise HarnessError(
+                f"the harness failed in its worker process during {during}:\n{value}"
+            )
         if status == "config":
             raise ImplementationError(value)
         if method == "act" and not value.outcome.timed_out:  # what a normal action takes
@@ -189,7 +205,8 @@ class IsolatedImplementation:
         if self.worker.described is None:  # once per run: a restarted worker loads it itself
             try:
                 named, var_keyword = self.worker.call(
-                    "load", (), options.timeout, f"loading {self.name}")
+                    "load", (), options.timeout, f"loading {self.name}"
+                )
             except Lost as lost:
                 raise ImplementationError(f"loading it in a worker process: {lost}") from None
             self.worker.described = (frozenset(named), var_keyword)
@@ -227,8 +244,7 @@ class RemoteSide:
     """The implementation's side of the twins, in its worker: the same `act` as `Side`,
     one request each."""
 
-    def __init__(self, impl: IsolatedImplementation, setup: Setup,
-                 flags: dict[str, bool]) -> None:
+    def __init__(self, impl: IsolatedImplementation, setup: Setup, flags: dict[str, bool]) -> None:
         self.worker = impl.worker
         self.setup = setup
         self.flags = {k: v for k, v in flags.items() if impl.accepts(k)}
@@ -244,28 +260,40 @@ class RemoteSide:
         sent = self.worker.send("build", (self.setup, self.flags, timeout))
 
         def finish() -> Outcome:
-            outcome: Outcome = self.worker.receive("build", sent, timeout,
-                                                   "constructing the optimizer")
+            outcome: Outcome = self.worker.receive(
+                "build", sent, timeout, "constructing the optimizer"
+            )
             return outcome
 
         return finish
 
-    def act(self, before: Observation | None, action: Action, timeout: float | None,
-            closure_grads: Observation | None = None,
-            state: dict[str, Any] | None = None,
-            torch_defaults: dict[str, Any] | None = None) -> Step:
+    def act(
+        self,
+        before: Observation | None,
+        action: Action,
+        timeout: float | None,
+        closure_grads: Observation | None = None,
+        state: dict[str, Any] | None = None,
+        torch_defaults: dict[str, Any] | None = None,
+    ) -> Step:
         """`Side.act` in the worker (raises Lost)."""
         return self.begin(before, action, timeout, closure_grads, state, torch_defaults)()
 
-    def begin(self, before: Observation | None, action: Action, timeout: float | None,
-              closure_grads: Observation | None = None,
-              state: dict[str, Any] | None = None,
-              torch_defaults: dict[str, Any] | None = None) -> Callable[[], Step]:
+    def begin(
+        self,
+        before: Observation | None,
+        action: Action,
+        timeout: float | None,
+        closure_grads: Observation | None = None,
+        state: dict[str, Any] | None = None,
+        torch_defaults: dict[str, Any] | None = None,
+    ) -> Callable[[], Step]:
         """Sends the action to the worker and returns what waits for its Step: the harness
         runs torch's side meanwhile."""
         timeout = self.worker.timeout(timeout)
-        sent = self.worker.send("act", (before, action, timeout, closure_grads, to_wire(state),
-                                        to_wire(torch_defaults)))
+        sent = self.worker.send(
+            "act", (before, action, timeout, closure_grads, to_wire(state), to_wire(torch_defaults))
+        )
 
         def finish() -> Step:
             step: Step = self.worker.receive("act", sent, timeout, f"{action}")
@@ -298,8 +326,11 @@ def to_wire(value: Any) -> Any:
     if isinstance(value, dict):
         return {to_wire(k): to_wire(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(to_wire(v) for v in value) if type(value) in (list, tuple) \
+        return (
+            type(value)(to_wire(v) for v in value)
+            if type(value) in (list, tuple)
             else [to_wire(v) for v in value]
+        )
     if isinstance(value, np.generic):
         return value.item()
     if value is None or type(value) in (bool, int, float, str, bytes):
@@ -337,9 +368,15 @@ def _limit_memory(mebibytes: int) -> None:
         pass  # no /proc or no RLIMIT_AS: no limit
 
 
-def _serve(conn: Connection, target: str, family: str, state_keys: dict[str, str],
-           memory_limit: int,
-           path: list[str], cwd: str) -> None:
+def _serve(
+    conn: Connection,
+    target: str,
+    family: str,
+    state_keys: dict[str, str],
+    memory_limit: int,
+    path: list[str],
+    cwd: str,
+) -> None:
     """The worker's loop: one request, one answer, until the harness closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's Ctrl-C is the harness's
     sys.path[:] = path
@@ -378,8 +415,7 @@ class _Server:
 
     def handle(self, method: str, args: tuple[Any, ...]) -> Any:
         if method == "load":
-            self.impl = TorchOptimizerImplementation(self.target, self.state_keys,
-                                                     self.family)
+            self.impl = TorchOptimizerImplementation(self.target, self.state_keys, self.family)
             return sorted(self.impl.named), self.impl.var_keyword
         if method == "build":
             setup, flags, timeout = args
@@ -388,14 +424,14 @@ class _Server:
         if method == "act":
             before, action, timeout, closure_grads, state, defaults = args
             assert self.side is not None
-            step = self.side.act(before, action, timeout, closure_grads, from_wire(state),
-                                 from_wire(defaults))
+            step = self.side.act(
+                before, action, timeout, closure_grads, from_wire(state), from_wire(defaults)
+            )
             step.state = to_wire(step.state)
             return step
         raise ValueError(f"unknown request {method!r}")
 
     def _build(self, setup: Setup, flags: dict[str, bool]) -> None:
         if self.impl is None:  # a restarted worker: the class was checked in an earlier one
-            self.impl = TorchOptimizerImplementation(self.target, self.state_keys,
-                                                     self.family)
+            self.impl = TorchOptimizerImplementation(self.target, self.state_keys, self.family)
         self.side = Side(self.impl, setup, flags)

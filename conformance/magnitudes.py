@@ -37,23 +37,32 @@ class _Magnitude(torch.autograd.Function):
     """y = forward(*inputs); backward: the magnitude rule (non-negative gradients in, out)."""
 
     @staticmethod
-    def forward(ctx: Any, forward: Callable[..., torch.Tensor], backward: Backward,
-                *inputs: Any) -> torch.Tensor:
-        ctx.backward, ctx.inputs = backward, tuple(
-            x.detach() if isinstance(x, torch.Tensor) else x for x in inputs)
+    def forward(
+        ctx: Any, forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any
+    ) -> torch.Tensor:
+        ctx.backward, ctx.inputs = (
+            backward,
+            tuple(x.detach() if isinstance(x, torch.Tensor) else x for x in inputs),
+        )
         out = ctx.out = forward(*ctx.inputs)
         return out.clone()
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> Any:
         grads = ctx.backward(g, ctx.inputs, ctx.out)
-        return (None, None, *(None if gr is None or not isinstance(x, torch.Tensor)
-                              else gr.sum_to_size(x.shape)
-                              for gr, x in zip(grads, ctx.inputs, strict=True)))
+        return (
+            None,
+            None,
+            *(
+                None if gr is None or not isinstance(x, torch.Tensor) else gr.sum_to_size(x.shape)
+                for gr, x in zip(grads, ctx.inputs, strict=True)
+            ),
+        )
 
 
-def with_rule(forward: Callable[..., torch.Tensor], backward: Backward,
-              *inputs: Any) -> torch.Tensor:
+def with_rule(
+    forward: Callable[..., torch.Tensor], backward: Backward, *inputs: Any
+) -> torch.Tensor:
     """forward(*inputs), whose backward pass is the magnitude rule `backward(g, inputs, y)`:
     non-negative gradients in, one per input out (None for an input that takes none)."""
     # torch's Function.apply is unannotated; _Magnitude.forward returns a tensor
@@ -66,17 +75,28 @@ def _sigmoid_terms(y: torch.Tensor) -> torch.Tensor:
 
 
 # Activations: y = f(x); backward g ↦ g · (the magnitude of f's derivative's terms).
-_ACTIVATIONS: dict[str, tuple[Callable[[torch.Tensor], torch.Tensor],
-                              Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]] = {
+_ACTIVATIONS: dict[
+    str,
+    tuple[
+        Callable[[torch.Tensor], torch.Tensor], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ],
+] = {
     "relu": (TF.relu, lambda x, y: (x > 0).to(x.dtype)),
-    "leaky_relu": (lambda x: TF.leaky_relu(x, 0.01),
-                   lambda x, y: torch.where(x > 0, 1.0, 0.01).to(x.dtype)),
+    "leaky_relu": (
+        lambda x: TF.leaky_relu(x, 0.01),
+        lambda x, y: torch.where(x > 0, 1.0, 0.01).to(x.dtype),
+    ),
     "tanh": (torch.tanh, lambda x, y: 1 + y * y),  # 1 − y²
     "sigmoid": (torch.sigmoid, lambda x, y: _sigmoid_terms(y)),
     "exp": (torch.exp, lambda x, y: y),
     "abs": (torch.abs, lambda x, y: torch.ones_like(x)),
-    "gelu": (TF.gelu, lambda x, y: 0.5 * (1 + torch.erf(x.abs() / math.sqrt(2)))
-             + x.abs() * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)),  # Φ + xφ
+    "gelu": (
+        TF.gelu,
+        lambda x, y: (
+            0.5 * (1 + torch.erf(x.abs() / math.sqrt(2)))
+            + x.abs() * torch.exp(-x * x / 2) / math.sqrt(2 * math.pi)
+        ),
+    ),  # Φ + xφ
     "gelu_tanh": (lambda x: TF.gelu(x, approximate="tanh"), lambda x, y: _gelu_tanh_terms(x)),
     "silu": (TF.silu, lambda x, y: _silu_terms(x)),
     "softplus": (lambda x: TF.softplus(x, 1.0, 20.0), lambda x, y: torch.sigmoid(x)),
@@ -101,8 +121,11 @@ def activation(name: str, x: torch.Tensor) -> torch.Tensor:
 
 def elu(x: torch.Tensor, alpha: float) -> torch.Tensor:
     """elu(x, alpha), whose derivative y + alpha (x <= 0) is taken as |y| + alpha."""
-    return with_rule(lambda x: TF.elu(x, alpha),
-                     lambda g, i, y: (g * torch.where(i[0] > 0, 1.0, y.abs() + alpha),), x)
+    return with_rule(
+        lambda x: TF.elu(x, alpha),
+        lambda g, i, y: (g * torch.where(i[0] > 0, 1.0, y.abs() + alpha),),
+        x,
+    )
 
 
 def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
@@ -114,9 +137,11 @@ def _linear_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) 
 def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
     # torch.nn.grad's functions: (input or input_size, weight or weight_size, grad_output, ...)
     grad_input: Callable[..., torch.Tensor] = (
-        nn_grad.conv1d_input if dims == 1 else nn_grad.conv2d_input)
+        nn_grad.conv1d_input if dims == 1 else nn_grad.conv2d_input
+    )
     grad_weight: Callable[..., torch.Tensor] = (
-        nn_grad.conv1d_weight if dims == 1 else nn_grad.conv2d_weight)
+        nn_grad.conv1d_weight if dims == 1 else nn_grad.conv2d_weight
+    )
 
     def backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) -> Grads:
         x, w, b = inputs
@@ -126,9 +151,12 @@ def _conv_backward(dims: int, stride: int, padding: int) -> Backward:
         # then NaN or 0 by kernel: torch's float32 kernel for batches of 2 or more skips the
         # taps, its other kernels and refimpl multiply them.
         padded = TF.pad(x.abs(), (padding,) * (2 * dims))
-        return (grad_input(x.shape, w.abs(), g, stride=stride, padding=padding),
-                grad_weight(padded, w.shape, g, stride=stride, padding=0),
-                None if b is None else g.sum(reduce))
+        return (
+            grad_input(x.shape, w.abs(), g, stride=stride, padding=padding),
+            grad_weight(padded, w.shape, g, stride=stride, padding=0),
+            None if b is None else g.sum(reduce),
+        )
+
     return backward
 
 
@@ -138,8 +166,9 @@ def _layer_norm_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tens
     rstd = torch.rsqrt(((x - mean) ** 2).mean(-1, keepdim=True) + 1e-5)
     xhat = (x - mean) * rstd
     gh = g * (w.abs() if w is not None else 1)
-    dx = rstd * (gh + gh.mean(-1, keepdim=True) + xhat.abs() * (gh * xhat.abs()).mean(-1,
-                                                                                 keepdim=True))
+    dx = rstd * (
+        gh + gh.mean(-1, keepdim=True) + xhat.abs() * (gh * xhat.abs()).mean(-1, keepdim=True)
+    )
     return (dx, None if w is None else (g * xhat.abs()), None if b is None else g)
 
 
@@ -152,16 +181,27 @@ class MagnitudeFunctional:
         return with_rule(TF.linear, _linear_backward, x, w, b)
 
     def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return with_rule(lambda x, w, b: TF.conv1d(x, w, b, stride=stride, padding=padding),
-                         _conv_backward(1, stride, padding), x, w, b)
+        return with_rule(
+            lambda x, w, b: TF.conv1d(x, w, b, stride=stride, padding=padding),
+            _conv_backward(1, stride, padding),
+            x,
+            w,
+            b,
+        )
 
     def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return with_rule(lambda x, w, b: TF.conv2d(x, w, b, stride=stride, padding=padding),
-                         _conv_backward(2, stride, padding), x, w, b)
+        return with_rule(
+            lambda x, w, b: TF.conv2d(x, w, b, stride=stride, padding=padding),
+            _conv_backward(2, stride, padding),
+            x,
+            w,
+            b,
+        )
 
     def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
-        return with_rule(lambda x, w, b: TF.layer_norm(x, shape, w, b), _layer_norm_backward,
-                         x, w, b)
+        return with_rule(
+            lambda x, w, b: TF.layer_norm(x, shape, w, b), _layer_norm_backward, x, w, b
+        )
 
     # no cancellation in these backward passes (sums of non-negative terms)
     embedding = staticmethod(TF.embedding)
@@ -193,8 +233,7 @@ class MagnitudeFunctional:
         return activation("sigmoid", x)
 
 
-def graph_op(name: str, args: list[Any], exponent: float = 2.0, alpha: float = 1.0
-             ) -> Any | None:
+def graph_op(name: str, args: list[Any], exponent: float = 2.0, alpha: float = 1.0) -> Any | None:
     """Magnitude versions of the graph ops (see models.GraphOp) whose backward can cancel;
     None: the standard op's backward is already a sum of non-negative terms (add, reductions),
     or conformance.models.scales has the op's rule."""
@@ -207,15 +246,22 @@ def graph_op(name: str, args: list[Any], exponent: float = 2.0, alpha: float = 1
     if name == "mul":
         return with_rule(torch.mul, lambda g, i, y: (g * i[1].abs(), g * i[0].abs()), *args)
     if name == "div":  # a / (b² + 1)
-        return with_rule(lambda a, b: a / (b * b + 1), lambda g, i, y: (
-            g / (i[1] * i[1] + 1), g * i[0].abs() * 2 * i[1].abs() / (i[1] * i[1] + 1) ** 2),
-            *args)
+        return with_rule(
+            lambda a, b: a / (b * b + 1),
+            lambda g, i, y: (
+                g / (i[1] * i[1] + 1),
+                g * i[0].abs() * 2 * i[1].abs() / (i[1] * i[1] + 1) ** 2,
+            ),
+            *args,
+        )
     if name == "matmul":
         return with_rule(torch.matmul, _matmul_backward, *args)
     if name == "pow":
-        return with_rule(lambda x: x ** exponent,
-                         lambda g, i, y: (g * abs(exponent) * i[0].abs() ** (exponent - 1),),
-                         args[0])
+        return with_rule(
+            lambda x: x**exponent,
+            lambda g, i, y: (g * abs(exponent) * i[0].abs() ** (exponent - 1),),
+            args[0],
+        )
     return None
 
 
@@ -227,13 +273,20 @@ def _matmul_backward(g: torch.Tensor, inputs: tuple[Any, ...], y: torch.Tensor) 
     if a.ndim == 1:
         return b1 @ g, torch.outer(a1, g) if b.ndim == 2 else a1[:, None] * g[..., None, :]
     if b.ndim == 1:
-        return torch.outer(g, b1) if a.ndim == 2 else g[..., None] * b1, \
-            (a1 * g[..., None]).reshape(-1, a.shape[-1]).sum(0)
+        return torch.outer(g, b1) if a.ndim == 2 else g[..., None] * b1, (
+            a1 * g[..., None]
+        ).reshape(-1, a.shape[-1]).sum(0)
     return g @ b1.transpose(-1, -2), a1.transpose(-1, -2) @ g
 
 
-def loss_seed(loss: str, reduction: str, out: torch.Tensor, y: torch.Tensor,
-              standard: torch.Tensor, loss_param: float) -> torch.Tensor:
+def loss_seed(
+    loss: str,
+    reduction: str,
+    out: torch.Tensor,
+    y: torch.Tensor,
+    standard: torch.Tensor,
+    loss_param: float,
+) -> torch.Tensor:
     """The magnitude of d loss / d out's terms (non-negative), from the real gradient."""
     n = 1.0
     if reduction == "mean":
@@ -271,9 +324,17 @@ def _own_size(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 # 1 + erf or 1 + tanh in gelu (which cancels where x is large and negative); None where the
 # result is exact (relu, abs).
 _ROUNDING_TERMS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = {
-    "relu": None, "abs": None, "leaky_relu": _own_size, "tanh": _own_size,
-    "sigmoid": _own_size, "exp": _own_size, "elu": _own_size, "silu": _own_size,
-    "softplus": _own_size, "gelu": _gelu_terms, "gelu_tanh": _gelu_tanh_sum_terms,
+    "relu": None,
+    "abs": None,
+    "leaky_relu": _own_size,
+    "tanh": _own_size,
+    "sigmoid": _own_size,
+    "exp": _own_size,
+    "elu": _own_size,
+    "silu": _own_size,
+    "softplus": _own_size,
+    "gelu": _gelu_terms,
+    "gelu_tanh": _gelu_tanh_sum_terms,
 }
 
 
@@ -316,8 +377,13 @@ class ForwardErrors:
         self.rows: list[tuple[str, ...]] = []
         self.lengths: list[int] = []
 
-    def rounded(self, value: torch.Tensor, terms: torch.Tensor | None,
-                rows: tuple[str, ...], length: int = 1) -> torch.Tensor:
+    def rounded(
+        self,
+        value: torch.Tensor,
+        terms: torch.Tensor | None,
+        rows: tuple[str, ...],
+        length: int = 1,
+    ) -> torch.Tensor:
         """value + ε; records T = terms (None: value is exact), the OPS rows that compute
         value and how many terms each of its elements sums."""
         if terms is None:
@@ -331,19 +397,32 @@ class ForwardErrors:
 
     # sums of products: rounded against the sum of |products|
     def linear(self, x: Any, w: Any, b: Any = None) -> Any:
-        return self.rounded(TF.linear(x, w, b), TF.linear(
-            x.abs(), w.abs(), None if b is None else b.abs()), ("linear",),
-            w.shape[1] + (b is not None))
+        return self.rounded(
+            TF.linear(x, w, b),
+            TF.linear(x.abs(), w.abs(), None if b is None else b.abs()),
+            ("linear",),
+            w.shape[1] + (b is not None),
+        )
 
     def conv1d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return self.rounded(TF.conv1d(x, w, b, stride=stride, padding=padding), TF.conv1d(
-            x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding),
-            ("convolution",), w[0].numel() + (b is not None))
+        return self.rounded(
+            TF.conv1d(x, w, b, stride=stride, padding=padding),
+            TF.conv1d(
+                x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding
+            ),
+            ("convolution",),
+            w[0].numel() + (b is not None),
+        )
 
     def conv2d(self, x: Any, w: Any, b: Any = None, stride: int = 1, padding: int = 0) -> Any:
-        return self.rounded(TF.conv2d(x, w, b, stride=stride, padding=padding), TF.conv2d(
-            x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding),
-            ("convolution",), w[0].numel() + (b is not None))
+        return self.rounded(
+            TF.conv2d(x, w, b, stride=stride, padding=padding),
+            TF.conv2d(
+                x.abs(), w.abs(), None if b is None else b.abs(), stride=stride, padding=padding
+            ),
+            ("convolution",),
+            w[0].numel() + (b is not None),
+        )
 
     def layer_norm(self, x: Any, shape: Any, w: Any = None, b: Any = None) -> Any:
         # (x - mean) * rstd * w + b: x - mean cancels, against |x| + mean |x| (the mean's own
@@ -354,8 +433,12 @@ class ForwardErrors:
         return self.rounded(TF.layer_norm(x, shape, w, b), terms, ("layer_norm",), x.shape[-1])
 
     def avg_pool2d(self, x: Any, kernel: int) -> Any:
-        return self.rounded(TF.avg_pool2d(x, kernel), TF.avg_pool2d(x.abs(), kernel),
-                            ("avg_pool2d",), kernel * kernel)
+        return self.rounded(
+            TF.avg_pool2d(x, kernel),
+            TF.avg_pool2d(x.abs(), kernel),
+            ("avg_pool2d",),
+            kernel * kernel,
+        )
 
     # exact: a gather, a comparison
     embedding = staticmethod(TF.embedding)
@@ -364,8 +447,12 @@ class ForwardErrors:
     def activation(self, name: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         terms = _ROUNDING_TERMS[name]
         gelu = name in ("gelu", "gelu_tanh")  # sums 1 and erf (or tanh)
-        return self.rounded(y, None if terms is None else terms(x, y),
-                            ("gelu",) if gelu else (name,), 2 if gelu else 1)
+        return self.rounded(
+            y,
+            None if terms is None else terms(x, y),
+            ("gelu",) if gelu else (name,),
+            2 if gelu else 1,
+        )
 
     def relu(self, x: Any) -> Any:
         return self.activation("relu", x, TF.relu(x))
@@ -374,8 +461,9 @@ class ForwardErrors:
         return self.activation("leaky_relu", x, TF.leaky_relu(x, slope))
 
     def gelu(self, x: Any, approximate: str = "none") -> Any:
-        return self.activation("gelu_tanh" if approximate == "tanh" else "gelu", x,
-                               TF.gelu(x, approximate=approximate))
+        return self.activation(
+            "gelu_tanh" if approximate == "tanh" else "gelu", x, TF.gelu(x, approximate=approximate)
+        )
 
     def elu(self, x: Any, alpha: float = 1.0) -> Any:
         return self.activation("elu", x, TF.elu(x, alpha))
@@ -399,8 +487,9 @@ class ForwardErrors:
         terms = shifted.abs() + torch.logsumexp(shifted, dim, keepdim=True)  # shifted - lse
         return self.rounded(TF.log_softmax(x, dim), terms, ("log_softmax",), x.shape[dim])
 
-    def cross_entropy(self, x: Any, y: Any, reduction: str = "mean",
-                      label_smoothing: float = 0.0) -> Any:
+    def cross_entropy(
+        self, x: Any, y: Any, reduction: str = "mean", label_smoothing: float = 0.0
+    ) -> Any:
         """torch's cross_entropy, spelled out around the log_softmax it runs."""
         log_p = self.log_softmax(x, 1)
         loss = TF.nll_loss(log_p, y, reduction=reduction)
@@ -410,8 +499,15 @@ class ForwardErrors:
         smooth = smooth.mean() if reduction == "mean" else smooth.sum()
         return (1 - label_smoothing) * loss + label_smoothing * smooth
 
-    def graph_op(self, name: str, args: list[torch.Tensor], value: torch.Tensor,
-                 dim: int | None, keepdim: bool, rows: tuple[str, ...]) -> torch.Tensor:
+    def graph_op(
+        self,
+        name: str,
+        args: list[torch.Tensor],
+        value: torch.Tensor,
+        dim: int | None,
+        keepdim: bool,
+        rows: tuple[str, ...],
+    ) -> torch.Tensor:
         """value, graph op `name` of args (see models.GraphOp), perturbed."""
         if name in ("relu", "abs", "amax"):
             return value

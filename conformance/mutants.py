@@ -100,8 +100,14 @@ class CorrectSGD(Optimizer):
                 raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
         self.constructed = True  # add_param_group calls from here on are the user's
 
-    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
-                  weight_decay: float | Tensor, nesterov: bool) -> None:
+    def _validate(
+        self,
+        lr: float | Tensor,
+        momentum: float,
+        dampening: float,
+        weight_decay: float | Tensor,
+        nesterov: bool,
+    ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -137,16 +143,16 @@ class CorrectSGD(Optimizer):
         # (a parameter listed twice steps twice, each time from the buffer gathered before).
         params = [p for p in group["params"] if self._has_grad(p)]
         uses_momentum = group["momentum"] != 0
-        buffers = [self.state[p].get("momentum_buffer") if uses_momentum else None
-                   for p in params]
+        buffers = [self.state[p].get("momentum_buffer") if uses_momentum else None for p in params]
         for i, p in enumerate(params):
             buffers[i] = self._update(p, self._grad(p), buffers[i], group)
         if uses_momentum:
             for p, buf in zip(params, buffers, strict=True):
                 self._store(p, buf)
 
-    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
-                group: dict[str, Any]) -> Tensor | None:
+    def _update(
+        self, p: Tensor, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+    ) -> Tensor | None:
         """One parameter's step, in place; returns its momentum buffer (torch's loop body)."""
         g = self._signed(grad, group["maximize"])
         if group["weight_decay"] != 0:
@@ -185,8 +191,7 @@ class CorrectSGD(Optimizer):
         # torch accepts a tensor for alpha, as torch.optim.SGD passes it; its stubs say a Number
         return g.add(p, alpha=weight_decay)  # type: ignore[arg-type]  # g + λθ
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         if buf is None:
             return g.detach().clone()  # b₁ = g₁: the first step is not dampened
         return buf.mul_(momentum).add_(g, alpha=1 - dampening)  # μb + (1 − τ)g
@@ -207,8 +212,7 @@ class TwiceRoundedSGD(CorrectSGD):
     def _decayed(self, g: Tensor, p: Tensor, weight_decay: float | Tensor) -> Tensor:
         return g + weight_decay * p
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         if buf is None:
             return g.detach().clone()
         return buf.mul_(momentum).add_((1 - dampening) * g)
@@ -229,8 +233,7 @@ class DampeningOnFirstStep(CorrectSGD):
     """The first momentum buffer is (1 − dampening)·g instead of g; exposed by momentum with
     nonzero dampening."""
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         if buf is None:
             return (1 - dampening) * g.detach()  # BUG: torch does not dampen the first step
         return buf.mul_(momentum).add_(g, alpha=1 - dampening)
@@ -240,8 +243,9 @@ class UndecayedFirstBuffer(CorrectSGD):
     """The first momentum buffer is taken from the gradient before weight decay is added;
     exposed by momentum with weight decay over two steps."""
 
-    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
-                group: dict[str, Any]) -> Tensor | None:
+    def _update(
+        self, p: Tensor, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+    ) -> Tensor | None:
         raw = self._signed(grad, group["maximize"])
         g = raw
         if group["weight_decay"] != 0:
@@ -260,8 +264,9 @@ class DecayAfterMomentum(CorrectSGD):
     """Weight decay is added to the update after momentum instead of to the gradient before it;
     exposed by momentum with weight decay from the second step on."""
 
-    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
-                group: dict[str, Any]) -> Tensor | None:
+    def _update(
+        self, p: Tensor, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+    ) -> Tensor | None:
         g = self._signed(grad, group["maximize"])
         if group["momentum"] != 0:
             buf = self._momentum(buf, g, group["momentum"], group["dampening"])
@@ -318,8 +323,7 @@ class DampeningAsFactor(CorrectSGD):
     """The momentum update adds τ·g instead of (1 − τ)·g; exposed by momentum over two steps
     (with any dampening but 0.5)."""
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         if buf is None:
             return g.detach().clone()
         return buf.mul_(momentum).add_(g, alpha=dampening)  # BUG: alpha=1 - dampening
@@ -359,8 +363,7 @@ class BufferAliasesGrad(CorrectSGD):
     .grad and later accumulation corrupts the buffer; exposed by momentum without weight decay or
     maximize over two steps."""
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         if buf is None:
             return g  # BUG: must be g.detach().clone()
         return buf.mul_(momentum).add_(g, alpha=1 - dampening)
@@ -387,8 +390,9 @@ class Float32Compute(CorrectSGD):
     """The update is computed in float32 and cast back even for float64 parameters; exposed by
     float64 parameters."""
 
-    def _update(self, p: Tensor, grad: Tensor, buf: Tensor | None,
-                group: dict[str, Any]) -> Tensor | None:
+    def _update(
+        self, p: Tensor, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+    ) -> Tensor | None:
         # BUG: .float() loses float64's precision (torch computes in the parameter's dtype)
         p32 = p.detach().float()
         buf32 = super()._update(p32, grad.float(), None if buf is None else buf.float(), group)
@@ -466,8 +470,14 @@ class AcceptsInvalidConfig(CorrectSGD):
     ValueError (a hand-written check that forgets half of the rule); exposed by constructing
     SGD(nesterov=True, momentum>0, dampening≠0)."""
 
-    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
-                  weight_decay: float | Tensor, nesterov: bool) -> None:
+    def _validate(
+        self,
+        lr: float | Tensor,
+        momentum: float,
+        dampening: float,
+        weight_decay: float | Tensor,
+        nesterov: bool,
+    ) -> None:
         super()._validate(lr, momentum, 0, weight_decay, nesterov)  # BUG: dampening unchecked
 
 
@@ -475,8 +485,14 @@ class RejectsZeroLr(CorrectSGD):
     """The constructor raises ValueError for lr == 0, which torch accepts (a frozen run, the
     start of a warm-up schedule); exposed by constructing SGD(lr=0)."""
 
-    def _validate(self, lr: float | Tensor, momentum: float, dampening: float,
-                  weight_decay: float | Tensor, nesterov: bool) -> None:
+    def _validate(
+        self,
+        lr: float | Tensor,
+        momentum: float,
+        dampening: float,
+        weight_decay: float | Tensor,
+        nesterov: bool,
+    ) -> None:
         super()._validate(lr, momentum, dampening, weight_decay, nesterov)
         if lr == 0:  # BUG: torch only rejects lr < 0
             raise ValueError(f"Invalid learning rate: {lr}")
@@ -504,8 +520,7 @@ class BufferStoredNotRead(CorrectSGD):
     starts a fresh buffer b = g, so momentum never accumulates (the state looks right, its
     values do not); exposed by momentum over two steps of one parameter."""
 
-    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float,
-                  dampening: float) -> Tensor:
+    def _momentum(self, buf: Tensor | None, g: Tensor, momentum: float, dampening: float) -> Tensor:
         return super()._momentum(None, g, momentum, dampening)  # BUG: ignores the stored buf
 
 
@@ -554,14 +569,14 @@ def mean_grad_not_divided() -> AbstractContextManager[None]:
     """mean's derivative forgets to divide by the element count (it is sum's); exposed by a mean
     over more than one element."""
     return patched_rule(
-        "mean", 0, lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim))
+        "mean", 0, lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim)
+    )
 
 
 def mse_grad_not_doubled() -> AbstractContextManager[None]:
     """mse_loss's derivative forgets the 2 of d(x - t)²/dx; exposed by any model trained on
     mse with an output off its target."""
-    return patched_rule("mse_loss", 0, lambda g, y, x, t, reduction: _mse_half(g, x, t,
-                                                                              reduction))
+    return patched_rule("mse_loss", 0, lambda g, y, x, t, reduction: _mse_half(g, x, t, reduction))
 
 
 def _mse_half(g: np.ndarray, x: np.ndarray, t: np.ndarray, reduction: str) -> np.ndarray:
@@ -573,15 +588,13 @@ def _mse_half(g: np.ndarray, x: np.ndarray, t: np.ndarray, reduction: str) -> np
 def linear_bias_grad_mean() -> AbstractContextManager[None]:
     """linear's bias gradient averages over the batch instead of summing; exposed by linear with
     a bias and a batch of more than one row."""
-    return patched_rule("linear", 2,
-                        lambda g, y, x, w, b: g.reshape(-1, g.shape[-1]).mean(axis=0))
+    return patched_rule("linear", 2, lambda g, y, x, w, b: g.reshape(-1, g.shape[-1]).mean(axis=0))
 
 
 def log_softmax_grad_no_softmax() -> AbstractContextManager[None]:
     """log_softmax's derivative subtracts sum(g) without the softmax factor exp(y); exposed by
     log_softmax (and cross-entropy) of non-uniform logits."""
-    return patched_rule("log_softmax", 0,
-                        lambda g, y, x, dim: g - g.sum(axis=dim, keepdims=True))
+    return patched_rule("log_softmax", 0, lambda g, y, x, dim: g - g.sum(axis=dim, keepdims=True))
 
 
 def exp_grad_identity() -> AbstractContextManager[None]:
@@ -600,15 +613,15 @@ def exp_grad_identity() -> AbstractContextManager[None]:
 def elu_grad_at_zero_right_side() -> AbstractContextManager[None]:
     """elu's derivative at exactly 0 is taken from the right (1) instead of torch's left
     (alpha · exp(0) = alpha); exposed by elu with alpha ≠ 1 of an exact zero."""
-    return patched_rule("elu", 0, lambda g, y, x, alpha: np.where(
-        x < 0, g * alpha * np.exp(x), g))
+    return patched_rule("elu", 0, lambda g, y, x, alpha: np.where(x < 0, g * alpha * np.exp(x), g))
 
 
 def leaky_relu_grad_at_zero() -> AbstractContextManager[None]:
     """leaky_relu's derivative passes the whole gradient at exactly 0 instead of torch's
     negative_slope share; exposed by leaky_relu of an exact zero."""
-    return patched_rule("leaky_relu", 0, lambda g, y, x, negative_slope: np.where(
-        x >= 0, g, g * negative_slope))
+    return patched_rule(
+        "leaky_relu", 0, lambda g, y, x, negative_slope: np.where(x >= 0, g, g * negative_slope)
+    )
 
 
 def abs_grad_sign_at_zero() -> AbstractContextManager[None]:
@@ -620,6 +633,7 @@ def abs_grad_sign_at_zero() -> AbstractContextManager[None]:
 def clamp_grad_zero_at_bound() -> AbstractContextManager[None]:
     """clamp's derivative is 0 at a value exactly on a bound instead of passing the gradient
     as torch does; exposed by clamp of a value equal to its min or max."""
+
     def rule(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.ndarray:
         inside = np.ones(x.shape, dtype=bool)
         if min is not None:
@@ -627,14 +641,15 @@ def clamp_grad_zero_at_bound() -> AbstractContextManager[None]:
         if max is not None:
             inside &= x < max  # BUG: and x <= max
         return np.where(inside, g, g.dtype.type(0))
+
     return patched_rule("clamp", 0, rule)
 
 
 def amax_grad_not_shared() -> AbstractContextManager[None]:
     """amax gives every tied maximum the whole gradient instead of an even share; exposed by
     amax over tied maxima."""
-    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool
-             ) -> np.ndarray:
+
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
         grad: np.ndarray
         if x.ndim == 0:
             grad = g + g.dtype.type(0)
@@ -642,37 +657,42 @@ def amax_grad_not_shared() -> AbstractContextManager[None]:
             mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
             grad = _expand_reduced(g, x.shape, dim, keepdim) * mask  # BUG: not divided by count
         return grad
+
     return patched_rule("amax", 0, rule)
 
 
 def max_grad_first_tie() -> AbstractContextManager[None]:
     """max() over all elements gives the whole gradient to the first maximum instead of
     sharing it evenly among tied maxima as torch does; exposed by max of tied maxima."""
+
     def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         grad = np.zeros(x.shape, dtype=g.dtype)
         grad.flat[int(np.argmax(x))] = g  # BUG: torch shares g among all maxima
         return grad
+
     return patched_rule("max", 0, rule)
 
 
 def max_dim_grad_shared() -> AbstractContextManager[None]:
     """max(dim)'s gradient is shared evenly among tied maxima instead of going to the index it
     returned (the first), as torch does; exposed by max over a dim with tied maxima."""
-    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: int, keepdim: bool
-             ) -> np.ndarray:
+
+    def rule(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: int, keepdim: bool) -> np.ndarray:
         mask = (x == _expand_reduced(y, x.shape, dim, keepdim)).astype(x.dtype)
         count = mask.sum(axis=dim, keepdims=True)
         # BUG: shared among the tied maxima, not given to the index
         grad: np.ndarray = _expand_reduced(g, x.shape, dim, keepdim) / count * mask
         return grad
+
     return patched_rule("max_dim", 0, rule)
 
 
 def softmax_grad_sum_without_y() -> AbstractContextManager[None]:
     """softmax's derivative subtracts y · sum(g) instead of y · sum(g · y); exposed by softmax
     whose upstream gradient is not constant along the dim."""
-    return patched_rule("softmax", 0, lambda g, y, x, dim: g * y - y * g.sum(
-        axis=dim, keepdims=True))
+    return patched_rule(
+        "softmax", 0, lambda g, y, x, dim: g * y - y * g.sum(axis=dim, keepdims=True)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -750,8 +770,9 @@ AUTOGRAD_MUTANTS: tuple[Mutant, ...] = tuple(
 # Once caught by drawn programs only now and then (exp appears only in op graphs, about 6% of
 # drawn models); a canonical model shows it now (conformance.canonical), so every profile
 # catches it whatever the seed, and the kill-matrix test requires it like the others.
-THOROUGH_MUTANTS: tuple[Mutant, ...] = (_mutant("exp-grad-identity", "autograd",
-                                                exp_grad_identity),)
+THOROUGH_MUTANTS: tuple[Mutant, ...] = (
+    _mutant("exp-grad-identity", "autograd", exp_grad_identity),
+)
 
 # Optimizers the suite must pass: TwiceRoundedSGD only in its ULP mode (it fails `exact` wherever
 # torch fuses the multiply-add, i.e. at the AVX2 and AVX512 capabilities).

@@ -55,8 +55,7 @@ def parse_features(text: str | list[str], family: str = "sgd") -> frozenset[str]
     names = [n for n in names if n]
     unknown = sorted(set(names) - set(known))
     if unknown:
-        raise ValueError(f"unknown feature(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(known)}")
+        raise ValueError(f"unknown feature(s) {', '.join(unknown)}; choose from {', '.join(known)}")
     return frozenset(names)
 
 
@@ -76,8 +75,9 @@ def parse_state_keys(text: str, family: str = "sgd") -> dict[str, str]:
         if not sep or not torch_key or not theirs:
             raise ValueError(f"expected torch_key=their_key, got {item.strip()!r}")
         if torch_key not in keys:
-            raise ValueError(f"{torch_key!r} is not a state key of {family}; choose from "
-                             f"{', '.join(keys)}")
+            raise ValueError(
+                f"{torch_key!r} is not a state key of {family}; choose from {', '.join(keys)}"
+            )
         if theirs != torch_key:
             mapping[torch_key] = theirs
     return mapping
@@ -103,8 +103,11 @@ class RunOptions:
     def resolved_isolation(self) -> Isolation:
         if self.isolation is not None:
             return self.isolation
-        return "none" if self.implementation == IN_PROCESS[0] or \
-            self.implementation.startswith(IN_PROCESS[1]) else "process"
+        return (
+            "none"
+            if self.implementation == IN_PROCESS[0] or self.implementation.startswith(IN_PROCESS[1])
+            else "process"
+        )
 
     @property
     def resolved_contract(self) -> Contract:
@@ -153,21 +156,32 @@ class RunOptions:
         return replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
-        return {"optimizer": self.implementation, "family": self.family,
-                "contract": self.resolved_contract,
-                "mode": self.mode, "reference_path": self.reference_path,
-                "without": sorted(self.without), "state_key": self.state_key,
-                "timeout": self.timeout, "isolation": self.resolved_isolation,
-                "memory_limit": self.memory_limit}
+        return {
+            "optimizer": self.implementation,
+            "family": self.family,
+            "contract": self.resolved_contract,
+            "mode": self.mode,
+            "reference_path": self.reference_path,
+            "without": sorted(self.without),
+            "state_key": self.state_key,
+            "timeout": self.timeout,
+            "isolation": self.resolved_isolation,
+            "memory_limit": self.memory_limit,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunOptions:
         """From `to_json()` or a report's settings (which hold more keys)."""
         family = data.get("family", "sgd")
-        return cls(implementation=data["optimizer"], family=family,
-                   contract=data.get("contract"),
-                   mode=data.get("mode"), reference_path=data.get("reference_path", "for-loop"),
-                   without=parse_features(data.get("without", []), family),
-                   state_key=data.get("state_key", ""),
-                   timeout=data.get("timeout", 10.0), isolation=data.get("isolation"),
-                   memory_limit=data.get("memory_limit", 4096))
+        return cls(
+            implementation=data["optimizer"],
+            family=family,
+            contract=data.get("contract"),
+            mode=data.get("mode"),
+            reference_path=data.get("reference_path", "for-loop"),
+            without=parse_features(data.get("without", []), family),
+            state_key=data.get("state_key", ""),
+            timeout=data.get("timeout", 10.0),
+            isolation=data.get("isolation"),
+            memory_limit=data.get("memory_limit", 4096),
+        )

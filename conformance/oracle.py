@@ -37,7 +37,9 @@ import numpy as np
 Mode = Literal["exact", "ulp", "tolerance"]
 
 _INT: dict[np.dtype, type[np.int32] | type[np.int64]] = {
-    np.dtype(np.float32): np.int32, np.dtype(np.float64): np.int64}
+    np.dtype(np.float32): np.int32,
+    np.dtype(np.float64): np.int64,
+}
 # precision p (significant bits, the implicit one included) and the smallest normal exponent
 _FORMATS = {np.dtype(np.float32): (24, -126), np.dtype(np.float64): (53, -1022)}
 # torch.testing.assert_close's defaults: dtype -> (rtol, atol)
@@ -54,6 +56,7 @@ def _float_dtype(x: np.ndarray) -> np.dtype:
 
 
 # --- ULP measures --------------------------------------------------------------------------------
+
 
 def ulp(x: np.ndarray) -> np.ndarray:
     """The unit in the last place of |x| in x's dtype, as float64: 2^(e - p + 1) for
@@ -84,8 +87,9 @@ def nonfinite_mismatch(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
     an infinity against a finite number, or infinities of opposite sign."""
     nan_a, nan_e = np.isnan(actual), np.isnan(expected)
     inf_a, inf_e = np.isinf(actual), np.isinf(expected)
-    mismatch: np.ndarray = (nan_a != nan_e) | (inf_a != inf_e) | (
-        inf_a & inf_e & (actual != expected))
+    mismatch: np.ndarray = (
+        (nan_a != nan_e) | (inf_a != inf_e) | (inf_a & inf_e & (actual != expected))
+    )
     return mismatch
 
 
@@ -136,6 +140,7 @@ def bitwise_equal(actual: np.ndarray, expected: np.ndarray) -> bool:
 
 # --- compare -------------------------------------------------------------------------------------
 
+
 def _json_float(x: float | None) -> float | str | None:
     if x is None:
         return None
@@ -181,9 +186,11 @@ class Mismatch:
         return out
 
     def __str__(self) -> str:
-        return (f"at {self.index}: expected {self.expected!r}, actual {self.actual!r} "
-                f"({self.reason}; {self.count} element(s) differ, max {self.max_ulp_error:g} "
-                f"ULP, max abs {self.max_abs_error:g})")
+        return (
+            f"at {self.index}: expected {self.expected!r}, actual {self.actual!r} "
+            f"({self.reason}; {self.count} element(s) differ, max {self.max_ulp_error:g} "
+            f"ULP, max abs {self.max_abs_error:g})"
+        )
 
 
 def _abs_error(actual: np.ndarray, expected: np.ndarray) -> np.ndarray:
@@ -205,8 +212,9 @@ def within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray) -> np.n
     return _within(expected, actual, budget)[0]
 
 
-def _within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _within(
+    expected: np.ndarray, actual: np.ndarray, budget: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """`within`, and |d| (the rounded |actual - expected|, float64) it was decided from."""
     a, e = actual.astype(np.float64), expected.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
@@ -222,8 +230,11 @@ def identical(expected: np.ndarray, actual: np.ndarray) -> bool:
     """Same shape, dtype and bytes: a match in every mode of `compare`, with no error at all
     (a cheap first test, before any budget is computed)."""
     expected, actual = np.asarray(expected), np.asarray(actual)
-    return expected.shape == actual.shape and expected.dtype == actual.dtype and \
-        expected.tobytes() == actual.tobytes()
+    return (
+        expected.shape == actual.shape
+        and expected.dtype == actual.dtype
+        and expected.tobytes() == actual.tobytes()
+    )
 
 
 # The largest ratio `judge` reports (a NaN or infinity out of place, or a zero budget exceeded
@@ -258,8 +269,9 @@ def _nonfinite_reason(expected: float, actual: float) -> str:
     return "infinity position"
 
 
-def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
-            budget: np.ndarray | float | None = None) -> Mismatch | None:
+def compare(
+    expected: np.ndarray, actual: np.ndarray, mode: Mode, budget: np.ndarray | float | None = None
+) -> Mismatch | None:
     """None when `actual` matches `expected` under `mode`, else the first mismatch (C order).
 
     Error model per mode:
@@ -278,8 +290,9 @@ def compare(expected: np.ndarray, actual: np.ndarray, mode: Mode,
     return judge(expected, actual, mode, budget)[0]
 
 
-def judge(expected: np.ndarray, actual: np.ndarray, mode: Mode,
-          budget: np.ndarray | float | None = None) -> tuple[Mismatch | None, float]:
+def judge(
+    expected: np.ndarray, actual: np.ndarray, mode: Mode, budget: np.ndarray | float | None = None
+) -> tuple[Mismatch | None, float]:
     """`compare`, and how close the error came to what is allowed: the largest ratio, over
     the elements, of the observed error to the element's allowed error ("ulp": |actual -
     expected| over the budget; "tolerance": over atol + rtol*|expected|; both measured in one
@@ -302,12 +315,23 @@ def judge(expected: np.ndarray, actual: np.ndarray, mode: Mode,
         raise ValueError(f"mode {mode!r} takes no budget")
 
     if expected.shape != actual.shape or expected.dtype != actual.dtype:
-        what = ("shape", expected.shape, actual.shape) if expected.shape != actual.shape else (
-            "dtype", expected.dtype, actual.dtype)
-        return Mismatch(index=(), expected=math.nan, actual=math.nan, abs_error=math.inf,
-                        ulp_error=math.inf, count=max(expected.size, actual.size, 1),
-                        max_abs_error=math.inf, max_ulp_error=math.inf, budget=None,
-                        reason=f"{what[0]} {what[1]} != {what[2]}"), RATIO_CAP
+        what = (
+            ("shape", expected.shape, actual.shape)
+            if expected.shape != actual.shape
+            else ("dtype", expected.dtype, actual.dtype)
+        )
+        return Mismatch(
+            index=(),
+            expected=math.nan,
+            actual=math.nan,
+            abs_error=math.inf,
+            ulp_error=math.inf,
+            count=max(expected.size, actual.size, 1),
+            max_abs_error=math.inf,
+            max_ulp_error=math.inf,
+            budget=None,
+            reason=f"{what[0]} {what[1]} != {what[2]}",
+        ), RATIO_CAP
     dtype = _float_dtype(expected)
     if expected.tobytes() == actual.tobytes():
         return None, 0.0
@@ -358,17 +382,28 @@ def judge(expected: np.ndarray, actual: np.ndarray, mode: Mode,
         reason = f"exceeds budget: |actual - expected| = {abs_error:.6g} > {budget_here:.6g}"
     else:
         rtol, atol = TOLERANCES[dtype]
-        reason = (f"exceeds tolerance: |actual - expected| = {abs_error:.6g} > "
-                  f"atol + rtol*|expected| = {budget_here:.6g} (rtol {rtol:g}, atol {atol:g})")
+        reason = (
+            f"exceeds tolerance: |actual - expected| = {abs_error:.6g} > "
+            f"atol + rtol*|expected| = {budget_here:.6g} (rtol {rtol:g}, atol {atol:g})"
+        )
     if mode == "exact":  # nothing is allowed: the ULP distance, at least 1 (±0 are 0 apart)
         ratio = max(_ratio(np.minimum(ulp_errors, RATIO_CAP)), 1.0)
-    return Mismatch(index=index, expected=e, actual=a, abs_error=abs_error, ulp_error=ulp_error,
-                    count=int(np.count_nonzero(differs)),
-                    max_abs_error=float(abs_errors.max()), max_ulp_error=float(ulp_errors.max()),
-                    budget=budget_here, reason=reason), ratio
+    return Mismatch(
+        index=index,
+        expected=e,
+        actual=a,
+        abs_error=abs_error,
+        ulp_error=ulp_error,
+        count=int(np.count_nonzero(differs)),
+        max_abs_error=float(abs_errors.max()),
+        max_ulp_error=float(ulp_errors.max()),
+        budget=budget_here,
+        reason=reason,
+    ), ratio
 
 
 # --- error models for mode "ulp" -----------------------------------------------------------------
+
 
 def reduction_budget(expected: np.ndarray, ulps: float, *, scale: float = 0.0) -> np.ndarray:
     """Norm-wise budget for results that sum many terms (gradients, matmuls, reductions):
@@ -446,12 +481,22 @@ def _linear(terms: list[tuple[float, _Bounded]], fmt: _Format) -> _Bounded:
     with np.errstate(invalid="ignore", over="ignore"):
         value = sum((alpha * y.value for alpha, y in terms), start=np.float64(0.0))
         carried = sum((abs(alpha) * y.error for alpha, y in terms), start=np.float64(0.0))
-        rounded_scalars = sum((((u * abs(alpha) + eta) * (np.abs(y.value) + y.error))
-                               for alpha, y in terms if abs(alpha) not in (0.0, 1.0)),
-                              start=np.float64(0.0))
-        rounded_products = sum(((u * abs(alpha) * (np.abs(y.value) + y.error) + eta)
-                                for alpha, y in terms if abs(alpha) not in (0.0, 1.0)),
-                               start=np.float64(0.0))
+        rounded_scalars = sum(
+            (
+                ((u * abs(alpha) + eta) * (np.abs(y.value) + y.error))
+                for alpha, y in terms
+                if abs(alpha) not in (0.0, 1.0)
+            ),
+            start=np.float64(0.0),
+        )
+        rounded_products = sum(
+            (
+                (u * abs(alpha) * (np.abs(y.value) + y.error) + eta)
+                for alpha, y in terms
+                if abs(alpha) not in (0.0, 1.0)
+            ),
+            start=np.float64(0.0),
+        )
         before_sum = carried + rounded_scalars + rounded_products
         rounded_sum = u * (np.abs(value) + before_sum) + eta
         error = (before_sum + rounded_sum) * (1 + 8 * u)
@@ -514,8 +559,15 @@ def _exactly_zero(x: _Bounded) -> np.ndarray:
     return zero
 
 
-def _result(value: np.ndarray, carried: np.ndarray, magnitude: np.ndarray, fmt: _Format, *,
-            ulps: float = 0.5, exact: np.ndarray | bool = False) -> _Bounded:
+def _result(
+    value: np.ndarray,
+    carried: np.ndarray,
+    magnitude: np.ndarray,
+    fmt: _Format,
+    *,
+    ulps: float = 0.5,
+    exact: np.ndarray | bool = False,
+) -> _Bounded:
     """An operation's result: the error carried from its operands, plus its rounding to the
     dtype, at most `ulps` units in the last place of a result of at most `magnitude`: an ulp is
     at most 2u·|r| for a normal r and 2η in the subnormal range, so the rounding adds
@@ -596,8 +648,9 @@ def _mul(a: _Bounded, b: _Bounded, fmt: _Format) -> _Bounded:
         carried = a.error * np.abs(b.value) + b.error * np.abs(a.value) + 3 * a.error * b.error
         magnitude = _hi(a) * _hi(b)
         zero = (_exactly_zero(a) & np.isfinite(_hi(b))) | (_exactly_zero(b) & np.isfinite(_hi(a)))
-    return _result(np.where(zero, 0.0, value), np.where(zero, 0.0, carried), magnitude, fmt,
-                   exact=zero)
+    return _result(
+        np.where(zero, 0.0, value), np.where(zero, 0.0, carried), magnitude, fmt, exact=zero
+    )
 
 
 def _div(a: _Bounded, b: _Bounded, fmt: _Format) -> _Bounded:
@@ -620,8 +673,9 @@ def _div(a: _Bounded, b: _Bounded, fmt: _Format) -> _Bounded:
         magnitude = _hi(a) / lo2
         zero = safe & _exactly_zero(a)
         carried = np.where(safe, np.where(zero, 0.0, carried), np.inf)
-    return _result(np.where(zero, 0.0, value), carried, np.where(safe, magnitude, np.inf), fmt,
-                   exact=zero)
+    return _result(
+        np.where(zero, 0.0, value), carried, np.where(safe, magnitude, np.inf), fmt, exact=zero
+    )
 
 
 def _sqrt(x: _Bounded, fmt: _Format, *, ulps: float = 0.5) -> _Bounded:
@@ -636,8 +690,9 @@ def _sqrt(x: _Bounded, fmt: _Format, *, ulps: float = 0.5) -> _Bounded:
     square root taken as x ** 0.5 (libm's pow)."""
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         value = np.sqrt(np.maximum(x.value, 0.0))
-        spread = np.sqrt(np.maximum(x.value - x.error, 0.0)) + \
-            np.sqrt(np.maximum(x.value - 2 * x.error, 0.0))
+        spread = np.sqrt(np.maximum(x.value - x.error, 0.0)) + np.sqrt(
+            np.maximum(x.value - 2 * x.error, 0.0)
+        )
         carried = np.minimum(np.sqrt(x.error), np.where(spread > 0, x.error / spread, np.inf))
         carried = np.where(x.value < 0, np.inf, carried)
         magnitude = np.sqrt(_hi(x))
@@ -669,14 +724,24 @@ def _pow(b: _Bounded, t: int, fmt: _Format, *, ulps: float) -> _Bounded:
         carried = t * np.power(c, float(t - 1)) * b.error
         zero = _exactly_zero(b)
         carried = np.where(b.value < 0, np.inf, np.where(zero, 0.0, carried))
-    return _result(np.where(zero, 0.0, value), carried, np.power(c, float(t)), fmt, ulps=ulps,
-                   exact=zero)
+    return _result(
+        np.where(zero, 0.0, value), carried, np.power(c, float(t)), fmt, ulps=ulps, exact=zero
+    )
 
 
-def sgd_step_budget(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, *,
-                    lr: float, momentum: float, dampening: float, weight_decay: float,
-                    nesterov: bool, maximize: bool, first_step: bool,
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+def sgd_step_budget(
+    param: np.ndarray,
+    grad: np.ndarray,
+    buffer: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    first_step: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Allowed absolute errors of one torch.optim.SGD step: (for the parameter after the step,
     for the momentum buffer after the step, None when momentum == 0).
 
@@ -723,8 +788,9 @@ def sgd_step_budget(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | No
     return _allowed(theta, fmt), None if b is None else _allowed(b, fmt)
 
 
-def nesterov_grad_budget(grad_after: np.ndarray, buffer_after: np.ndarray,
-                         buffer_budget: np.ndarray, momentum: float) -> np.ndarray:
+def nesterov_grad_budget(
+    grad_after: np.ndarray, buffer_after: np.ndarray, buffer_budget: np.ndarray, momentum: float
+) -> np.ndarray:
     """Allowed error of `.grad` after a step of torch's foreach path with nesterov (no
     maximize, no weight decay), which writes g + μ·b into the gradient itself: the buffer's
     error carried (|μ|·budget(b)) plus both sides' roundings of the sum (one or two each, u
@@ -732,10 +798,15 @@ def nesterov_grad_budget(grad_after: np.ndarray, buffer_after: np.ndarray,
     dtype = _float_dtype(np.asarray(grad_after))
     fmt = _format(dtype)
     with np.errstate(over="ignore", invalid="ignore"):
-        terms = (np.abs(momentum * np.asarray(buffer_after, np.float64))
-                 + np.abs(np.asarray(grad_after, np.float64)))
-        allowed = abs(momentum) * buffer_budget + 4 * fmt.u * terms * (1 + 8 * fmt.u) \
-            + 4 * fmt.eta + fmt.tiny
+        terms = np.abs(momentum * np.asarray(buffer_after, np.float64)) + np.abs(
+            np.asarray(grad_after, np.float64)
+        )
+        allowed = (
+            abs(momentum) * buffer_budget
+            + 4 * fmt.u * terms * (1 + 8 * fmt.u)
+            + 4 * fmt.eta
+            + fmt.tiny
+        )
     return np.where(np.isnan(allowed), np.inf, allowed)
 
 
@@ -744,11 +815,23 @@ def nesterov_grad_budget(grad_after: np.ndarray, buffer_after: np.ndarray,
 _POW_ULPS = 4.0
 
 
-def adam_step_budget(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray | None,
-                     exp_avg_sq: np.ndarray | None, max_exp_avg_sq: np.ndarray | None, *,
-                     step: int, lr: float, beta1: float, beta2: float, eps: float,
-                     weight_decay: float, amsgrad: bool, maximize: bool, decoupled: bool,
-                     ) -> dict[str, np.ndarray]:
+def adam_step_budget(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray | None,
+    exp_avg_sq: np.ndarray | None,
+    max_exp_avg_sq: np.ndarray | None,
+    *,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+) -> dict[str, np.ndarray]:
     """Allowed absolute errors of one torch.optim.Adam (`decoupled` False) or AdamW (True) step:
     {"param", "exp_avg", "exp_avg_sq"} and, with amsgrad, "max_exp_avg_sq", each for the value
     after the step.
@@ -865,8 +948,12 @@ def adam_step_budget(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray | 
     sqrt_bc2 = root(bc2)
     inv_bc1, inv_sqrt_bc2 = reciprocal(bc1), reciprocal(sqrt_bc2)
     step_size_double = _merge(_div(lr_[0], bc1[0], f64), _mul(lr_[0], inv_bc1[0], f64))
-    step_size = _either(step_size_double, _merge(_div(lr_[1], bc1[1], fmt),
-                                                 _mul(lr_[1], inv_bc1[1], fmt)), fmt, narrow)
+    step_size = _either(
+        step_size_double,
+        _merge(_div(lr_[1], bc1[1], fmt), _mul(lr_[1], inv_bc1[1], fmt)),
+        fmt,
+        narrow,
+    )
     lr_wd_double = _mul(lr_[0], wd[0], f64)
     lr_wd = (lr_wd_double, _either(lr_wd_double, _mul(lr_[1], wd[1], fmt), fmt, narrow))
     keep = complement(lr_wd)[1]  # 1 − γλ
@@ -882,9 +969,15 @@ def adam_step_budget(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray | 
     if weight_decay != 0 and not decoupled:
         g = _add(g, _mul(wd[1], theta, fmt), fmt)
 
-    def running_average(old: _Bounded, new: _Bounded, beta: float, held: _Bounded,
-                        weight: _Bounded, one_minus_weight: _Bounded, *products: _Bounded,
-                        ) -> _Bounded:
+    def running_average(
+        old: _Bounded,
+        new: _Bounded,
+        beta: float,
+        held: _Bounded,
+        weight: _Bounded,
+        one_minus_weight: _Bounded,
+        *products: _Bounded,
+    ) -> _Bounded:
         """β·old + (1 − β)·new, as a linear combination (with `products`, other ways of
         computing (1 − β)·new) or as lerp(old, new, w = 1 − β): old + w·(new − old) (for any
         w, as one writes it by hand), and new − (1 − w)·(new − old) where torch's lerp uses it,
@@ -892,17 +985,20 @@ def adam_step_budget(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray | 
         ulps, which no correct implementation does)."""
         decayed = _mul(held, old, fmt)
         difference = _add(new, _neg(old), fmt)
-        ways = [_add(decayed, _mul(weight, new, fmt), fmt),
-                *(_add(decayed, p, fmt) for p in products),
-                _add(old, _mul(weight, difference, fmt), fmt)]
+        ways = [
+            _add(decayed, _mul(weight, new, fmt), fmt),
+            *(_add(decayed, p, fmt) for p in products),
+            _add(old, _mul(weight, difference, fmt), fmt),
+        ]
         if 1 - beta >= 0.5 - 2.0**-20:  # torch decides on the weight it holds: near 0.5, both
             ways.append(_add(new, _neg(_mul(one_minus_weight, difference, fmt)), fmt))
         return _merge(*ways)
 
     m_new = running_average(m, g, beta1, b1[1], w1[1], lerp_b1)
     g_squared = _mul(g, g, fmt)
-    v_new = running_average(v, g_squared, beta2, b2[1], w2[1], lerp_b2,
-                            _mul(_mul(w2[1], g, fmt), g, fmt))  # addcmul: ((1 − β2)·g)·g
+    v_new = running_average(
+        v, g_squared, beta2, b2[1], w2[1], lerp_b2, _mul(_mul(w2[1], g, fmt), g, fmt)
+    )  # addcmul: ((1 − β2)·g)·g
     out = {"exp_avg": m_new, "exp_avg_sq": v_new}
     w = v_new
     if amsgrad:
@@ -910,23 +1006,33 @@ def adam_step_budget(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray | 
         out["max_exp_avg_sq"] = w
 
     root_w = _sqrt(w, fmt)
-    scaled_root = _merge(_div(root_w, sqrt_bc2[1], fmt), _sqrt(_div(w, bc2[1], fmt), fmt),
-                         _mul(root_w, inv_sqrt_bc2[1], fmt))  # √(w / bc2)
+    scaled_root = _merge(
+        _div(root_w, sqrt_bc2[1], fmt),
+        _sqrt(_div(w, bc2[1], fmt), fmt),
+        _mul(root_w, inv_sqrt_bc2[1], fmt),
+    )  # √(w / bc2)
     denom = _add(scaled_root, eps_held, fmt)
     m_hat = _merge(_div(m_new, bc1[1], fmt), _mul(m_new, inv_bc1[1], fmt))
     quotient = _div(m_hat, denom, fmt)  # m̂ / denom
-    scaled_m = _merge(_mul(step_size, m_new, fmt), _mul(lr_[1], m_hat, fmt),
-                      _div(_mul(lr_[1], m_new, fmt), bc1[1], fmt))  # γ·m / bc1
-    update = _merge(_div(scaled_m, denom, fmt),
-                    _mul(step_size, _div(m_new, denom, fmt), fmt),
-                    _mul(lr_[1], quotient, fmt))
+    scaled_m = _merge(
+        _mul(step_size, m_new, fmt),
+        _mul(lr_[1], m_hat, fmt),
+        _div(_mul(lr_[1], m_new, fmt), bc1[1], fmt),
+    )  # γ·m / bc1
+    update = _merge(
+        _div(scaled_m, denom, fmt),
+        _mul(step_size, _div(m_new, denom, fmt), fmt),
+        _mul(lr_[1], quotient, fmt),
+    )
     if weight_decay != 0 and decoupled:
         decay = _merge(_mul(lr_wd[1], theta, fmt), _mul(lr_[1], _mul(wd[1], theta, fmt), fmt))
         decayed = _merge(_mul(theta, keep, fmt), _add(theta, _neg(decay), fmt))
         paper = _mul(lr_[1], _add(quotient, _mul(wd[1], theta, fmt), fmt), fmt)
-        theta_new = _merge(_add(decayed, _neg(update), fmt),
-                           _add(_add(theta, _neg(update), fmt), _neg(decay), fmt),
-                           _add(theta, _neg(paper), fmt))
+        theta_new = _merge(
+            _add(decayed, _neg(update), fmt),
+            _add(_add(theta, _neg(update), fmt), _neg(decay), fmt),
+            _add(theta, _neg(paper), fmt),
+        )
     else:
         theta_new = _add(theta, _neg(update), fmt)
     out["param"] = theta_new

@@ -37,20 +37,33 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
-        seed: int | None, max_failures: int, jobs: int,
-        on_program: Callable[[str, int], None] | None = None) -> list[runner.RunResult]:
+def run(
+    options: RunOptions,
+    *,
+    dtypes: tuple[str, ...],
+    settings: Settings,
+    seed: int | None,
+    max_failures: int,
+    jobs: int,
+    on_program: Callable[[str, int], None] | None = None,
+) -> list[runner.RunResult]:
     """One result per dtype, each dtype's run done by `jobs` shards on `jobs` processes (in
     this process, one after the other, for jobs=1). `on_program(dtype, n)` is called in this
     process as the dtype's n-th program starts (progress)."""
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     if jobs == 1:
-        return [runner.run(options, dtypes=(dtype,), settings=settings, seed=seed,
-                           max_failures=max_failures,
-                           on_program=None if on_program is None else
-                           functools.partial(on_program, dtype))
-                for dtype in dtypes]
+        return [
+            runner.run(
+                options,
+                dtypes=(dtype,),
+                settings=settings,
+                seed=seed,
+                max_failures=max_failures,
+                on_program=None if on_program is None else functools.partial(on_program, dtype),
+            )
+            for dtype in dtypes
+        ]
     # The database resolved here: a settings object left at the default holds a sentinel
     # that does not survive pickling. The one `.hypothesis/` every shard shares.
     settings = Settings(settings, database=settings.database)
@@ -72,18 +85,23 @@ def run(options: RunOptions, *, dtypes: tuple[str, ...], settings: Settings,
     relaying.start()
     shards: dict[str, list[Any]] = {dtype: [] for dtype in dtypes}
     try:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=pool_context,
-                                 initializer=_start, initargs=(progress,)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=pool_context, initializer=_start, initargs=(progress,)
+        ) as pool:
             for dtype in dtypes:
-                shards[dtype] = [pool.submit(_shard, options, dtype, settings, seed,
-                                             max_failures, (index, jobs))
-                                 for index in range(jobs)]
-            results = [runner.merge([future.result() for future in shards[dtype]],
-                                    max_failures) for dtype in dtypes]
+                shards[dtype] = [
+                    pool.submit(_shard, options, dtype, settings, seed, max_failures, (index, jobs))
+                    for index in range(jobs)
+                ]
+            results = [
+                runner.merge([future.result() for future in shards[dtype]], max_failures)
+                for dtype in dtypes
+            ]
     except BrokenProcessPool as error:
         raise RuntimeError(
             f"a job process died while running {options.implementation} (with --isolation "
-            "none, an implementation that crashes takes its job process with it)") from error
+            "none, an implementation that crashes takes its job process with it)"
+        ) from error
     finally:
         progress.put(None)
         relaying.join(timeout=5)
@@ -95,8 +113,20 @@ def _start(progress: Any) -> None:
     _PROGRESS = progress
 
 
-def _shard(options: RunOptions, dtype: str, settings: Settings, seed: int | None,
-           max_failures: int, shard: tuple[int, int]) -> runner.RunResult:
-    return runner.run(options, dtypes=(dtype,), settings=settings, seed=seed,
-                      max_failures=max_failures, shard=shard,
-                      on_program=lambda n: _PROGRESS.put((dtype, shard[0], n)))
+def _shard(
+    options: RunOptions,
+    dtype: str,
+    settings: Settings,
+    seed: int | None,
+    max_failures: int,
+    shard: tuple[int, int],
+) -> runner.RunResult:
+    return runner.run(
+        options,
+        dtypes=(dtype,),
+        settings=settings,
+        seed=seed,
+        max_failures=max_failures,
+        shard=shard,
+        on_program=lambda n: _PROGRESS.put((dtype, shard[0], n)),
+    )

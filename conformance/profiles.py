@@ -26,8 +26,11 @@ _COMMON: _Settings = {
     # no explain phase: it traces every line of each shrunk program again (minutes per failure
     # with several failures a run) for a note in Hypothesis's message, which reports never show
     "phases": [p for p in Phase if p is not Phase.explain],
-    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large,
-                              HealthCheck.filter_too_much],
+    "suppress_health_check": [
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
     "stateful_step_count": 12,
 }
 

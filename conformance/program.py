@@ -34,14 +34,23 @@ class Setup:
     tensor_lr: bool = False  # every lr (defaults, groups, changes) as a 1-element tensor
 
     def to_json(self) -> dict[str, Any]:
-        return {"model": self.model.to_json(), "dtype": self.dtype,
-                "defaults": dict(self.defaults), "groups": [g.to_json() for g in self.groups],
-                "tensor_lr": self.tensor_lr}
+        return {
+            "model": self.model.to_json(),
+            "dtype": self.dtype,
+            "defaults": dict(self.defaults),
+            "groups": [g.to_json() for g in self.groups],
+            "tensor_lr": self.tensor_lr,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Setup:
-        return cls(ModelSpec.from_json(data["model"]), data["dtype"], dict(data["defaults"]),
-                   tuple(Group.from_json(g) for g in data["groups"]), bool(data["tensor_lr"]))
+        return cls(
+            ModelSpec.from_json(data["model"]),
+            data["dtype"],
+            dict(data["defaults"]),
+            tuple(Group.from_json(g) for g in data["groups"]),
+            bool(data["tensor_lr"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -75,5 +84,6 @@ class Case:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Case:
-        return cls(Setup.from_json(data["setup"]),
-                   tuple(Action.from_json(a) for a in data["actions"]))
+        return cls(
+            Setup.from_json(data["setup"]), tuple(Action.from_json(a) for a in data["actions"])
+        )

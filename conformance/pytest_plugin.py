@@ -90,48 +90,105 @@ _RESULT = pytest.StashKey[str]()  # on an item: its encoded shard result, for it
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("conformance", "conformance against torch.optim.SGD, Adam, AdamW")
-    group.addoption("--conformance-family", choices=FAMILY_NAMES, default="sgd",
-                    help="the optimizer family: sgd (default), adam or adamw")
-    group.addoption("--optimizer", default="refimpl",
-                    help="implementation under test: refimpl (default) or module:Class, a class "
-                         "constructed like the family's torch optimizer")
-    group.addoption("--conformance-contract", choices=CONTRACTS, default=None,
-                    help="semantic (default for a module:Class) or strict (default for "
-                         "refimpl); see conformance.options")
-    group.addoption("--conformance-reference-path", choices=REFERENCE_PATHS,
-                    default="for-loop", help="torch's code path used as the reference")
-    group.addoption("--conformance-without", default="",
-                    help="features the optimizer does not claim (see conformance run "
-                         "--help)")
-    group.addoption("--conformance-state-key", default="",
-                    help="where the optimizer keeps torch's state entries, if named "
-                         "differently: TORCH_KEY=KEY pairs, or one name for the family's "
-                         "first (default: torch's names)")
-    group.addoption("--conformance-mode", choices=["exact", "ulp", "tolerance"], default=None,
-                    help="how values are judged: exact (bitwise; refimpl's default), ulp (the "
-                         "error model's budget; a module:Class's default) or tolerance "
-                         "(assert_close's defaults, gradients included)")
-    group.addoption("--conformance-profile", choices=PROFILE_NAMES, default="ci",
-                    help="Hypothesis profile: dev (quick), ci (default), thorough")
-    group.addoption("--conformance-seed", type=int, default=None,
-                    help="Hypothesis seed (default: random; failures are saved in .hypothesis/)")
-    group.addoption("--conformance-timeout", type=float, default=10.0,
-                    help="seconds one action of the implementation may take (default 10)")
-    group.addoption("--conformance-max-failures", type=int, default=5,
-                    help="distinct failures to find and shrink per dtype (default 5)")
-    group.addoption("--conformance-isolation", choices=ISOLATIONS, default=None,
-                    help="where the optimizer runs: process (default for a module:Class; a "
-                         "crash, hang or running out of memory is a reported divergence) or "
-                         "none (default for refimpl and torch.optim's classes: in this process)")
-    group.addoption("--conformance-memory-limit", type=int, default=4096, metavar="MIB",
-                    help="MiB of address space the worker process may add (default 4096)")
-    group.addoption("--conformance-report-dir", default="reports", metavar="DIR",
-                    help="where the report directory is written when the session ends "
-                         "(default reports/)")
-    group.addoption("--conformance-shards", type=int, default=None, metavar="N",
-                    help="split each dtype's run into N test items, each with its share of "
-                         "the programs and a seed of its own, merged into one report (default: "
-                         "one per pytest-xdist worker, 1 without xdist)")
+    group.addoption(
+        "--conformance-family",
+        choices=FAMILY_NAMES,
+        default="sgd",
+        help="the optimizer family: sgd (default), adam or adamw",
+    )
+    group.addoption(
+        "--optimizer",
+        default="refimpl",
+        help="implementation under test: refimpl (default) or module:Class, a class "
+        "constructed like the family's torch optimizer",
+    )
+    group.addoption(
+        "--conformance-contract",
+        choices=CONTRACTS,
+        default=None,
+        help="semantic (default for a module:Class) or strict (default for "
+        "refimpl); see conformance.options",
+    )
+    group.addoption(
+        "--conformance-reference-path",
+        choices=REFERENCE_PATHS,
+        default="for-loop",
+        help="torch's code path used as the reference",
+    )
+    group.addoption(
+        "--conformance-without",
+        default="",
+        help="features the optimizer does not claim (see conformance run --help)",
+    )
+    group.addoption(
+        "--conformance-state-key",
+        default="",
+        help="where the optimizer keeps torch's state entries, if named "
+        "differently: TORCH_KEY=KEY pairs, or one name for the family's "
+        "first (default: torch's names)",
+    )
+    group.addoption(
+        "--conformance-mode",
+        choices=["exact", "ulp", "tolerance"],
+        default=None,
+        help="how values are judged: exact (bitwise; refimpl's default), ulp (the "
+        "error model's budget; a module:Class's default) or tolerance "
+        "(assert_close's defaults, gradients included)",
+    )
+    group.addoption(
+        "--conformance-profile",
+        choices=PROFILE_NAMES,
+        default="ci",
+        help="Hypothesis profile: dev (quick), ci (default), thorough",
+    )
+    group.addoption(
+        "--conformance-seed",
+        type=int,
+        default=None,
+        help="Hypothesis seed (default: random; failures are saved in .hypothesis/)",
+    )
+    group.addoption(
+        "--conformance-timeout",
+        type=float,
+        default=10.0,
+        help="seconds one action of the implementation may take (default 10)",
+    )
+    group.addoption(
+        "--conformance-max-failures",
+        type=int,
+        default=5,
+        help="distinct failures to find and shrink per dtype (default 5)",
+    )
+    group.addoption(
+        "--conformance-isolation",
+        choices=ISOLATIONS,
+        default=None,
+        help="where the optimizer runs: process (default for a module:Class; a "
+        "crash, hang or running out of memory is a reported divergence) or "
+        "none (default for refimpl and torch.optim's classes: in this process)",
+    )
+    group.addoption(
+        "--conformance-memory-limit",
+        type=int,
+        default=4096,
+        metavar="MIB",
+        help="MiB of address space the worker process may add (default 4096)",
+    )
+    group.addoption(
+        "--conformance-report-dir",
+        default="reports",
+        metavar="DIR",
+        help="where the report directory is written when the session ends (default reports/)",
+    )
+    group.addoption(
+        "--conformance-shards",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split each dtype's run into N test items, each with its share of "
+        "the programs and a seed of its own, merged into one report (default: "
+        "one per pytest-xdist worker, 1 without xdist)",
+    )
 
 
 def _worker_input(config: pytest.Config) -> dict[str, Any] | None:
@@ -167,29 +224,43 @@ def _read_config(config: pytest.Config) -> Config:
         raise ValueError(f"--conformance-state-key: {error}") from error
     timeout = option("--conformance-timeout")
     if not 0 < timeout <= MAX_TIMEOUT:
-        raise ValueError(f"--conformance-timeout must be a positive number of seconds, at "
-                         f"most {MAX_TIMEOUT:g}, got {timeout!r}")
+        raise ValueError(
+            f"--conformance-timeout must be a positive number of seconds, at "
+            f"most {MAX_TIMEOUT:g}, got {timeout!r}"
+        )
     for name in ("--conformance-max-failures", "--conformance-memory-limit"):
         if option(name) < 1:
             raise ValueError(f"{name} must be at least 1, got {option(name)!r}")
     if option("--conformance-memory-limit") > MAX_MEMORY_LIMIT:
-        raise ValueError(f"--conformance-memory-limit must be at most {MAX_MEMORY_LIMIT} "
-                         f"(MiB), got {option('--conformance-memory-limit')!r}")
+        raise ValueError(
+            f"--conformance-memory-limit must be at most {MAX_MEMORY_LIMIT} "
+            f"(MiB), got {option('--conformance-memory-limit')!r}"
+        )
     shards = option("--conformance-shards")
     if shards is not None and shards < 1:
         raise ValueError(f"--conformance-shards must be at least 1, got {shards!r}")
     if not option("--optimizer"):
         raise ValueError("--optimizer must not be empty")
-    options = RunOptions(implementation=option("--optimizer"), family=family,
-                         contract=option("--conformance-contract"),
-                         mode=option("--conformance-mode"),
-                         reference_path=option("--conformance-reference-path"),
-                         without=without, state_key=option("--conformance-state-key"),
-                         timeout=timeout, isolation=option("--conformance-isolation"),
-                         memory_limit=option("--conformance-memory-limit"))
-    return Config(options, option("--conformance-profile"), option("--conformance-seed"),
-                  option("--conformance-max-failures"),
-                  Path(option("--conformance-report-dir")), shard_count(config))
+    options = RunOptions(
+        implementation=option("--optimizer"),
+        family=family,
+        contract=option("--conformance-contract"),
+        mode=option("--conformance-mode"),
+        reference_path=option("--conformance-reference-path"),
+        without=without,
+        state_key=option("--conformance-state-key"),
+        timeout=timeout,
+        isolation=option("--conformance-isolation"),
+        memory_limit=option("--conformance-memory-limit"),
+    )
+    return Config(
+        options,
+        option("--conformance-profile"),
+        option("--conformance-seed"),
+        option("--conformance-max-failures"),
+        Path(option("--conformance-report-dir")),
+        shard_count(config),
+    )
 
 
 def _is_conformance_test(item: pytest.Item) -> bool:
@@ -279,17 +350,18 @@ def conformance_record(request: pytest.FixtureRequest) -> Callable[..., Path]:
     def record(result: Any, shard: tuple[int, int] = (0, 1)) -> Path:
         (dtype,) = result.dtypes
         node.stash[_RESULT] = base64.b64encode(
-            pickle.dumps((dtype, shard, result), protocol=pickle.HIGHEST_PROTOCOL)).decode()
+            pickle.dumps((dtype, shard, result), protocol=pickle.HIGHEST_PROTOCOL)
+        ).decode()
         workerinput = _worker_input(config)
         if workerinput is not None and _TARGET_INPUT in workerinput:
             return Path(workerinput[_TARGET_INPUT])
         return _session(config).target
+
     return record
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Any:
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     """Attaches a conformance test's shard result to its call report (xdist sends a report's
     extra attributes to the controller with it)."""
     report = yield
@@ -318,8 +390,9 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_Results(config), "sgd-conformance-results")
 
 
-def _merged(config: Config, results: dict[tuple[str, int], tuple[int, Any]]
-            ) -> tuple[dict[str, Any], dict[str, list[int]], int]:
+def _merged(
+    config: Config, results: dict[tuple[str, int], tuple[int, Any]]
+) -> tuple[dict[str, Any], dict[str, list[int]], int]:
     """Each dtype's result (its shards merged in shard order), the shards of each dtype that
     did not report (deselected, or their worker was lost), and the shard count."""
     from conformance.runner import merge
@@ -328,8 +401,9 @@ def _merged(config: Config, results: dict[tuple[str, int], tuple[int, Any]]
     missing: dict[str, list[int]] = {}
     count = max(c for c, _ in results.values())
     for dtype in DTYPES:
-        shards = sorted((index, result) for (d, index), (_, result) in results.items()
-                        if d == dtype)
+        shards = sorted(
+            (index, result) for (d, index), (_, result) in results.items() if d == dtype
+        )
         if not shards:
             continue
         parts = [result for _, result in shards]
@@ -356,25 +430,49 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     merged, missing, count = _merged(config, state.results)
     dtypes = list(merged)
     settings = {
-        **options.to_json(), "profile": config.profile,
-        "examples": PROFILES[config.profile].max_examples, "seed": config.seed,
-        "mode": options.mode or implementation(options).default_mode, "dtypes": dtypes,
-        "max_failures": config.max_failures, "jobs": count, "config_file": None}
+        **options.to_json(),
+        "profile": config.profile,
+        "examples": PROFILES[config.profile].max_examples,
+        "seed": config.seed,
+        "mode": options.mode or implementation(options).default_mode,
+        "dtypes": dtypes,
+        "max_failures": config.max_failures,
+        "jobs": count,
+        "config_file": None,
+    }
     features = options.spec.features
-    not_verified = [{"feature": f, "description": features[f],
-                     "source": "--conformance-without"}
-                    for f in features if f in options.without]
-    not_verified += [{"feature": f, "description": why,
-                      "source": "--conformance-reference-path"}
-                     for f, why in options.unsupported.items() if f not in options.without]
-    not_verified += [{"feature": d, "description": f"{d} parameters are not checked",
-                      "source": "pytest selection"} for d in DTYPES if d not in dtypes]
-    not_verified += [{"feature": d, "source": "pytest selection",
-                      "description": f"{d}: shard(s) {', '.join(str(i + 1) for i in gone)} "
-                                     f"of {count} did not run; their programs are not checked"}
-                     for d, gone in missing.items() if gone]
-    data = report.build([merged[d] for d in dtypes], settings, state.created,
-                        not_verified=not_verified)
+    not_verified = [
+        {"feature": f, "description": features[f], "source": "--conformance-without"}
+        for f in features
+        if f in options.without
+    ]
+    not_verified += [
+        {"feature": f, "description": why, "source": "--conformance-reference-path"}
+        for f, why in options.unsupported.items()
+        if f not in options.without
+    ]
+    not_verified += [
+        {
+            "feature": d,
+            "description": f"{d} parameters are not checked",
+            "source": "pytest selection",
+        }
+        for d in DTYPES
+        if d not in dtypes
+    ]
+    not_verified += [
+        {
+            "feature": d,
+            "source": "pytest selection",
+            "description": f"{d}: shard(s) {', '.join(str(i + 1) for i in gone)} "
+            f"of {count} did not run; their programs are not checked",
+        }
+        for d, gone in missing.items()
+        if gone
+    ]
+    data = report.build(
+        [merged[d] for d in dtypes], settings, state.created, not_verified=not_verified
+    )
     state.written = report.write(data, state.target.parent, run_id=state.target.name)
 
 

@@ -50,14 +50,16 @@ __all__ = [
 ]
 
 
-def _check_hyperparameters(lr: float | Tensor, momentum: float, dampening: float,
-                           weight_decay: float, nesterov: bool) -> None:
+def _check_hyperparameters(
+    lr: float | Tensor, momentum: float, dampening: float, weight_decay: float, nesterov: bool
+) -> None:
     """What the docs imply is invalid, in our own words (the exception class is torch's:
     ValueError). A learning rate of 0, momentum 0 and dampening 1 are valid; dampening has no
     documented range, so any value is accepted, as torch does."""
     if isinstance(lr, Tensor) and lr.numel() != 1:
-        raise ValueError(f"lr must be a number or a one-element tensor, got shape "
-                         f"{tuple(lr.shape)}")
+        raise ValueError(
+            f"lr must be a number or a one-element tensor, got shape {tuple(lr.shape)}"
+        )
     if lr < 0:
         raise ValueError(f"lr must be >= 0, got {lr}")
     if momentum < 0:
@@ -65,8 +67,10 @@ def _check_hyperparameters(lr: float | Tensor, momentum: float, dampening: float
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if nesterov and (momentum <= 0 or dampening != 0):
-        raise ValueError(f"nesterov needs momentum > 0 and dampening == 0, got "
-                         f"momentum={momentum}, dampening={dampening}")
+        raise ValueError(
+            f"nesterov needs momentum > 0 and dampening == 0, got "
+            f"momentum={momentum}, dampening={dampening}"
+        )
 
 
 def _run_closure(closure: Callable[[], Any] | None) -> Any:
@@ -95,12 +99,26 @@ class MinimalSGD(torch.optim.Optimizer):
     in our own wording.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         _check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov)
-        defaults = {"lr": lr, "momentum": momentum, "dampening": dampening,
-                    "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize}
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -136,9 +154,18 @@ class MinimalSGD(torch.optim.Optimizer):
 # --------------------------------------------------------------------------------------------
 
 
-def sgd_update(param: Tensor, grad: Tensor, buf: Tensor | None, *, lr: float, momentum: float,
-               dampening: float, weight_decay: float, nesterov: bool,
-               maximize: bool) -> tuple[Tensor, Tensor | None]:
+def sgd_update(
+    param: Tensor,
+    grad: Tensor,
+    buf: Tensor | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+) -> tuple[Tensor, Tensor | None]:
     """The docs' loop body for one tensor, without side effects: returns (θ_t, b_t), new tensors
     (b_t is None when μ = 0). `buf` is b_{t−1}, None at t = 1."""
     g = torch.neg(grad) if maximize else grad
@@ -165,13 +192,30 @@ class BookkeepingSGD(torch.optim.Optimizer):
     and state loaded from torch's state dict, which lack these keys, are accepted.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         _check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov)
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov,
-                                  "maximize": maximize, "step_count": 0})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+                "step_count": 0,
+            },
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Names each group after its position, unless it was given a name."""
@@ -187,9 +231,14 @@ class BookkeepingSGD(torch.optim.Optimizer):
 
     def _step_group(self, group: dict[str, Any]) -> None:
         group["step_count"] = group.get("step_count", 0) + 1
-        hyper = {"lr": float(group["lr"]), "momentum": group["momentum"],
-                 "dampening": group["dampening"], "weight_decay": group["weight_decay"],
-                 "nesterov": group["nesterov"], "maximize": group["maximize"]}
+        hyper = {
+            "lr": float(group["lr"]),
+            "momentum": group["momentum"],
+            "dampening": group["dampening"],
+            "weight_decay": group["weight_decay"],
+            "nesterov": group["nesterov"],
+            "maximize": group["maximize"],
+        }
         for param in group["params"]:
             if param.grad is None:
                 continue
@@ -218,12 +267,27 @@ class ForeachSGD(torch.optim.SGD):
     added later and state dicts loaded later keep foreach on.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=weight_decay, nesterov=nesterov, maximize=maximize,
-                         foreach=True)
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=True,
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         param_group["foreach"] = True
@@ -252,13 +316,29 @@ class TwiceRoundedDocSGD(torch.optim.Optimizer):
     is updated in place (`buf.copy_(...)`), as the state dict's live buffers are in torch.
     """
 
-    def __init__(self, params: Params, lr: float | Tensor = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
-                 *, maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Params,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         _check_hyperparameters(lr, momentum, dampening, weight_decay, nesterov)
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov,
-                                  "maximize": maximize})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+            },
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -286,8 +366,10 @@ class TwiceRoundedDocSGD(torch.optim.Optimizer):
 
 
 REFERENCES: dict[str, frozenset[str]] = {
-    **{f"{__name__}:{cls.__name__}": frozenset()
-       for cls in (MinimalSGD, BookkeepingSGD, ForeachSGD, TwiceRoundedDocSGD)},
+    **{
+        f"{__name__}:{cls.__name__}": frozenset()
+        for cls in (MinimalSGD, BookkeepingSGD, ForeachSGD, TwiceRoundedDocSGD)
+    },
     "conformance.compiled_reference:CompiledStepSGD": frozenset(),
 }
 """Every correct reference, as "module:Class" targets, each with the features it declares

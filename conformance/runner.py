@@ -109,17 +109,26 @@ def shard_seed(seed: int | None, shard: tuple[int, int]) -> int | None:
     return None if seed is None else seed + 104_729 * shard[0]
 
 
-def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "float64"),
-        settings: Settings, seed: int | None = None, shrink: bool = True,
-        max_failures: int = 1, on_program: Callable[[int], None] | None = None,
-        shard: tuple[int, int] = (0, 1), **options: Any) -> RunResult:
+def run(
+    target: RunOptions | str,
+    *,
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    settings: Settings,
+    seed: int | None = None,
+    shrink: bool = True,
+    max_failures: int = 1,
+    on_program: Callable[[int], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
+    **options: Any,
+) -> RunResult:
     """Checks an implementation against torch under `settings` (its max_examples is the
     budget of programs). `target` is a `RunOptions` or an implementation name, with any
     other `RunOptions` field as a keyword (`mode=`, `contract=`, `timeout=`, ...).
     `on_program(n)` is called as the n-th program starts (progress). `shard=(i, n)` runs
     the i-th of n parts of the run (see the module docstring)."""
-    run_options = target.with_(**options) if isinstance(target, RunOptions) \
-        else RunOptions(target, **options)
+    run_options = (
+        target.with_(**options) if isinstance(target, RunOptions) else RunOptions(target, **options)
+    )
     if not (isinstance(shard, tuple) and len(shard) == 2 and 0 <= shard[0] < shard[1]):
         raise ValueError(f"shard must be (index, count) with 0 <= index < count, not {shard}")
     budget, seed = share(settings.max_examples, shard), shard_seed(seed, shard)
@@ -132,38 +141,59 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
     torch.set_num_threads(1)  # tiny tensors: a thread pool's hand-offs cost 10x the work
     try:
         with without_local_constants():
-            lost = _canonical(run_options, dtypes, shard, max_failures, failures, known, coverage,
-                              start, on_program)
+            lost = _canonical(
+                run_options,
+                dtypes,
+                shard,
+                max_failures,
+                failures,
+                known,
+                coverage,
+                start,
+                on_program,
+            )
             while not lost and len(failures) < max_failures and generated < budget:
                 before = generated
                 cls = make_machine(run_options, dtypes, tuple(known), len(failures))
                 offset = coverage.programs - generated  # the canonical cases, already run
                 if on_program is not None:
                     cls.on_program = lambda c, before=before, cls=cls, offset=offset: on_program(
-                        offset + before + (cls.first_failure or (c.programs,))[0])
+                        offset + before + (cls.first_failure or (c.programs,))[0]
+                    )
                 if seed is not None:  # each round its own
                     cls = hypothesis.seed(seed + 7919 * len(failures))(cls)
                 hypothesis_options: dict[str, Any] = {
                     "report_multiple_bugs": False,
-                    "max_examples": budget - before}
+                    "max_examples": budget - before,
+                }
                 if seed is not None:  # a seeded run is exactly reproducible: no saved examples
                     hypothesis_options["database"] = None
                 if not shrink:
-                    hypothesis_options["phases"] = [p for p in settings.phases
-                                                    if p.name != "shrink"]
+                    hypothesis_options["phases"] = [
+                        p for p in settings.phases if p.name != "shrink"
+                    ]
                 try:
                     try:
-                        run_state_machine_as_test(cls, settings=Settings(settings,
-                                                                         **hypothesis_options))
+                        run_state_machine_as_test(
+                            cls, settings=Settings(settings, **hypothesis_options)
+                        )
                     except FlakyFailure as flaky:  # it failed, then passed when re-run
                         raise _flaky(flaky) from flaky
                 except DivergenceFound as found:
-                    programs, when = cls.first_failure or (cls.coverage.programs,
-                                                           time.perf_counter())
+                    programs, when = cls.first_failure or (
+                        cls.coverage.programs,
+                        time.perf_counter(),
+                    )
                     known.append(found.divergence.key)
-                    failures.append(Failure(found.divergence, found.case,
-                                            offset + before + programs, when - start,
-                                            flaky=isinstance(found, _Flaky)))
+                    failures.append(
+                        Failure(
+                            found.divergence,
+                            found.case,
+                            offset + before + programs,
+                            when - start,
+                            flaky=isinstance(found, _Flaky),
+                        )
+                    )
                     cls.coverage.shrinking += cls.coverage.programs - programs
                     cls.coverage.programs = programs
                     coverage.merge(cls.coverage)
@@ -177,23 +207,32 @@ def run(target: RunOptions | str, *, dtypes: tuple[str, ...] = ("float32", "floa
             if shrink:
                 for failure in failures:
                     replayed = history(failure.case, run_options, element=failure.divergence)
-                    failure.error_per_action, failure.trajectory = \
-                        replayed.error_per_action, replayed.trajectory
+                    failure.error_per_action, failure.trajectory = (
+                        replayed.error_per_action,
+                        replayed.trajectory,
+                    )
     finally:
         torch.set_num_threads(threads)
         stop_workers()
     return RunResult(run_options, dtypes, failures, coverage, time.perf_counter() - start)
 
 
-def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, int],
-               max_failures: int, failures: list[Failure], known: list[dict[str, Any]],
-               coverage: Coverage, start: float,
-               on_program: Callable[[int], None] | None) -> bool:
+def _canonical(
+    options: RunOptions,
+    dtypes: tuple[str, ...],
+    shard: tuple[int, int],
+    max_failures: int,
+    failures: list[Failure],
+    known: list[dict[str, Any]],
+    coverage: Coverage,
+    start: float,
+    on_program: Callable[[int], None] | None,
+) -> bool:
     """Runs this shard's canonical cases, appending what fails (reduced) to `failures` and
     its key to `known`; returns whether the implementation's process was lost."""
     impl = implementation(options)
     cases = [case for dtype in dtypes for _, case in canonical.cases(dtype, options)]
-    for case in cases[shard[0]::shard[1]]:
+    for case in cases[shard[0] :: shard[1]]:
         if len(failures) >= max_failures:
             break
         coverage.add_setup(case.setup)
@@ -206,8 +245,9 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
             coverage.add_action(action, twins, buffered)
             divergence = twins.run(action)
             if divergence is not None and known:
-                divergence = twins.package([d for d in twins.found if not any(
-                    d.explained_by(key) for key in known)])
+                divergence = twins.package(
+                    [d for d in twins.found if not any(d.explained_by(key) for key in known)]
+                )
             if divergence is None:
                 continue
             when = time.perf_counter() - start
@@ -216,11 +256,13 @@ def _canonical(options: RunOptions, dtypes: tuple[str, ...], shard: tuple[int, i
             coverage.shrinking += 1
             again = replay(twins.case, impl, options, known)
             if again is None or not _same_kind(again, divergence):
-                failures.append(Failure(divergence, twins.case, coverage.programs, when,
-                                        flaky=True))
+                failures.append(
+                    Failure(divergence, twins.case, coverage.programs, when, flaky=True)
+                )
             else:
-                divergence, reduced = _reduce(twins.case, divergence, impl, options, coverage,
-                                              known)
+                divergence, reduced = _reduce(
+                    twins.case, divergence, impl, options, coverage, known
+                )
                 failures.append(Failure(divergence, reduced, coverage.programs, when))
             known.append(divergence.key)
             if divergence.tensor == "process":
@@ -234,9 +276,14 @@ def _same_kind(found: Divergence, divergence: Divergence) -> bool:
     return all(found.key[k] == divergence.key[k] for k in ("tensor", "difference", "action"))
 
 
-def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedImplementation,
-            options: RunOptions, coverage: Coverage, known: Sequence[dict[str, Any]] = ()
-            ) -> tuple[Divergence, Case]:
+def _reduce(
+    case: Case,
+    divergence: Divergence,
+    impl: Implementation | IsolatedImplementation,
+    options: RunOptions,
+    coverage: Coverage,
+    known: Sequence[dict[str, Any]] = (),
+) -> tuple[Divergence, Case]:
     """A smaller case that fails the same way (the same tensor, difference and kind of
     action): each action dropped, each hyperparameter back to its default, a tensor lr made a
     number, as long as it still does."""
@@ -249,7 +296,7 @@ def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedI
         return found if found is not None and _same_kind(found, divergence) else None
 
     for index in reversed(range(len(case.actions))):
-        candidate = Case(case.setup, case.actions[:index] + case.actions[index + 1:])
+        candidate = Case(case.setup, case.actions[:index] + case.actions[index + 1 :])
         found = fails(candidate)
         if found is not None:
             divergence, case = found, candidate
@@ -261,8 +308,12 @@ def _reduce(case: Case, divergence: Divergence, impl: Implementation | IsolatedI
             candidate = Case(replace(setup, tensor_lr=False), case.actions)
         else:
             dropped = {name, *options.spec.dependents(name)}  # nesterov needs momentum
-            candidate = Case(replace(setup, defaults={k: v for k, v in setup.defaults.items()
-                                                      if k not in dropped}), case.actions)
+            candidate = Case(
+                replace(
+                    setup, defaults={k: v for k, v in setup.defaults.items() if k not in dropped}
+                ),
+                case.actions,
+            )
         found = fails(candidate)
         if found is not None:
             divergence, case = found, candidate
@@ -284,8 +335,9 @@ def merge(results: list[RunResult], max_failures: int) -> RunResult:
                 best[key] = failure
     failures = list(best.values())[:max_failures]
     first = results[0]
-    return RunResult(first.options, first.dtypes, failures, coverage,
-                     max(r.seconds for r in results))
+    return RunResult(
+        first.options, first.dtypes, failures, coverage, max(r.seconds for r in results)
+    )
 
 
 @contextlib.contextmanager

@@ -75,8 +75,17 @@ def _frozen(draw: Any, names: list[str], keep: list[str]) -> tuple[str, ...]:
     if not names or not keep:
         return ()
     kept = draw(st.sampled_from(keep))
-    chosen = draw(st.lists(st.sampled_from([n for n in names if n != kept]), unique=True,
-                           max_size=max(len(names) - 1, 0))) if len(names) > 1 else []
+    chosen = (
+        draw(
+            st.lists(
+                st.sampled_from([n for n in names if n != kept]),
+                unique=True,
+                max_size=max(len(names) - 1, 0),
+            )
+        )
+        if len(names) > 1
+        else []
+    )
     return tuple(n for n in names if n in chosen)
 
 
@@ -102,8 +111,9 @@ def _bias(draw: Any) -> bool:
     return not draw(st.booleans())  # shrinks to True
 
 
-def _layered(draw: Any, kind: str, n: int, sample_shape: Shape, layers: list[Layer],
-             vocab: int = 0) -> ModelSpec:
+def _layered(
+    draw: Any, kind: str, n: int, sample_shape: Shape, layers: list[Layer], vocab: int = 0
+) -> ModelSpec:
     """Adds the Linear head and draws the loss, seed and frozen parameters, last (so that they
     shrink independently of the layers)."""
     head, head_bias = draw(st.integers(1, 3)), _bias(draw)
@@ -114,8 +124,16 @@ def _layered(draw: Any, kind: str, n: int, sample_shape: Shape, layers: list[Lay
         n -= 1
     layers = [*layers, Layer("linear", head, bias=head_bias)]
     seed = draw(_SEEDS)
-    spec = ModelSpec(kind=kind, input_shape=(n, *sample_shape), loss=loss, seed=seed,
-                     layers=tuple(layers), vocab=vocab, reduction=reduction, loss_param=param)
+    spec = ModelSpec(
+        kind=kind,
+        input_shape=(n, *sample_shape),
+        loss=loss,
+        seed=seed,
+        layers=tuple(layers),
+        vocab=vocab,
+        reduction=reduction,
+        loss_param=param,
+    )
     names = spec.parameter_names()
     frozen = _frozen(draw, names, names)
     return dataclasses.replace(spec, frozen=frozen) if frozen else spec
@@ -135,8 +153,16 @@ def conv_specs(draw: Any, dims: int) -> ModelSpec:
         out = conv_out(spatial[0], kernel, stride, padding)
         if out < 1:
             break
-        layers.append(Layer(f"conv{dims}d", draw(st.integers(1, 3)), kernel=kernel,
-                            stride=stride, padding=padding, bias=_bias(draw)))
+        layers.append(
+            Layer(
+                f"conv{dims}d",
+                draw(st.integers(1, 3)),
+                kernel=kernel,
+                stride=stride,
+                padding=padding,
+                bias=_bias(draw),
+            )
+        )
         spatial = (out,) * dims
         layers.append(_activation_layer(draw))
         if dims == 2 and min(spatial) >= 2 and draw(st.booleans()):
@@ -174,8 +200,13 @@ class _Value:
 # do not crowd out the arithmetic, and the kinked ops (see models.KINKS) come up in a fifth of
 # the draws. Ties and bounds are judged on exact values only: where the libraries round a value
 # differently, a tie in one is none in the other and the gradients go different ways.
-_FAMILIES = ((*BINARY_OPS, "matmul"), (*SMOOTH_OPS, *SOFTMAX_OPS), KINKED_OPS, REDUCTION_OPS,
-             (*SHAPE_OPS, *JOIN_OPS))
+_FAMILIES = (
+    (*BINARY_OPS, "matmul"),
+    (*SMOOTH_OPS, *SOFTMAX_OPS),
+    KINKED_OPS,
+    REDUCTION_OPS,
+    (*SHAPE_OPS, *JOIN_OPS),
+)
 _EXACT_ONLY = ("clamp", "amax", "max")
 _WANTS_GRAD = (*KINKED_OPS, "amax", "max")
 # clamp's bounds (and their mirror images), hit by exact zeros and the tie values of batches
@@ -241,16 +272,23 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
             continue
         # half the time the latest value, so that most ops lie on the output's path (a kink
         # counts only there); otherwise any value, which may start a dead branch
-        a = pool[0] if pool[0].name == f"v{len(ops) - 1}" and draw(st.booleans()) \
+        a = (
+            pool[0]
+            if pool[0].name == f"v{len(ops) - 1}" and draw(st.booleans())
             else draw(st.sampled_from(pool))
-        if name in _WANTS_GRAD and (not a.grad or draw(st.booleans())) \
-                and a.bound + 2.5 <= _MAX_BOUND:
+        )
+        if (
+            name in _WANTS_GRAD
+            and (not a.grad or draw(st.booleans()))
+            and a.bound + 2.5 <= _MAX_BOUND
+        ):
             # A kink shows where a gradient flows, and differently for each element: a + b
             # first, b a bias (zero at first in most models: models.initial_values) of a's
             # row or whole shape, so that a's zeros stay zeros and a tie's elements reach
             # different elements of b.
-            b = new_param(draw(st.sampled_from(list(dict.fromkeys([a.shape[1:], a.shape])))),
-                          bias=True)
+            b = new_param(
+                draw(st.sampled_from(list(dict.fromkeys([a.shape[1:], a.shape])))), bias=True
+            )
             ops.append(GraphOp("add", (a.name, b.name)))
             a = _Value(f"v{len(ops) - 1}", a.shape, a.bound + b.bound, a.exact)
             values.append(a)
@@ -267,8 +305,16 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
         ops.append(op)
 
     if ops:  # cut the graph before a value that is zero but for rounding
-        cut = cancelling_op(ModelSpec(kind="graph", input_shape=(n, features), loss="sum",
-                                      seed=0, params=tuple(params), ops=tuple(ops)))
+        cut = cancelling_op(
+            ModelSpec(
+                kind="graph",
+                input_shape=(n, features),
+                loss="sum",
+                seed=0,
+                params=tuple(params),
+                ops=tuple(ops),
+            )
+        )
         if cut is not None:
             del ops[cut:]
             values = [v for v in values if not v.name.startswith("v") or int(v.name[1:]) < cut]
@@ -285,9 +331,17 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
     names = [p.name for p in params]
 
     def make(loss: str, frozen: set[str]) -> ModelSpec:
-        return ModelSpec(kind="graph", input_shape=(n, features), loss=loss, seed=seed,
-                         params=tuple(params), ops=tuple(ops), reduction=reduction,
-                         loss_param=param, frozen=tuple(x for x in names if x in frozen))
+        return ModelSpec(
+            kind="graph",
+            input_shape=(n, features),
+            loss=loss,
+            seed=seed,
+            params=tuple(params),
+            ops=tuple(ops),
+            reduction=reduction,
+            loss_param=param,
+            frozen=tuple(x for x in names if x in frozen),
+        )
 
     # Parameters whose exact gradient is zero (paths that cancel) get rounding noise for a
     # gradient, different in each library: freeze them.
@@ -307,8 +361,10 @@ def graph_specs(draw: Any, max_ops: int = 8) -> ModelSpec:
     frozen = set(_frozen(draw, names, trainable)) | zeros
     return make(spec.loss, frozen)
 
-def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: Any
-                   ) -> tuple[GraphOp, float, bool]:
+
+def _draw_graph_op(
+    draw: Any, name: str, a: _Value, candidates: Any, new_param: Any
+) -> tuple[GraphOp, float, bool]:
     """One op on `a` (and an existing value or a new parameter), its bound and exactness."""
     if name in BINARY_OPS:
         others = [v for v in candidates() if v is not a and _broadcasts(a.shape, v.shape)]
@@ -318,8 +374,12 @@ def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: 
         else:
             b = others[pick - 1]
         first, second = (b, a) if draw(st.booleans()) else (a, b)
-        bound = {"add": a.bound + b.bound, "sub": a.bound + b.bound,
-                 "mul": a.bound * b.bound, "div": first.bound}[name]
+        bound = {
+            "add": a.bound + b.bound,
+            "sub": a.bound + b.bound,
+            "mul": a.bound * b.bound,
+            "div": first.bound,
+        }[name]
         return GraphOp(name, (first.name, second.name)), bound, a.exact and b.exact
     if name == "matmul":
         if len(a.shape) == 2 and draw(st.booleans()):  # p @ a, with p new
@@ -338,14 +398,23 @@ def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: 
             first, second = a, b
         return GraphOp("matmul", (first.name, second.name)), k * a.bound * b.bound, False
     if name in JOIN_OPS:  # cat / stack with a value of a matching shape, or a new parameter
-        others = [v for v in candidates() if v.shape and (
-            v.shape == a.shape if name == "stack" else v.shape[1:] == a.shape[1:])]
+        others = [
+            v
+            for v in candidates()
+            if v.shape and (v.shape == a.shape if name == "stack" else v.shape[1:] == a.shape[1:])
+        ]
         pick = draw(st.integers(0, len(others)))
-        b = others[pick - 1] if pick else new_param(
-            a.shape if name == "stack" else (draw(st.integers(1, 2)), *a.shape[1:]))
+        b = (
+            others[pick - 1]
+            if pick
+            else new_param(a.shape if name == "stack" else (draw(st.integers(1, 2)), *a.shape[1:]))
+        )
         first, second = (b, a) if draw(st.booleans()) else (a, b)
-        return (GraphOp(name, (first.name, second.name)), max(a.bound, b.bound),
-                a.exact and b.exact)
+        return (
+            GraphOp(name, (first.name, second.name)),
+            max(a.bound, b.bound),
+            a.exact and b.exact,
+        )
     if name in (*REDUCTION_OPS, *SOFTMAX_OPS):
         dims = list(range(len(a.shape)))
         dim = draw(st.sampled_from(dims if name in SOFTMAX_OPS else [None, *dims]))
@@ -369,9 +438,15 @@ def _draw_graph_op(draw: Any, name: str, a: _Value, candidates: Any, new_param: 
     exponent = 2
     if name == "pow" and a.bound**3 <= _MAX_BOUND:
         exponent = draw(st.sampled_from([2, 3]))
-    bound = {"tanh": 1.0, "sigmoid": 1.0, "exp": math.exp(min(a.bound, 700)),
-             "pow": a.bound**exponent, "sqrt": math.sqrt(a.bound**2 + 1),
-             "log": math.log(a.bound**2 + 1), "reciprocal": 1.0}.get(name, a.bound)
+    bound = {
+        "tanh": 1.0,
+        "sigmoid": 1.0,
+        "exp": math.exp(min(a.bound, 700)),
+        "pow": a.bound**exponent,
+        "sqrt": math.sqrt(a.bound**2 + 1),
+        "log": math.log(a.bound**2 + 1),
+        "reciprocal": 1.0,
+    }.get(name, a.bound)
     exact = a.exact and name in ("relu", "abs", "leaky_relu", "neg", *SHAPE_OPS)
     return GraphOp(name, (a.name,), exponent=exponent), bound, exact
 
@@ -404,11 +479,17 @@ def _reachable(ops: list[GraphOp], index: int) -> set[str]:
 def model_specs(kinds: tuple[str, ...] = KINDS) -> st.SearchStrategy[ModelSpec]:
     """Small models of the given kinds (1 to ~200 parameters); shrinks towards one Linear
     layer with mse."""
-    table = {"mlp": mlp_specs(), "conv1d": conv_specs(1), "conv2d": conv_specs(2),
-             "embedding": embedding_specs(), "graph": graph_specs()}
+    table = {
+        "mlp": mlp_specs(),
+        "conv1d": conv_specs(1),
+        "conv2d": conv_specs(2),
+        "embedding": embedding_specs(),
+        "graph": graph_specs(),
+    }
     # op graphs are drawn three times as often: they are where most ops (exp, pow, div,
     # matmul, softmax, clamp, max, data movement, broadcasting, reductions, weight tying) and
     # kinks appear. (Three distinct strategies: one_of drops a strategy it already has.)
-    weighted = [table[k] for k in kinds] + \
-        ([graph_specs(), graph_specs()] if "graph" in kinds else [])
+    weighted = [table[k] for k in kinds] + (
+        [graph_specs(), graph_specs()] if "graph" in kinds else []
+    )
     return st.one_of(*weighted)

@@ -85,18 +85,21 @@ class Coverage:
         self.reached |= reached(action.kind, action.args)
         if not ACTIONS[action.kind].steps:
             return
-        optimizer, names, family = twins.reference.optimizer, twins.reference.names, \
-            twins.family
+        optimizer, names, family = twins.reference.optimizer, twins.reference.names, twins.family
         kept = family.state[0].name  # what a step with state holds (SGD's buffer)
         for group in optimizer.param_groups:
-            stepped = [p for p in group["params"] if p.grad is not None or
-                       (action.kind == "step_closure" and p.requires_grad)]
+            stepped = [
+                p
+                for p in group["params"]
+                if p.grad is not None or (action.kind == "step_closure" and p.requires_grad)
+            ]
             if not stepped:
                 continue
             on = set(family.in_play(group.get, hasattr(group["lr"], "item")))
             self.step_features.update(on or {"plain"})
-            self.feature_pairs.update("+".join(pair)
-                                      for pair in itertools.combinations(sorted(on), 2))
+            self.feature_pairs.update(
+                "+".join(pair) for pair in itertools.combinations(sorted(on), 2)
+            )
             self.reached |= on - family.second_step
             if family.state_needs is not None and family.state_needs not in on:
                 continue
@@ -113,23 +116,31 @@ class Coverage:
         """Each declared feature the programs never reached, with what it needs (a feature
         that cannot be declared absent, SGD's momentum, is always declared)."""
         family = options.spec
-        declared: Callable[[str], bool] = lambda f: f not in family.features or (
-            options.has(f) and (f != "cross-load" or options.has("state-dict"))
+        declared: Callable[[str], bool] = lambda f: (
+            f not in family.features
+            or (options.has(f) and (f != "cross-load" or options.has("state-dict")))
         )  # no state dicts, none to move
-        return {feature: need for feature, need in family.reach_needs().items()
-                if declared(feature) and feature not in self.reached}
+        return {
+            feature: need
+            for feature, need in family.reach_needs().items()
+            if declared(feature) and feature not in self.reached
+        }
 
     def merge(self, other: Coverage) -> None:
         self.programs += other.programs
         self.actions += other.actions
         self.shrinking += other.shrinking
-        for mine, theirs in ((self.action_kinds, other.action_kinds),
-                             (self.model_kinds, other.model_kinds),
-                             (self.losses, other.losses), (self.dtypes, other.dtypes),
-                             (self.ops, other.ops), (self.kinks, other.kinks),
-                             (self.step_features, other.step_features),
-                             (self.feature_pairs, other.feature_pairs),
-                             (self.buffered_steps, other.buffered_steps)):
+        for mine, theirs in (
+            (self.action_kinds, other.action_kinds),
+            (self.model_kinds, other.model_kinds),
+            (self.losses, other.losses),
+            (self.dtypes, other.dtypes),
+            (self.ops, other.ops),
+            (self.kinks, other.kinks),
+            (self.step_features, other.step_features),
+            (self.feature_pairs, other.feature_pairs),
+            (self.buffered_steps, other.buffered_steps),
+        ):
             mine.update(theirs)
         self.possible_kinks |= other.possible_kinks
         self.reached |= other.reached
@@ -138,21 +149,24 @@ class Coverage:
 
     def to_json(self, options: RunOptions | None = None) -> dict[str, Any]:
         counts: Callable[[Counter[str]], dict[str, int]] = lambda counter: dict(
-            sorted(counter.items()))
-        data = {"programs": self.programs, "actions": self.actions,
-                "programs_rerun_while_shrinking": self.shrinking,
-                "action_kinds": counts(self.action_kinds),
-                "model_kinds": counts(self.model_kinds),
-                "losses": counts(self.losses),
-                "dtypes": counts(self.dtypes),
-                "ops": counts(self.ops),
-                "kinks": {kink: self.kinks[kink] for kink in sorted(self.possible_kinks)},
-                "step_features": counts(self.step_features),
-                "feature_pairs": counts(self.feature_pairs),
-                "buffered_steps": {k: self.buffered_steps[k]
-                                   for k in ("first", "second", "later")},
-                "distinct_hyperparameter_configurations": len(self.hyperparameters),
-                "distinct_group_layouts": len(self.group_layouts)}
+            sorted(counter.items())
+        )
+        data = {
+            "programs": self.programs,
+            "actions": self.actions,
+            "programs_rerun_while_shrinking": self.shrinking,
+            "action_kinds": counts(self.action_kinds),
+            "model_kinds": counts(self.model_kinds),
+            "losses": counts(self.losses),
+            "dtypes": counts(self.dtypes),
+            "ops": counts(self.ops),
+            "kinks": {kink: self.kinks[kink] for kink in sorted(self.possible_kinks)},
+            "step_features": counts(self.step_features),
+            "feature_pairs": counts(self.feature_pairs),
+            "buffered_steps": {k: self.buffered_steps[k] for k in ("first", "second", "later")},
+            "distinct_hyperparameter_configurations": len(self.hyperparameters),
+            "distinct_group_layouts": len(self.group_layouts),
+        }
         if options is not None:
             data["unreached"] = self.unreached(options)
         return data
@@ -195,8 +209,9 @@ class ConformanceMachine(RuleBasedStateMachine):
     @initialize(data=st.data())
     def build(self, data: st.DataObject) -> None:
         cls = type(self)
-        setup = data.draw(strategies.setups(cls.dtypes, cls.options.excluded, cls.options.spec),
-                          label="setup")
+        setup = data.draw(
+            strategies.setups(cls.dtypes, cls.options.excluded, cls.options.spec), label="setup"
+        )
         self.twins = Twins(setup, implementation(cls.options), cls.options)
         self.twins.reference.model.kinks = cls.coverage.kinks
         cls.coverage.add_setup(setup)
@@ -221,8 +236,9 @@ class ConformanceMachine(RuleBasedStateMachine):
         if divergence is None:
             return
         if cls.known:  # the first divergence no failure found so far explains
-            divergence = self.twins.package([d for d in self.twins.found if not any(
-                d.explained_by(key) for key in cls.known)])
+            divergence = self.twins.package(
+                [d for d in self.twins.found if not any(d.explained_by(key) for key in cls.known)]
+            )
         if divergence is None:
             self.done = True
             return
@@ -254,8 +270,11 @@ class ConformanceMachine(RuleBasedStateMachine):
 
     @rule(data=st.data())
     def zero_grad(self, data: st.DataObject) -> None:
-        set_to_none = data.draw(st.booleans(), label="set_to_none") \
-            if self._has("set-to-none-false") else True
+        set_to_none = (
+            data.draw(st.booleans(), label="set_to_none")
+            if self._has("set-to-none-false")
+            else True
+        )
         self._do(Action("zero_grad", {"set_to_none": set_to_none}))
 
     @rule()
@@ -274,46 +293,61 @@ class ConformanceMachine(RuleBasedStateMachine):
         groups = self.twins.reference.optimizer.param_groups
         index = data.draw(st.integers(0, len(groups) - 1), label="group")
         group = groups[index]
-        name, value = data.draw(strategies.hyperparameter_change(
-            {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
-            type(self).options.excluded, type(self).options.spec), label="change")
+        name, value = data.draw(
+            strategies.hyperparameter_change(
+                {k: (float(v) if k == "lr" else v) for k, v in group.items() if k != "params"},
+                type(self).options.excluded,
+                type(self).options.spec,
+            ),
+            label="change",
+        )
         self._do(Action("set_hyperparameter", {"group": index, "name": name, "value": value}))
 
     def _ungrouped(self) -> list[str]:
         assert self.twins is not None
-        grouped = {id(p) for g in self.twins.reference.optimizer.param_groups
-                   for p in g["params"]}
+        grouped = {id(p) for g in self.twins.reference.optimizer.param_groups for p in g["params"]}
         return [n for n, p in self.twins.reference.params.items() if id(p) not in grouped]
 
-    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
-                  and bool(self._ungrouped()))
+    @precondition(
+        lambda self: (
+            self.twins is not None and self._has("add-param-group") and bool(self._ungrouped())
+        )
+    )
     @rule(data=st.data())
     def add_param_group(self, data: st.DataObject) -> None:
         free = self._ungrouped()
-        names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True),
-                          label="params")
-        options = data.draw(strategies.group_options(self._setup.defaults,
-                                                     type(self).options.excluded,
-                                                     type(self).options.spec),
-                            label="options")
+        names = data.draw(st.lists(st.sampled_from(free), min_size=1, unique=True), label="params")
+        options = data.draw(
+            strategies.group_options(
+                self._setup.defaults, type(self).options.excluded, type(self).options.spec
+            ),
+            label="options",
+        )
         self._do(Action("add_param_group", {"params": names, "options": options}))
 
-    @precondition(lambda self: self.twins is not None and self._has("add-param-group")
-                  and self._has("invalid-hyperparameters"))
+    @precondition(
+        lambda self: (
+            self.twins is not None
+            and self._has("add-param-group")
+            and self._has("invalid-hyperparameters")
+        )
+    )
     @rule(data=st.data())
     def add_flawed_param_group(self, data: st.DataObject) -> None:
         free = self._ungrouped()
-        names = data.draw(st.lists(st.sampled_from(free), unique=True), label="params") \
-            if free else []
+        names = (
+            data.draw(st.lists(st.sampled_from(free), unique=True), label="params") if free else []
+        )
         flaw = data.draw(st.sampled_from(strategies.FLAWS), label="flaw")
         self._do(Action("add_param_group", {"params": names, "options": {}, "flaw": flaw}))
 
     @precondition(lambda self: self._has("invalid-hyperparameters"))
     @rule(data=st.data())
     def construct(self, data: st.DataObject) -> None:
-        arguments = data.draw(strategies.constructions(type(self).options.excluded,
-                                                       type(self).options.spec),
-                              label="construct")
+        arguments = data.draw(
+            strategies.constructions(type(self).options.excluded, type(self).options.spec),
+            label="construct",
+        )
         self._do(Action("construct", arguments))
 
     @rule(data=st.data(), freeze=st.booleans())
@@ -324,10 +358,10 @@ class ConformanceMachine(RuleBasedStateMachine):
     @precondition(lambda self: self._has("state-dict"))
     @rule(data=st.data())
     def save_load(self, data: st.DataObject) -> None:
-        sources = ["self", "reference", "implementation"] if self._has("cross-load") \
-            else ["self"]
-        self._do(Action("save_load", {"source": data.draw(st.sampled_from(sources),
-                                                          label="source")}))
+        sources = ["self", "reference", "implementation"] if self._has("cross-load") else ["self"]
+        self._do(
+            Action("save_load", {"source": data.draw(st.sampled_from(sources), label="source")})
+        )
 
 
 def failure_class(key: dict[str, Any]) -> type[DivergenceFound]:
@@ -344,10 +378,12 @@ def _failure_class(tensor: str, difference: str, action: str) -> type[Divergence
     return type(f"Divergence[{tensor} {difference}@{action}]", (DivergenceFound,), {})
 
 
-def machine(options: RunOptions | str = "refimpl",
-            dtypes: tuple[str, ...] = ("float32", "float64"),
-            known: tuple[dict[str, Any], ...] = (), round_: int = 0
-            ) -> type[ConformanceMachine]:
+def machine(
+    options: RunOptions | str = "refimpl",
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    known: tuple[dict[str, Any], ...] = (),
+    round_: int = 0,
+) -> type[ConformanceMachine]:
     """A state machine class checking `options.implementation` against torch; programs that
     hit a failure a `known` key explains end quietly. Each round of a run has its own entry
     in Hypothesis's example database."""
@@ -355,6 +391,16 @@ def machine(options: RunOptions | str = "refimpl",
     implementation(options)  # fail early, with ImplementationError, on a bad module:Class
     settings_name = json.dumps(options.to_json(), sort_keys=True)
     name = f"Conformance[{settings_name}, {'+'.join(dtypes)}, round {round_}]"
-    return type(name, (ConformanceMachine,), {
-        "options": options, "dtypes": dtypes, "coverage": Coverage(),
-        "known": known, "first_failure": None, "incidents": 0, "incident": None})
+    return type(
+        name,
+        (ConformanceMachine,),
+        {
+            "options": options,
+            "dtypes": dtypes,
+            "coverage": Coverage(),
+            "known": known,
+            "first_failure": None,
+            "incidents": 0,
+            "incident": None,
+        },
+    )

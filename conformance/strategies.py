@@ -28,9 +28,21 @@ from conformance.spec_strategies import (
     model_specs,
 )
 
-__all__ = ["batch_seeds", "constructions", "conv_specs", "embedding_specs", "features",
-           "graph_specs", "group_options", "groups", "hyperparameter_change", "hyperparameters",
-           "mlp_specs", "model_specs", "setups"]
+__all__ = [
+    "batch_seeds",
+    "constructions",
+    "conv_specs",
+    "embedding_specs",
+    "features",
+    "graph_specs",
+    "group_options",
+    "groups",
+    "hyperparameter_change",
+    "hyperparameters",
+    "mlp_specs",
+    "model_specs",
+    "setups",
+]
 
 
 def batch_seeds() -> st.SearchStrategy[int]:
@@ -39,8 +51,9 @@ def batch_seeds() -> st.SearchStrategy[int]:
 
 
 @st.composite
-def features(draw: st.DrawFn, without: frozenset[str] = frozenset(),
-             family: OptimizerFamily = SGD) -> frozenset[str]:
+def features(
+    draw: st.DrawFn, without: frozenset[str] = frozenset(), family: OptimizerFamily = SGD
+) -> frozenset[str]:
     """The swarm: which of the family's optional hyperparameters a program turns on (never
     one declared absent; one that needs another only with it, and of those, one at most:
     SGD's dampening and nesterov, which torch rejects together)."""
@@ -59,8 +72,9 @@ def features(draw: st.DrawFn, without: frozenset[str] = frozenset(),
 # other, instead of the rare product of independent draws, and a failure shrinks to the features
 # it needs: "off" is the simplest draw.
 @st.composite
-def hyperparameters(draw: st.DrawFn, without: frozenset[str] = frozenset(),
-                    family: OptimizerFamily = SGD) -> dict[str, Any]:
+def hyperparameters(
+    draw: st.DrawFn, without: frozenset[str] = frozenset(), family: OptimizerFamily = SGD
+) -> dict[str, Any]:
     """The constructor's arguments, valid for torch: lr, then the swarm's features with
     values, the others left out or passed as their defaults (a feature whose "off" is not
     the default, AdamW's weight decay, is passed off)."""
@@ -80,9 +94,12 @@ def hyperparameters(draw: st.DrawFn, without: frozenset[str] = frozenset(),
 
 
 @st.composite
-def group_options(draw: st.DrawFn, defaults: dict[str, Any],
-                  without: frozenset[str] = frozenset(),
-                  family: OptimizerFamily = SGD) -> dict[str, Any]:
+def group_options(
+    draw: st.DrawFn,
+    defaults: dict[str, Any],
+    without: frozenset[str] = frozenset(),
+    family: OptimizerFamily = SGD,
+) -> dict[str, Any]:
     """Per-group overrides of any hyperparameter, valid once merged with the defaults."""
     drawn = {h.name: h for h in family.drawn(without)}
     names = draw(st.lists(st.sampled_from(sorted(drawn)), unique=True, max_size=3))
@@ -92,37 +109,59 @@ def group_options(draw: st.DrawFn, defaults: dict[str, Any],
 
 
 @st.composite
-def groups(draw: st.DrawFn, names: list[str], defaults: dict[str, Any],
-           without: frozenset[str] = frozenset(),
-           family: OptimizerFamily = SGD) -> tuple[Group, ...]:
+def groups(
+    draw: st.DrawFn,
+    names: list[str],
+    defaults: dict[str, Any],
+    without: frozenset[str] = frozenset(),
+    family: OptimizerFamily = SGD,
+) -> tuple[Group, ...]:
     """1-4 groups over a permutation of the parameters; some may be left out (for
     add_param_group later), but at least one parameter is grouped."""
     order = draw(st.permutations(names))
     kept = draw(st.integers(1, len(order))) if draw(st.booleans()) else len(order)
     order = order[:kept]
     count = draw(st.integers(1, min(4, len(order))))
-    cuts = sorted(draw(st.sets(st.integers(1, len(order) - 1), min_size=count - 1,
-                               max_size=count - 1))) if count > 1 else []
+    cuts = (
+        sorted(
+            draw(st.sets(st.integers(1, len(order) - 1), min_size=count - 1, max_size=count - 1))
+        )
+        if count > 1
+        else []
+    )
     bounds = [0, *cuts, len(order)]
-    return tuple(Group(tuple(order[a:b]), draw(group_options(defaults, without, family)))
-                 for a, b in itertools.pairwise(bounds))
+    return tuple(
+        Group(tuple(order[a:b]), draw(group_options(defaults, without, family)))
+        for a, b in itertools.pairwise(bounds)
+    )
 
 
 @st.composite
-def setups(draw: st.DrawFn, dtypes: tuple[str, ...] = ("float32", "float64"),
-           without: frozenset[str] = frozenset(), family: OptimizerFamily = SGD) -> Setup:
+def setups(
+    draw: st.DrawFn,
+    dtypes: tuple[str, ...] = ("float32", "float64"),
+    without: frozenset[str] = frozenset(),
+    family: OptimizerFamily = SGD,
+) -> Setup:
     spec: ModelSpec = draw(model_specs())
     dtype = draw(st.sampled_from(dtypes))
     defaults = draw(hyperparameters(without, family))
-    return Setup(spec, dtype, defaults,
-                 draw(groups(spec.parameter_names(), defaults, without, family)),
-                 tensor_lr="tensor-lr" not in without and draw(st.booleans()))
+    return Setup(
+        spec,
+        dtype,
+        defaults,
+        draw(groups(spec.parameter_names(), defaults, without, family)),
+        tensor_lr="tensor-lr" not in without and draw(st.booleans()),
+    )
 
 
 @st.composite
-def hyperparameter_change(draw: st.DrawFn, group: dict[str, Any],
-                          without: frozenset[str] = frozenset(),
-                          family: OptimizerFamily = SGD) -> tuple[str, Any]:
+def hyperparameter_change(
+    draw: st.DrawFn,
+    group: dict[str, Any],
+    without: frozenset[str] = frozenset(),
+    family: OptimizerFamily = SGD,
+) -> tuple[str, Any]:
     """What a scheduler (or a user) changes mid-run: lr most often; a change torch's
     constructor would reject together with the group's other values (SGD's nesterov without
     momentum) is an lr change instead."""
@@ -139,8 +178,9 @@ FLAWS = ("duplicate", "non-leaf", "non-tensor")
 
 
 @st.composite
-def constructions(draw: st.DrawFn, without: frozenset[str] = frozenset(),
-                  family: OptimizerFamily = SGD) -> dict[str, Any]:
+def constructions(
+    draw: st.DrawFn, without: frozenset[str] = frozenset(), family: OptimizerFamily = SGD
+) -> dict[str, Any]:
     """The arguments of a `construct` action: hyperparameters torch rejects (the family's
     `invalid` rows), valid ones at their edges, or valid ones with a parameter list torch
     rejects (a `flaw`)."""

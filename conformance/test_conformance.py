@@ -24,31 +24,47 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     count = shard_count(metafunc.config)
     params = [(dtype, (index, count)) for dtype in DTYPES for index in range(count)]
-    ids = [dtype if count == 1 else f"{dtype}-shard{index + 1}of{count}"
-           for dtype, (index, _) in params]
+    ids = [
+        dtype if count == 1 else f"{dtype}-shard{index + 1}of{count}"
+        for dtype, (index, _) in params
+    ]
     metafunc.parametrize(("dtype", "shard"), params, ids=ids)
 
 
-def test_sgd_conformance(conformance_config: Config, conformance_record: Callable[..., Path],
-                         dtype: str, shard: tuple[int, int]) -> None:
+def test_sgd_conformance(
+    conformance_config: Config,
+    conformance_record: Callable[..., Path],
+    dtype: str,
+    shard: tuple[int, int],
+) -> None:
     config = conformance_config
     options = config.options
-    result = run(options, dtypes=(dtype,), settings=PROFILES[config.profile],
-                 seed=config.seed, max_failures=config.max_failures, shard=shard)
+    result = run(
+        options,
+        dtypes=(dtype,),
+        settings=PROFILES[config.profile],
+        seed=config.seed,
+        max_failures=config.max_failures,
+        shard=shard,
+    )
     report_dir = conformance_record(result, shard)
     part = f", shard {shard[0] + 1} of {shard[1]}" if shard[1] > 1 else ""
-    print(f"{options.implementation} {dtype}{part} ({options.resolved_contract} contract): "
-          f"{result.coverage.programs} programs, {result.coverage.actions} actions in "
-          f"{result.seconds:.1f} s")
+    print(
+        f"{options.implementation} {dtype}{part} ({options.resolved_contract} contract): "
+        f"{result.coverage.programs} programs, {result.coverage.actions} actions in "
+        f"{result.seconds:.1f} s"
+    )
     if options.without:
         print(f"not verified: {', '.join(sorted(options.without))}")
     if result.failures:
-        pytest.fail("\n\n".join(
-            f"failure {n} ({json.dumps(f.key)})"
-            + (" [flaky: did not show again on a re-run]" if getattr(f, "flaky", False)
-               else "")
-            + f": {f.divergence}\n\nshrunk case (JSON, replay with conformance.machine.replay):"
-              f"\n{json.dumps(f.case.to_json())}"
-            for n, f in enumerate(result.failures, start=1))
+        pytest.fail(
+            "\n\n".join(
+                f"failure {n} ({json.dumps(f.key)})"
+                + (" [flaky: did not show again on a re-run]" if getattr(f, "flaky", False) else "")
+                + f": {f.divergence}\n\nshrunk case (JSON, replay with conformance.machine.replay):"
+                f"\n{json.dumps(f.case.to_json())}"
+                for n, f in enumerate(result.failures, start=1)
+            )
             + f"\n\nreport (written when the session ends): {report_dir}/report.md",
-            pytrace=False)
+            pytrace=False,
+        )

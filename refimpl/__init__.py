@@ -60,13 +60,15 @@ sigmoid = _unary("sigmoid")
 relu = _unary("relu")
 
 
-def sum(x: Tensor, dim: int | Sequence[int] | None = None,
-        keepdim: builtins.bool = False) -> Tensor:
+def sum(
+    x: Tensor, dim: int | Sequence[int] | None = None, keepdim: builtins.bool = False
+) -> Tensor:
     return x.sum(dim, keepdim)
 
 
-def mean(x: Tensor, dim: int | Sequence[int] | None = None,
-         keepdim: builtins.bool = False) -> Tensor:
+def mean(
+    x: Tensor, dim: int | Sequence[int] | None = None, keepdim: builtins.bool = False
+) -> Tensor:
     return x.mean(dim, keepdim)
 
 
@@ -115,9 +117,47 @@ def log_softmax(x: Tensor, dim: int) -> Tensor:
 
 
 __all__ = [
-    "Tensor", "abs", "amax", "arange", "bool", "cat", "clamp", "enable_grad", "exp", "flatten",
-    "float32", "float64", "from_numpy", "full", "int64", "is_grad_enabled", "log", "log_softmax",
-    "manual_seed", "matmul", "max", "mean", "no_grad", "ones", "ones_like", "permute", "pow",
-    "relu", "reshape", "result_type", "sigmoid", "softmax", "sqrt", "squeeze", "stack", "sum",
-    "tanh", "tensor", "transpose", "unsqueeze", "where", "zeros", "zeros_like",
+    "Tensor",
+    "abs",
+    "amax",
+    "arange",
+    "bool",
+    "cat",
+    "clamp",
+    "enable_grad",
+    "exp",
+    "flatten",
+    "float32",
+    "float64",
+    "from_numpy",
+    "full",
+    "int64",
+    "is_grad_enabled",
+    "log",
+    "log_softmax",
+    "manual_seed",
+    "matmul",
+    "max",
+    "mean",
+    "no_grad",
+    "ones",
+    "ones_like",
+    "permute",
+    "pow",
+    "relu",
+    "reshape",
+    "result_type",
+    "sigmoid",
+    "softmax",
+    "sqrt",
+    "squeeze",
+    "stack",
+    "sum",
+    "tanh",
+    "tensor",
+    "transpose",
+    "unsqueeze",
+    "where",
+    "zeros",
+    "zeros_like",
 ]

@@ -181,8 +181,9 @@ class Node:
             for t, e in zip(self.inputs, self.edges, strict=True)
         )
 
-    def apply(self, grad: np.ndarray, grad_owned: bool
-              ) -> tuple[list[np.ndarray | None], list[bool]]:
+    def apply(
+        self, grad: np.ndarray, grad_owned: bool
+    ) -> tuple[list[np.ndarray | None], list[bool]]:
         """The gradient for each input (None where the input needs none), and for each whether
         the engine owns it (see `_owned`). `grad_owned`: whether the engine owns `grad`."""
         op = self.op
@@ -214,8 +215,12 @@ class Node:
             else:
                 # Fresh (see `_owned`) unless the rule returned an array it was given, or one
                 # already returned for another input (not owned twice).
-                owned.append(g.base is None and g.flags.writeable and g is not output
-                             and not _among(g, saved, grads, params))
+                owned.append(
+                    g.base is None
+                    and g.flags.writeable
+                    and g is not output
+                    and not _among(g, saved, grads, params)
+                )
             grads.append(g)
         return grads, owned
 
@@ -255,8 +260,12 @@ def _owned(grad: np.ndarray) -> bool:
     return isinstance(grad, np.ndarray) and grad.base is None and grad.flags.writeable
 
 
-def _among(grad: np.ndarray, saved: tuple[Any, ...], earlier: list[np.ndarray | None],
-           params: dict[str, Any]) -> bool:
+def _among(
+    grad: np.ndarray,
+    saved: tuple[Any, ...],
+    earlier: list[np.ndarray | None],
+    params: dict[str, Any],
+) -> bool:
     """Whether `grad` is (by identity) a saved array, a gradient already returned for another
     input, or a parameter."""
     for a in saved:
@@ -342,8 +351,9 @@ def _propagate(root: Node, seed: np.ndarray, seed_owned: bool, keep: bool) -> li
         grads, owned_grads = node.apply(grad, grad_owned)
         if not keep:
             node.release()
-        for tensor, parent, g, owned in zip(node.inputs, node.edges, grads, owned_grads,
-                                            strict=True):
+        for tensor, parent, g, owned in zip(
+            node.inputs, node.edges, grads, owned_grads, strict=True
+        ):
             if g is None:  # also where the input needs no gradient (tensor is None)
                 continue
             if parent is None:

@@ -90,8 +90,16 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return apply(OPS["linear"], x, weight, bias)
 
 
-def _convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: IntOrPair,
-                 padding: IntOrPair | str, dilation: IntOrPair, groups: int, n: int) -> Tensor:
+def _convolution(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    stride: IntOrPair,
+    padding: IntOrPair | str,
+    dilation: IntOrPair,
+    groups: int,
+    n: int,
+) -> Tensor:
     name = f"conv{n}d"
     if x.ndim not in (n + 1, n + 2):
         raise RuntimeError(
@@ -125,31 +133,57 @@ def _convolution(x: Tensor, weight: Tensor, bias: Tensor | None, stride: IntOrPa
         )
     if weight.shape[0] % groups:
         raise RuntimeError("Given groups, weight must be divisible by groups")
-    out = apply(OPS["convolution"], x, weight, bias, stride=strides, padding=pads,
-                dilation=dilations, groups=groups)
+    out = apply(
+        OPS["convolution"],
+        x,
+        weight,
+        bias,
+        stride=strides,
+        padding=pads,
+        dilation=dilations,
+        groups=groups,
+    )
     return out if batched else out.squeeze(0)
 
 
-def conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrPair = 1,
-           padding: IntOrPair | str = 0, dilation: IntOrPair = 1, groups: int = 1) -> Tensor:
+def conv1d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Tensor:
     return _convolution(x, weight, bias, stride, padding, dilation, groups, 1)
 
 
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntOrPair = 1,
-           padding: IntOrPair | str = 0, dilation: IntOrPair = 1, groups: int = 1) -> Tensor:
+def conv2d(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor | None = None,
+    stride: IntOrPair = 1,
+    padding: IntOrPair | str = 0,
+    dilation: IntOrPair = 1,
+    groups: int = 1,
+) -> Tensor:
     return _convolution(x, weight, bias, stride, padding, dilation, groups, 2)
 
 
 PoolArgs = tuple[Tensor, bool, tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 
 
-def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padding: IntOrPair,
-               dilation: IntOrPair, ceil_mode: bool) -> PoolArgs:
+def _pool_args(
+    x: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None,
+    padding: IntOrPair,
+    dilation: IntOrPair,
+    ceil_mode: bool,
+) -> PoolArgs:
     """Batched (N, C, H, W) input, whether it was batched, kernel, stride, padding, dilation."""
     if x.ndim not in (3, 4):
-        raise RuntimeError(
-            "non-empty 3D or 4D (batch mode) tensor expected for input"
-        )
+        raise RuntimeError("non-empty 3D or 4D (batch mode) tensor expected for input")
     kernel = _pair(kernel_size)
     strides = _pair(stride) if stride not in (None, ()) else kernel
     pads, dilations = _pair(padding), _pair(dilation)
@@ -161,8 +195,10 @@ def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padd
             )
     batched = x.ndim == 4
     x4 = x if batched else x.unsqueeze(0)
-    outs = [pool_output_size(x4.shape[2 + i], kernel[i], pads[i], strides[i], dilations[i],
-                             ceil_mode) for i in range(2)]
+    outs = [
+        pool_output_size(x4.shape[2 + i], kernel[i], pads[i], strides[i], dilations[i], ceil_mode)
+        for i in range(2)
+    ]
     if min(outs) < 1:
         c, h, w = x4.shape[1:]
         raise RuntimeError(
@@ -172,32 +208,65 @@ def _pool_args(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None, padd
     return x4, batched, kernel, strides, pads, dilations
 
 
-def max_pool2d(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None,
-               padding: IntOrPair = 0, dilation: IntOrPair = 1, ceil_mode: bool = False) -> Tensor:
+def max_pool2d(
+    x: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    dilation: IntOrPair = 1,
+    ceil_mode: bool = False,
+) -> Tensor:
     x4, batched, kernel, strides, pads, dilations = _pool_args(
-        x, kernel_size, stride, padding, dilation, ceil_mode)
-    out = apply(OPS["max_pool2d"], x4, kernel=kernel, stride=strides, padding=pads,
-                dilation=dilations, ceil_mode=ceil_mode)
+        x, kernel_size, stride, padding, dilation, ceil_mode
+    )
+    out = apply(
+        OPS["max_pool2d"],
+        x4,
+        kernel=kernel,
+        stride=strides,
+        padding=pads,
+        dilation=dilations,
+        ceil_mode=ceil_mode,
+    )
     return out if batched else out.squeeze(0)
 
 
-def avg_pool2d(x: Tensor, kernel_size: IntOrPair, stride: IntOrPair | None = None,
-               padding: IntOrPair = 0, ceil_mode: bool = False, count_include_pad: bool = True,
-               divisor_override: int | None = None) -> Tensor:
+def avg_pool2d(
+    x: Tensor,
+    kernel_size: IntOrPair,
+    stride: IntOrPair | None = None,
+    padding: IntOrPair = 0,
+    ceil_mode: bool = False,
+    count_include_pad: bool = True,
+    divisor_override: int | None = None,
+) -> Tensor:
     if divisor_override is not None and divisor_override == 0:
         raise RuntimeError("divisor must be not zero")
     x4, batched, kernel, strides, pads, _ = _pool_args(
-        x, kernel_size, stride, padding, 1, ceil_mode)
-    out = apply(OPS["avg_pool2d"], x4, kernel=kernel, stride=strides, padding=pads,
-                ceil_mode=ceil_mode, count_include_pad=count_include_pad,
-                divisor_override=divisor_override)
+        x, kernel_size, stride, padding, 1, ceil_mode
+    )
+    out = apply(
+        OPS["avg_pool2d"],
+        x4,
+        kernel=kernel,
+        stride=strides,
+        padding=pads,
+        ceil_mode=ceil_mode,
+        count_include_pad=count_include_pad,
+        divisor_override=divisor_override,
+    )
     return out if batched else out.squeeze(0)
 
 
-def layer_norm(x: Tensor, normalized_shape: Sequence[int], weight: Tensor | None = None,
-               bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+def layer_norm(
+    x: Tensor,
+    normalized_shape: Sequence[int],
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-5,
+) -> Tensor:
     shape = _pair(normalized_shape, 1)
-    if tuple(x.shape[x.ndim - len(shape):]) != shape or x.ndim < len(shape):
+    if tuple(x.shape[x.ndim - len(shape) :]) != shape or x.ndim < len(shape):
         raise RuntimeError(
             f"Given normalized_shape=[{', '.join(map(str, shape))}], expected input with shape "
             f"[*, {', '.join(map(str, shape))}], but got input of size"
@@ -278,17 +347,20 @@ def _check_targets(x: Tensor, target: Tensor) -> None:
             f"({target.shape[0] if target.ndim else 1})."
         )
     if target.dtype.kind not in "iu":
-        raise RuntimeError(
-            f"expected scalar type Long but found {_type_name(target)}"
-        )
+        raise RuntimeError(f"expected scalar type Long but found {_type_name(target)}")
 
 
 def _type_name(t: Tensor) -> str:
     return {"float32": "Float", "float64": "Double", "bool": "Bool"}.get(t.dtype.name, "Long")
 
 
-def nll_loss(x: Tensor, target: Tensor, weight: Tensor | None = None, ignore_index: int = -100,
-             reduction: str = "mean") -> Tensor:
+def nll_loss(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
     _check_reduction(reduction)
     _check_targets(x, target)
     classes = x.shape[1] if x.ndim > 1 else x.shape[0]
@@ -302,19 +374,21 @@ def nll_loss(x: Tensor, target: Tensor, weight: Tensor | None = None, ignore_ind
         bad = (t != ignore_index) & ((t < 0) | (t >= classes))
         if bad.any():
             raise IndexError(f"Target {int(t[bad].flat[0])} is out of bounds.")
-    return apply(OPS["nll_loss"], x, target, weight, ignore_index=ignore_index,
-                 reduction=reduction)
+    return apply(OPS["nll_loss"], x, target, weight, ignore_index=ignore_index, reduction=reduction)
 
 
-def cross_entropy(x: Tensor, target: Tensor, weight: Tensor | None = None,
-                  ignore_index: int = -100, reduction: str = "mean",
-                  label_smoothing: float = 0.0) -> Tensor:
+def cross_entropy(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> Tensor:
     """log_softmax over the class dim, nll_loss, and torch's label-smoothing term."""
     _check_reduction(reduction)
     if not 0.0 <= label_smoothing <= 1.0:
-        raise RuntimeError(
-            f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"
-        )
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     class_dim = 1 if x.ndim > 1 else 0
     logp = _floating(x).log_softmax(class_dim)
     nll = nll_loss(logp, target, weight, ignore_index, reduction)
@@ -341,22 +415,46 @@ def _class_view(weight: Tensor, ndim: int) -> Tensor:
     return weight.reshape((weight.shape[0],) + (1,) * (ndim - 2)) if ndim > 1 else weight
 
 
-def binary_cross_entropy_with_logits(x: Tensor, target: Tensor, weight: Tensor | None = None,
-                                     reduction: str = "mean",
-                                     pos_weight: Tensor | None = None) -> Tensor:
+def binary_cross_entropy_with_logits(
+    x: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
     _check_reduction(reduction)
     if target.shape != x.shape:
         raise ValueError(
-            f"Target size ({_size(target.shape)}) must be the same as input size "
-            f"({_size(x.shape)})"
+            f"Target size ({_size(target.shape)}) must be the same as input size ({_size(x.shape)})"
         )
-    return apply(OPS["binary_cross_entropy_with_logits"], x, target, weight, pos_weight,
-                 reduction=reduction)
+    return apply(
+        OPS["binary_cross_entropy_with_logits"], x, target, weight, pos_weight, reduction=reduction
+    )
 
 
 __all__ = [
-    "avg_pool2d", "binary_cross_entropy_with_logits", "conv1d", "conv2d", "cross_entropy", "elu",
-    "embedding", "gelu", "huber_loss", "l1_loss", "layer_norm", "leaky_relu", "linear",
-    "log_softmax", "max_pool2d", "mse_loss", "nll_loss", "relu", "sigmoid", "silu",
-    "smooth_l1_loss", "softmax", "softplus", "tanh",
+    "avg_pool2d",
+    "binary_cross_entropy_with_logits",
+    "conv1d",
+    "conv2d",
+    "cross_entropy",
+    "elu",
+    "embedding",
+    "gelu",
+    "huber_loss",
+    "l1_loss",
+    "layer_norm",
+    "leaky_relu",
+    "linear",
+    "log_softmax",
+    "max_pool2d",
+    "mse_loss",
+    "nll_loss",
+    "relu",
+    "sigmoid",
+    "silu",
+    "smooth_l1_loss",
+    "softmax",
+    "softplus",
+    "tanh",
 ]

@@ -180,16 +180,17 @@ def linear_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any
 # Convolution (1-D is lifted to 2-D with a height of one) ------------------------------------
 
 
-def _lift(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs,
-          dilation: tuple[int, ...]
-          ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Pairs, tuple[int, ...]]:
+def _lift(
+    x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], Pairs, tuple[int, ...]]:
     if x.ndim == 3:
         return x[:, :, None], w[:, :, None], (1, *stride), ((0, 0), *padding), (1, *dilation)
     return x, w, stride, padding, dilation
 
 
-def _windows(xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-             dilation: tuple[int, ...]) -> np.ndarray:
+def _windows(
+    xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]
+) -> np.ndarray:
     """(N, C, H, W) → the view (N, C, OH, OW, KH, KW) of every kernel window."""
     extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation, strict=True))
     view = sliding_window_view(xp, extent, axis=(2, 3))
@@ -200,9 +201,14 @@ def _windows(xp: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
 Lifted = tuple[tuple[int, ...], Pairs, tuple[int, ...], tuple[int, ...]]
 
 
-def _columns(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pairs,
-             dilation: tuple[int, ...], groups: int
-             ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple[int, ...], Lifted]:
+def _columns(
+    x: np.ndarray,
+    w: np.ndarray,
+    stride: tuple[int, ...],
+    padding: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int], tuple[int, ...], Lifted]:
     """The input's windows as columns (N, G, OH·OW, C/G·KH·KW), the weights (G, O/G, C/G·KH·KW),
     the output's (N, OH, OW), the padded input's shape and the lifted geometry."""
     x4, w4, stride, padding, dilation = _lift(x, w, stride, padding, dilation)
@@ -215,8 +221,15 @@ def _columns(x: np.ndarray, w: np.ndarray, stride: tuple[int, ...], padding: Pai
     return cols, weights, (n, oh, ow), xp.shape, (stride, padding, dilation, w4.shape)
 
 
-def convolution(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, stride: tuple[int, ...],
-                padding: Pairs, dilation: tuple[int, ...], groups: int) -> np.ndarray:
+def convolution(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray | None,
+    stride: tuple[int, ...],
+    padding: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> np.ndarray:
     cols, weights, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
     out: np.ndarray = np.matmul(cols, weights.transpose(0, 2, 1))  # (N, G, OH·OW, O/G)
     out = out.transpose(0, 1, 3, 2).reshape(n, w.shape[0], oh, ow)
@@ -231,11 +244,20 @@ def _grouped_output_grad(g: np.ndarray, groups: int) -> np.ndarray:
     return g4.reshape(n, groups, o // groups, oh * ow).transpose(0, 1, 3, 2)  # (N, G, P, O/G)
 
 
-def convolution_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
-                           stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
-                           groups: int) -> np.ndarray:
+def convolution_grad_input(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: Any,
+    stride: tuple[int, ...],
+    padding: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> np.ndarray:
     _, weights, (n, oh, ow), padded, (stride, pads, dilation, w4shape) = _columns(
-        x, w, stride, padding, dilation, groups)
+        x, w, stride, padding, dilation, groups
+    )
     gcols = np.matmul(_grouped_output_grad(g, groups), weights)  # (N, G, P, C/G·KH·KW)
     kh, kw = w4shape[2:]
     cg = w4shape[1]
@@ -248,14 +270,26 @@ def convolution_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, 
             cols = slice(j * dilation[1], j * dilation[1] + stride[1] * (ow - 1) + 1, stride[1])
             gxp[:, :, rows, cols] += gcols[..., i, j]
     (top, _), (left, _) = pads
-    gx = gxp[:, :, top : top + padded[2] - pads[0][0] - pads[0][1],
-             left : left + padded[3] - pads[1][0] - pads[1][1]]
+    gx = gxp[
+        :,
+        :,
+        top : top + padded[2] - pads[0][0] - pads[0][1],
+        left : left + padded[3] - pads[1][0] - pads[1][1],
+    ]
     return gx.reshape(x.shape)
 
 
-def convolution_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
-                            stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
-                            groups: int) -> np.ndarray:
+def convolution_grad_weight(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: Any,
+    stride: tuple[int, ...],
+    padding: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> np.ndarray:
     cols, _, (n, oh, ow), _, _ = _columns(x, w, stride, padding, dilation, groups)
     go = _grouped_output_grad(g, groups)  # (N, G, P, O/G)
     k = cols.shape[-1]
@@ -266,9 +300,17 @@ def convolution_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray,
     return out
 
 
-def convolution_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b: Any,
-                          stride: tuple[int, ...], padding: Pairs, dilation: tuple[int, ...],
-                          groups: int) -> np.ndarray:
+def convolution_grad_bias(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: np.ndarray,
+    b: Any,
+    stride: tuple[int, ...],
+    padding: Pairs,
+    dilation: tuple[int, ...],
+    groups: int,
+) -> np.ndarray:
     gb: np.ndarray = g.sum(axis=(0, *range(2, g.ndim)))
     return gb
 
@@ -276,8 +318,9 @@ def convolution_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray, b
 # Pooling (on (N, C, H, W); functional lifts the unbatched (C, H, W)) --------------------------
 
 
-def pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: int,
-                     ceil_mode: bool) -> int:
+def pool_output_size(
+    size: int, kernel: int, pad: int, stride: int, dilation: int, ceil_mode: bool
+) -> int:
     """torch's pooling_output_shape."""
     numerator = size + 2 * pad - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
     out = numerator // stride + 1
@@ -286,25 +329,44 @@ def pool_output_size(size: int, kernel: int, pad: int, stride: int, dilation: in
     return out
 
 
-def _pool_geometry(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-                   padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
-                   ) -> tuple[tuple[int, ...], Pairs]:
+def _pool_geometry(
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+) -> tuple[tuple[int, ...], Pairs]:
     """The output's (OH, OW) and the (before, after) padding of each spatial dim."""
     outs = tuple(
         pool_output_size(x.shape[2 + i], kernel[i], padding[i], stride[i], dilation[i], ceil_mode)
         for i in range(2)
     )
     pads = tuple(
-        (padding[i], max(padding[i], (outs[i] - 1) * stride[i] + dilation[i] * (kernel[i] - 1)
-                         + 1 - x.shape[2 + i] - padding[i]))
+        (
+            padding[i],
+            max(
+                padding[i],
+                (outs[i] - 1) * stride[i]
+                + dilation[i] * (kernel[i] - 1)
+                + 1
+                - x.shape[2 + i]
+                - padding[i],
+            ),
+        )
         for i in range(2)
     )
     return outs, pads
 
 
-def _max_pool_index(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-                    padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
-                    ) -> tuple[np.ndarray, tuple[int, ...], Pairs]:
+def _max_pool_index(
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+) -> tuple[np.ndarray, tuple[int, ...], Pairs]:
     """Per output, the flat index (in the padded plane) of the element torch selects."""
     outs, pads = _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *pads), constant_values=-np.inf)
@@ -323,20 +385,36 @@ def _max_pool_index(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, .
     return rows * xp.shape[3] + cols, xp.shape, pads
 
 
-def max_pool2d(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-               padding: tuple[int, ...], dilation: tuple[int, ...], ceil_mode: bool
-               ) -> np.ndarray:
+def max_pool2d(
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+) -> np.ndarray:
     index, _padded, _ = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
-    xp = np.pad(x, ((0, 0), (0, 0), *_pool_geometry(x, kernel, stride, padding, dilation,
-                                                     ceil_mode)[1]), constant_values=-np.inf)
+    xp = np.pad(
+        x,
+        ((0, 0), (0, 0), *_pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)[1]),
+        constant_values=-np.inf,
+    )
     planes = xp.reshape(x.shape[0], x.shape[1], -1)
     return np.take_along_axis(planes, index.reshape(*index.shape[:2], -1), axis=2).reshape(
-        index.shape)
+        index.shape
+    )
 
 
-def max_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...],
-                    stride: tuple[int, ...], padding: tuple[int, ...], dilation: tuple[int, ...],
-                    ceil_mode: bool) -> np.ndarray:
+def max_pool2d_grad(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    ceil_mode: bool,
+) -> np.ndarray:
     index, padded, pads = _max_pool_index(x, kernel, stride, padding, dilation, ceil_mode)
     n, c = x.shape[:2]
     gxp = np.zeros((n * c, padded[2] * padded[3]), dtype=g.dtype)
@@ -348,9 +426,15 @@ def max_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...
     return gxp[:, :, top : top + x.shape[2], left : left + x.shape[3]]
 
 
-def _avg_divisors(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-                  padding: tuple[int, ...], outs: tuple[int, ...], count_include_pad: bool,
-                  divisor_override: int | None) -> np.ndarray:
+def _avg_divisors(
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    outs: tuple[int, ...],
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
     """torch's divide_factor per output position, shape (OH, OW)."""
     sizes: list[np.ndarray] = []
     for i in range(2):
@@ -365,9 +449,15 @@ def _avg_divisors(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...
     return divisors
 
 
-def avg_pool2d(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
-               padding: tuple[int, ...], ceil_mode: bool, count_include_pad: bool,
-               divisor_override: int | None) -> np.ndarray:
+def avg_pool2d(
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
     outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
     xp = np.pad(x, ((0, 0), (0, 0), *pads))
     win = _windows(xp, kernel, stride, (1, 1))[:, :, : outs[0], : outs[1]]
@@ -381,9 +471,17 @@ def avg_pool2d(x: np.ndarray, kernel: tuple[int, ...], stride: tuple[int, ...],
     return out
 
 
-def avg_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...],
-                    stride: tuple[int, ...], padding: tuple[int, ...], ceil_mode: bool,
-                    count_include_pad: bool, divisor_override: int | None) -> np.ndarray:
+def avg_pool2d_grad(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> np.ndarray:
     outs, pads = _pool_geometry(x, kernel, stride, padding, (1, 1), ceil_mode)
     divisor = _avg_divisors(x, kernel, stride, padding, outs, count_include_pad, divisor_override)
     share = g / divisor.astype(g.dtype)
@@ -402,8 +500,9 @@ def avg_pool2d_grad(g: np.ndarray, y: Any, x: np.ndarray, kernel: tuple[int, ...
 # Normalisation and embedding ----------------------------------------------------------------
 
 
-def _moments(x: np.ndarray, ndim: int, eps: float
-             ) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
+def _moments(
+    x: np.ndarray, ndim: int, eps: float
+) -> tuple[tuple[int, ...], np.ndarray, np.ndarray]:
     """The normalised dims (the last `ndim`), the mean over them and 1 / sqrt(var + eps)."""
     dims = tuple(range(x.ndim - ndim, x.ndim))
     mu = x.mean(axis=dims, keepdims=True)
@@ -411,8 +510,13 @@ def _moments(x: np.ndarray, ndim: int, eps: float
     return dims, mu, 1 / np.sqrt(var + eps)
 
 
-def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
-               normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
+def layer_norm(
+    x: np.ndarray,
+    w: np.ndarray | None,
+    b: np.ndarray | None,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+) -> np.ndarray:
     _, mu, rstd = _moments(x, len(normalized_shape), eps)
     # torch's CPU kernel: (x * rstd + (-rstd * mean)) * gamma + beta
     y: np.ndarray = x * rstd + (-rstd * mu)
@@ -421,8 +525,15 @@ def layer_norm(x: np.ndarray, w: np.ndarray | None, b: np.ndarray | None,
     return y if b is None else y + b
 
 
-def layer_norm_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray | None, b: Any,
-                          normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
+def layer_norm_grad_input(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: np.ndarray | None,
+    b: Any,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+) -> np.ndarray:
     dims, mu, rstd = _moments(x, len(normalized_shape), eps)
     n = math.prod(normalized_shape)
     gw = g if w is None else g * w
@@ -435,16 +546,30 @@ def layer_norm_grad_input(g: np.ndarray, y: Any, x: np.ndarray, w: np.ndarray | 
     return gx
 
 
-def layer_norm_grad_weight(g: np.ndarray, y: Any, x: np.ndarray, w: Any, b: Any,
-                           normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
+def layer_norm_grad_weight(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: Any,
+    b: Any,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+) -> np.ndarray:
     _dims, mu, rstd = _moments(x, len(normalized_shape), eps)
     lead = tuple(range(x.ndim - len(normalized_shape)))
     gw: np.ndarray = (g * ((x - mu) * rstd)).sum(axis=lead)
     return gw
 
 
-def layer_norm_grad_bias(g: np.ndarray, y: Any, x: np.ndarray, w: Any, b: Any,
-                         normalized_shape: tuple[int, ...], eps: float) -> np.ndarray:
+def layer_norm_grad_bias(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    w: Any,
+    b: Any,
+    normalized_shape: tuple[int, ...],
+    eps: float,
+) -> np.ndarray:
     gb: np.ndarray = g.sum(axis=tuple(range(x.ndim - len(normalized_shape))))
     return gb
 
@@ -454,8 +579,9 @@ def embedding(indices: np.ndarray, weight: np.ndarray, padding_idx: int | None) 
     return rows
 
 
-def embedding_grad_weight(g: np.ndarray, y: Any, indices: np.ndarray, weight: np.ndarray,
-                          padding_idx: int | None) -> np.ndarray:
+def embedding_grad_weight(
+    g: np.ndarray, y: Any, indices: np.ndarray, weight: np.ndarray, padding_idx: int | None
+) -> np.ndarray:
     grad = np.zeros(weight.shape, dtype=g.dtype)
     np.add.at(grad, indices.reshape(-1), g.reshape(-1, weight.shape[1]))
     if padding_idx is not None:
@@ -488,8 +614,9 @@ def huber_loss(x: np.ndarray, t: np.ndarray, reduction: str, delta: float) -> np
     return reduce(np.where(z < delta, 0.5 * z * z, delta * (z - 0.5 * delta)), reduction)
 
 
-def _nll_targets(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
-                 ignore_index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _nll_targets(
+    x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, ignore_index: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per sample: the target class (0 where ignored), its weight (0 where ignored), the mask."""
     t = target if x.ndim > 1 else target.reshape(1)
     keep = t != ignore_index
@@ -499,8 +626,9 @@ def _nll_targets(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None,
     return safe, w, keep
 
 
-def nll_loss(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, ignore_index: int,
-             reduction: str) -> np.ndarray:
+def nll_loss(
+    x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, ignore_index: int, reduction: str
+) -> np.ndarray:
     safe, w, keep = _nll_targets(x, target, weight, ignore_index)
     if x.ndim == 2:  # (N, C): a plain gather, much cheaper than moveaxis + take_along_axis
         picked = x[np.arange(x.shape[0]), safe]
@@ -517,26 +645,40 @@ def nll_loss(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, ignor
     return mean
 
 
-def nll_loss_grad(g: np.ndarray, y: Any, x: np.ndarray, target: np.ndarray,
-                  weight: np.ndarray | None, ignore_index: int, reduction: str) -> np.ndarray:
+def nll_loss_grad(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    target: np.ndarray,
+    weight: np.ndarray | None,
+    ignore_index: int,
+    reduction: str,
+) -> np.ndarray:
     safe, w, keep = _nll_targets(x, target, weight, ignore_index)
     if reduction == "mean":
         g = g / w.sum()
-    share = np.where(keep, -(g if reduction != "none" or x.ndim > 1 else g.reshape(1)) * w,
-                     x.dtype.type(0))
+    share = np.where(
+        keep, -(g if reduction != "none" or x.ndim > 1 else g.reshape(1)) * w, x.dtype.type(0)
+    )
     if x.ndim == 2:  # (N, C): a plain scatter, as in nll_loss
         grad = np.zeros(x.shape, dtype=x.dtype)
         grad[np.arange(x.shape[0]), safe] = share
         return grad
     classes_last = np.zeros((*safe.shape, x.shape[1 if x.ndim > 1 else 0]), dtype=x.dtype)
-    np.put_along_axis(classes_last, safe[..., None], np.broadcast_to(share, safe.shape)[..., None],
-                      axis=-1)
+    np.put_along_axis(
+        classes_last, safe[..., None], np.broadcast_to(share, safe.shape)[..., None], axis=-1
+    )
     out: np.ndarray = np.moveaxis(classes_last, -1, 1) if x.ndim > 1 else classes_last[0]
     return out
 
 
-def bce_with_logits(x: np.ndarray, t: np.ndarray, weight: np.ndarray | None,
-                    pos_weight: np.ndarray | None, reduction: str) -> np.ndarray:
+def bce_with_logits(
+    x: np.ndarray,
+    t: np.ndarray,
+    weight: np.ndarray | None,
+    pos_weight: np.ndarray | None,
+    reduction: str,
+) -> np.ndarray:
     log_sig = log_sigmoid(x)
     if pos_weight is not None:
         log_sig = log_sig * ((pos_weight - 1) * t + 1)
@@ -546,9 +688,15 @@ def bce_with_logits(x: np.ndarray, t: np.ndarray, weight: np.ndarray | None,
     return reduce(loss, reduction)
 
 
-def bce_with_logits_grad_input(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray,
-                               weight: np.ndarray | None, pos_weight: np.ndarray | None,
-                               reduction: str) -> np.ndarray:
+def bce_with_logits_grad_input(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    t: np.ndarray,
+    weight: np.ndarray | None,
+    pos_weight: np.ndarray | None,
+    reduction: str,
+) -> np.ndarray:
     if pos_weight is not None:
         pt = pos_weight * t
         grad = (pt + 1 - t) * sigmoid(x) - pt
@@ -561,9 +709,15 @@ def bce_with_logits_grad_input(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarr
     return out
 
 
-def bce_with_logits_grad_target(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray,
-                                weight: np.ndarray | None, pos_weight: np.ndarray | None,
-                                reduction: str) -> np.ndarray:
+def bce_with_logits_grad_target(
+    g: np.ndarray,
+    y: Any,
+    x: np.ndarray,
+    t: np.ndarray,
+    weight: np.ndarray | None,
+    pos_weight: np.ndarray | None,
+    reduction: str,
+) -> np.ndarray:
     if pos_weight is not None:
         grad = (log_sigmoid(-x) - log_sigmoid(x) * pos_weight) * g
     else:

@@ -194,8 +194,7 @@ def _clamp_grad(g: np.ndarray, y: Any, x: np.ndarray, min: Any, max: Any) -> np.
     return np.where(mask, g, g.dtype.type(0))
 
 
-def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool
-               ) -> np.ndarray:
+def _amax_grad(g: np.ndarray, y: np.ndarray, x: np.ndarray, dim: Any, keepdim: bool) -> np.ndarray:
     grad: np.ndarray
     if x.ndim == 0 and dim:  # torch restores a dim of size 1, then sums it away from +0.0
         grad = g + g.dtype.type(0)
@@ -239,8 +238,9 @@ def _gelu_grad(g: np.ndarray, y: Any, x: np.ndarray, approximate: str) -> np.nda
     return erf_grad
 
 
-def _softplus_grad(g: np.ndarray, y: Any, x: np.ndarray, beta: float, threshold: float
-                   ) -> np.ndarray:
+def _softplus_grad(
+    g: np.ndarray, y: Any, x: np.ndarray, beta: float, threshold: float
+) -> np.ndarray:
     z = np.exp(x * beta)
     grad: np.ndarray = np.where(x * beta > threshold, g, g * z / (z + 1))
     return grad
@@ -266,22 +266,23 @@ def _reduced_grad(g: np.ndarray, reduction: str) -> np.ndarray:
     return g if reduction == "none" else g.reshape(())
 
 
-def _mse_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str
-              ) -> np.ndarray:
+def _mse_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str) -> np.ndarray:
     grad: np.ndarray = 2 * _loss_norm(x, reduction) * (x - t) * _reduced_grad(g, reduction)
     return grad
 
 
-def _smooth_l1_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str,
-                    beta: float) -> np.ndarray:
+def _smooth_l1_grad(
+    g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str, beta: float
+) -> np.ndarray:
     norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
     with np.errstate(divide="ignore", invalid="ignore"):
         inside = norm * d * gr / beta
     return np.where(d <= -beta, -norm * gr, np.where(d >= beta, norm * gr, inside))
 
 
-def _huber_grad(g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str,
-                delta: float) -> np.ndarray:
+def _huber_grad(
+    g: np.ndarray, y: Any, x: np.ndarray, t: np.ndarray, reduction: str, delta: float
+) -> np.ndarray:
     norm, d, gr = _loss_norm(x, reduction), x - t, _reduced_grad(g, reduction)
     return np.where(
         d <= -delta, -norm * gr * delta, np.where(d >= delta, norm * gr * delta, norm * d * gr)
@@ -312,10 +313,13 @@ OPS: dict[str, Op] = {
         # Elementwise arithmetic: exactly rounded in numpy and torch alike, hence bitwise.
         Op("add", np.add, (_same, _same), saves=False, promotes=True),
         Op("sub", np.subtract, (_same, lambda g, *_: -g), saves=False, promotes=True),
-        Op("mul", np.multiply, (lambda g, y, a, b: g * b, lambda g, y, a, b: g * a),
-           promotes=True),
-        Op("div", np.divide,
-           (lambda g, y, a, b: g / b, lambda g, y, a, b: -g * ((a / b) / b)), promotes=True),
+        Op("mul", np.multiply, (lambda g, y, a, b: g * b, lambda g, y, a, b: g * a), promotes=True),
+        Op(
+            "div",
+            np.divide,
+            (lambda g, y, a, b: g / b, lambda g, y, a, b: -g * ((a / b) / b)),
+            promotes=True,
+        ),
         Op("neg", np.negative, (lambda g, *_: -g,), saves=False),
         Op("reciprocal", lambda x: 1 / x, (lambda g, y, x: -g * (y * y),)),
         Op("pow", _pow_forward, (_pow_grad_base, _pow_grad_exponent), ulp=4, promotes=True),
@@ -325,8 +329,13 @@ OPS: dict[str, Op] = {
         Op("abs", np.abs, (lambda g, y, x: g * _sign(x),)),
         Op("clamp", K.clamp, (_clamp_grad,)),
         Op("where", K.where, (None, _where_grad_a, _where_grad_b)),
-        Op("to_dtype", lambda x, dtype: x.astype(dtype), (_same,), saves=False,
-           node_name="ToCopyBackward0"),
+        Op(
+            "to_dtype",
+            lambda x, dtype: x.astype(dtype),
+            (_same,),
+            saves=False,
+            node_name="ToCopyBackward0",
+        ),
         Op("clone", np.copy, (_same,), saves=False),
         # Transcendental functions: numpy's libm and torch's vectorised ones differ by an ulp.
         Op("exp", np.exp, (lambda g, y, x: g * y,), ulp=2),
@@ -335,8 +344,11 @@ OPS: dict[str, Op] = {
         Op("sigmoid", K.sigmoid, (lambda g, y, x: g * (y * (1 - y)),), ulp=4),
         # Activations.
         Op("relu", K.relu, (lambda g, y, x: np.where(y <= 0, g.dtype.type(0), g),)),
-        Op("leaky_relu", K.leaky_relu,
-           (lambda g, y, x, negative_slope: np.where(x > 0, g, g * negative_slope),)),
+        Op(
+            "leaky_relu",
+            K.leaky_relu,
+            (lambda g, y, x, negative_slope: np.where(x > 0, g, g * negative_slope),),
+        ),
         Op("elu", K.elu, (_elu_grad,), ulp=4),
         Op("gelu", K.gelu, (_gelu_grad,), ulp=8, sums=True),
         Op("softplus", K.softplus, (_softplus_grad,), ulp=4),
@@ -344,53 +356,128 @@ OPS: dict[str, Op] = {
         Op("softmax", K.softmax, (_softmax_grad,), ulp=6, sums=True),
         Op("log_softmax", K.log_softmax, (_log_softmax_grad,), ulp=6, sums=True),
         # Reductions: the summation order differs (numpy pairwise, torch cascaded/vectorised).
-        Op("sum", K.sum, (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim),),
-           ulp=2, sums=True, saves=False),
-        Op("mean", K.mean,
-           (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim)
-            / K.reduced_count(x.shape, dim),),
-           ulp=2, sums=True, saves=False),
+        Op(
+            "sum",
+            K.sum,
+            (lambda g, y, x, dim, keepdim: _expand_reduced(g, x.shape, dim, keepdim),),
+            ulp=2,
+            sums=True,
+            saves=False,
+        ),
+        Op(
+            "mean",
+            K.mean,
+            (
+                lambda g, y, x, dim, keepdim: (
+                    _expand_reduced(g, x.shape, dim, keepdim) / K.reduced_count(x.shape, dim)
+                ),
+            ),
+            ulp=2,
+            sums=True,
+            saves=False,
+        ),
         # Bitwise but for the sign of a zero maximum among tied ±0: torch keeps whichever its
         # SIMD lanes meet first, which depends on the length; the ULP measure counts ±0 as equal.
         Op("amax", K.amax, (_amax_grad,), ulp=1),
         Op("max", K.max_all, (_max_grad,), ulp=1),
         Op("max_dim", K.max_dim, (_max_dim_grad,), node_name="MaxBackward0"),
-        Op("matmul", np.matmul, (_matmul_grad_a, _matmul_grad_b), ulp=4, sums=True,
-           promotes=True, node_name="MmBackward0"),
-        Op("linear", K.linear, (K.linear_grad_input, K.linear_grad_weight, K.linear_grad_bias),
-           ulp=4, sums=True, node_name="AddmmBackward0"),
+        Op(
+            "matmul",
+            np.matmul,
+            (_matmul_grad_a, _matmul_grad_b),
+            ulp=4,
+            sums=True,
+            promotes=True,
+            node_name="MmBackward0",
+        ),
+        Op(
+            "linear",
+            K.linear,
+            (K.linear_grad_input, K.linear_grad_weight, K.linear_grad_bias),
+            ulp=4,
+            sums=True,
+            node_name="AddmmBackward0",
+        ),
         # Shape and indexing: pure data movement, bitwise.
-        Op("reshape", lambda x, shape: np.reshape(x, shape), (_reshape_back,), saves=False,
-           node_name="ViewBackward0"),
-        Op("permute", lambda x, dims: np.transpose(x, dims),
-           (lambda g, y, x, dims: np.transpose(g, np.argsort(dims)),), saves=False),
+        Op(
+            "reshape",
+            lambda x, shape: np.reshape(x, shape),
+            (_reshape_back,),
+            saves=False,
+            node_name="ViewBackward0",
+        ),
+        Op(
+            "permute",
+            lambda x, dims: np.transpose(x, dims),
+            (lambda g, y, x, dims: np.transpose(g, np.argsort(dims)),),
+            saves=False,
+        ),
         Op("expand", lambda x, shape: np.broadcast_to(x, shape), (_expand_grad,), saves=False),
-        Op("getitem", lambda x, key: x[key], (_getitem_grad,), saves=False,
-           node_name="SliceBackward0"),
+        Op(
+            "getitem",
+            lambda x, key: x[key],
+            (_getitem_grad,),
+            saves=False,
+            node_name="SliceBackward0",
+        ),
         Op("index", lambda x, key: x[key], (_index_grad,), ulp=0),
-        Op("cat", lambda *xs, dim: np.concatenate(xs, axis=dim), (_cat_grad,), saves=False,
-           variadic=True, promotes=True),
-        Op("stack", lambda *xs, dim: np.stack(xs, axis=dim),
-           (lambda i, g, y, *xs, dim: np.take(g, i, axis=dim),), saves=False, variadic=True,
-           promotes=True),
+        Op(
+            "cat",
+            lambda *xs, dim: np.concatenate(xs, axis=dim),
+            (_cat_grad,),
+            saves=False,
+            variadic=True,
+            promotes=True,
+        ),
+        Op(
+            "stack",
+            lambda *xs, dim: np.stack(xs, axis=dim),
+            (lambda i, g, y, *xs, dim: np.take(g, i, axis=dim),),
+            saves=False,
+            variadic=True,
+            promotes=True,
+        ),
         # Neural-network layers.
-        Op("convolution", K.convolution,
-           (K.convolution_grad_input, K.convolution_grad_weight, K.convolution_grad_bias),
-           ulp=4, sums=True),
-        Op("max_pool2d", K.max_pool2d, (K.max_pool2d_grad,),
-           node_name="MaxPool2DWithIndicesBackward0"),
+        Op(
+            "convolution",
+            K.convolution,
+            (K.convolution_grad_input, K.convolution_grad_weight, K.convolution_grad_bias),
+            ulp=4,
+            sums=True,
+        ),
+        Op(
+            "max_pool2d",
+            K.max_pool2d,
+            (K.max_pool2d_grad,),
+            node_name="MaxPool2DWithIndicesBackward0",
+        ),
         Op("avg_pool2d", K.avg_pool2d, (K.avg_pool2d_grad,), ulp=2, sums=True),
-        Op("layer_norm", K.layer_norm,
-           (K.layer_norm_grad_input, K.layer_norm_grad_weight, K.layer_norm_grad_bias),
-           ulp=8, sums=True, node_name="NativeLayerNormBackward0"),
+        Op(
+            "layer_norm",
+            K.layer_norm,
+            (K.layer_norm_grad_input, K.layer_norm_grad_weight, K.layer_norm_grad_bias),
+            ulp=8,
+            sums=True,
+            node_name="NativeLayerNormBackward0",
+        ),
         Op("embedding", K.embedding, (None, K.embedding_grad_weight)),
         # Losses with their own derivative in torch (l1_loss and cross_entropy are composites).
         Op("mse_loss", K.mse_loss, (_mse_grad, _swapped(_mse_grad)), ulp=2, sums=True),
-        Op("smooth_l1_loss", K.smooth_l1_loss, (_smooth_l1_grad, _swapped(_smooth_l1_grad)),
-           ulp=2, sums=True),
+        Op(
+            "smooth_l1_loss",
+            K.smooth_l1_loss,
+            (_smooth_l1_grad, _swapped(_smooth_l1_grad)),
+            ulp=2,
+            sums=True,
+        ),
         Op("huber_loss", K.huber_loss, (_huber_grad, _swapped(_huber_grad)), ulp=2, sums=True),
         Op("nll_loss", K.nll_loss, (K.nll_loss_grad,), ulp=2, sums=True),
-        Op("binary_cross_entropy_with_logits", K.bce_with_logits,
-           (K.bce_with_logits_grad_input, K.bce_with_logits_grad_target), ulp=4, sums=True),
+        Op(
+            "binary_cross_entropy_with_logits",
+            K.bce_with_logits,
+            (K.bce_with_logits_grad_input, K.bce_with_logits_grad_target),
+            ulp=4,
+            sums=True,
+        ),
     ]
 }

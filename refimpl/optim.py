@@ -164,8 +164,7 @@ class Optimizer:
         else:
             param_group["params"] = list(params)
         names = [p[0] for p in param_group["params"] if isinstance(p, tuple)]
-        param_group["params"] = [p[1] if isinstance(p, tuple) else p
-                                 for p in param_group["params"]]
+        param_group["params"] = [p[1] if isinstance(p, tuple) else p for p in param_group["params"]]
         if names:
             if len(names) != len(param_group["params"]):
                 raise ValueError(
@@ -243,8 +242,9 @@ class Optimizer:
         def pack(group: dict[str, Any]) -> dict[str, Any]:
             nonlocal start
             packed = {k: v for k, v in group.items() if k != "params"}
-            index.update({id(p): i for i, p in enumerate(group["params"], start)
-                          if id(p) not in index})
+            index.update(
+                {id(p): i for i, p in enumerate(group["params"], start) if id(p) not in index}
+            )
             packed["params"] = [index[id(p)] for p in group["params"]]
             start += len(packed["params"])
             return packed
@@ -260,14 +260,20 @@ class Optimizer:
         saved_groups = copy.deepcopy(state_dict["param_groups"])
         if len(groups) != len(saved_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
-        if any(len(g["params"]) != len(s["params"])
-               for g, s in zip(groups, saved_groups, strict=True)):
+        if any(
+            len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups, strict=True)
+        ):
             raise ValueError(
                 "loaded state dict contains a parameter group that doesn't match the size of "
                 "optimizer's group"
             )
-        id_map = dict(zip(chain.from_iterable(g["params"] for g in saved_groups),
-                          chain.from_iterable(g["params"] for g in groups), strict=True))
+        id_map = dict(
+            zip(
+                chain.from_iterable(g["params"] for g in saved_groups),
+                chain.from_iterable(g["params"] for g in groups),
+                strict=True,
+            )
+        )
         state: defaultdict[Any, dict[str, Any]] = defaultdict(dict)
         for key, value in state_dict["state"].items():
             if key in id_map:
@@ -281,13 +287,23 @@ class Optimizer:
                 new_group["param_names"] = group["param_names"]
             return new_group
 
-        self.__setstate__({"state": state,
-                           "param_groups": [update_group(g, ng)
-                                            for g, ng in zip(groups, saved_groups, strict=True)]})
+        self.__setstate__(
+            {
+                "state": state,
+                "param_groups": [
+                    update_group(g, ng) for g, ng in zip(groups, saved_groups, strict=True)
+                ],
+            }
+        )
 
 
-def _cast(param: Tensor, value: Any, param_id: Any = None,
-          param_groups: list[dict[str, Any]] | None = None, key: Any = None) -> Any:
+def _cast(
+    param: Tensor,
+    value: Any,
+    param_id: Any = None,
+    param_groups: list[dict[str, Any]] | None = None,
+    key: Any = None,
+) -> Any:
     """torch's Optimizer._cast: tensors take the parameter's dtype (kept as they are when it
     already matches), except a `step`, which is kept as it is, or made float32 when the loaded
     group of its parameter is fused or capturable; containers are rebuilt, anything else is
@@ -305,15 +321,27 @@ def _cast(param: Tensor, value: Any, param_id: Any = None,
         return {k: _cast(param, v, param_id, param_groups, k) for k, v in value.items()}
     if isinstance(value, Iterable) and not isinstance(value, str | bytes):
         # type(value): a list, tuple, set... rebuilt from an iterable, as torch does
-        return type(value)(_cast(param, v, param_id, param_groups)  # type: ignore[call-arg]
-                           for v in value)
+        return type(value)(
+            _cast(param, v, param_id, param_groups)  # type: ignore[call-arg]
+            for v in value
+        )
     return value
 
 
-def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray | None, *,
-               lr: float, momentum: float, dampening: float, weight_decay: float,
-               nesterov: bool, maximize: bool, rounding: Rounding,
-               fused_tail: np.ndarray | None = None) -> np.ndarray | None:
+def sgd_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    momentum_buffer: np.ndarray | None,
+    *,
+    lr: float,
+    momentum: float,
+    dampening: float,
+    weight_decay: float,
+    nesterov: bool,
+    maximize: bool,
+    rounding: Rounding,
+    fused_tail: np.ndarray | None = None,
+) -> np.ndarray | None:
     """One parameter's step, in place on `param`; returns its momentum buffer (None without
     momentum). Each line is a line of torch's documented algorithm, rounded as torch rounds it.
     `fused_tail`: for torch's fused kernel, the flat indices of its scalar tail (see _momentum).
@@ -327,16 +355,22 @@ def sgd_update(param: np.ndarray, grad: np.ndarray, momentum_buffer: np.ndarray 
             if momentum_buffer is None:
                 momentum_buffer = np.array(g, copy=True)  # b₁ = g₁: the first step is not damped
             else:
-                momentum_buffer[...] = _momentum(momentum_buffer, g, momentum, dampening,
-                                                 rounding, fused_tail)  # μb + (1 − τ)g
-            g = add_scaled(g, momentum_buffer, momentum, rounding) if nesterov \
-                else momentum_buffer
+                momentum_buffer[...] = _momentum(
+                    momentum_buffer, g, momentum, dampening, rounding, fused_tail
+                )  # μb + (1 − τ)g
+            g = add_scaled(g, momentum_buffer, momentum, rounding) if nesterov else momentum_buffer
         param[...] = add_scaled(param, g, -lr, rounding)  # θ − γg
     return momentum_buffer
 
 
-def _momentum(buffer: np.ndarray, g: np.ndarray, momentum: float, dampening: float,
-              rounding: Rounding, fused_tail: np.ndarray | None) -> np.ndarray:
+def _momentum(
+    buffer: np.ndarray,
+    g: np.ndarray,
+    momentum: float,
+    dampening: float,
+    rounding: Rounding,
+    fused_tail: np.ndarray | None,
+) -> np.ndarray:
     """μb + (1 − τ)g. torch's fused kernel (`fused=True`) rounds it as
     fma(1 − τ, g, μ·b) over whole SIMD vectors, but as fma(b, μ, (1 − τ)·g) in the scalar tail
     of each tensor (the compiler's contraction of the tail's expression); the for-loop and
@@ -345,8 +379,9 @@ def _momentum(buffer: np.ndarray, g: np.ndarray, momentum: float, dampening: flo
     if fused_tail is None or rounding == "separate" or not fused_tail.size:
         return body
     damped = g.reshape(-1)[fused_tail] * (1 - dampening)
-    body.reshape(-1)[fused_tail] = add_scaled(damped, buffer.reshape(-1)[fused_tail], momentum,
-                                              rounding)
+    body.reshape(-1)[fused_tail] = add_scaled(
+        damped, buffer.reshape(-1)[fused_tail], momentum, rounding
+    )
     return body
 
 
@@ -371,8 +406,7 @@ def _batches(params: list[Tensor], buffers: list[Tensor | None]) -> list[list[in
     for i, p in enumerate(params):
         round_ = seen[id(p)]
         seen[id(p)] += 1
-        key = (round_, p.dtype, buffers[i] is None,
-               i if p.data.size >= BATCH_BELOW else None)
+        key = (round_, p.dtype, buffers[i] is None, i if p.data.size >= BATCH_BELOW else None)
         batches.setdefault(key, []).append(i)
     return [batches[key] for key in sorted(batches, key=lambda k: k[0])]  # stable within rounds
 
@@ -386,11 +420,21 @@ class SGD(Optimizer):
     "DEFAULT", as `torch.backends.cpu.get_cpu_capability()` names it) is refimpl's addition:
     the torch whose rounding to reproduce; by default the one torch would pick here."""
 
-    def __init__(self, params: Any, lr: float | Tensor = 1e-3, momentum: float = 0,
-                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
-                 maximize: bool = False, foreach: bool | None = None,
-                 differentiable: bool = False, fused: bool | None = None,
-                 cpu_capability: str | None = None) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        cpu_capability: str | None = None,
+    ) -> None:
         if isinstance(lr, Tensor) and lr.numel() != 1:
             raise ValueError("Tensor lr must be 1-element")
         if lr < 0.0:
@@ -400,9 +444,15 @@ class SGD(Optimizer):
         if weight_decay < 0.0:
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         defaults = {
-            "lr": lr, "momentum": momentum, "dampening": dampening,
-            "weight_decay": weight_decay, "nesterov": nesterov, "maximize": maximize,
-            "foreach": foreach, "differentiable": differentiable, "fused": fused,
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+            "maximize": maximize,
+            "foreach": foreach,
+            "differentiable": differentiable,
+            "fused": fused,
         }
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -440,8 +490,13 @@ class SGD(Optimizer):
                         self.state[p]["momentum_buffer"] = buffer
         return loss
 
-    def _step_batch(self, group: dict[str, Any], params: list[Tensor],
-                    buffers: list[Tensor | None], batch: list[int]) -> None:
+    def _step_batch(
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        buffers: list[Tensor | None],
+        batch: list[int],
+    ) -> None:
         """sgd_update on the batch's parameters: in place for one, else on their flat
         concatenation, scattered back afterwards. New buffers are stored into `buffers`."""
         ps = [params[i] for i in batch]
@@ -455,18 +510,34 @@ class SGD(Optimizer):
 
         tail = None
         if group["fused"]:
-            tail = np.concatenate([start + _fused_tail(n, p.data.dtype)
-                                   for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
+            tail = np.concatenate(
+                [
+                    start + _fused_tail(n, p.data.dtype)
+                    for start, n, p in zip([0, *splits], sizes, ps, strict=True)
+                ]
+            )
         param = gather([p.data for p in ps])
         buffer = sgd_update(
             # step batches only parameters with a .grad, and a batch's buffers all set or all None
-            param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
+            param,
+            gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
             None if old[0] is None else gather([b.data for b in old]),  # type: ignore[union-attr]
-            lr=_scalar(group["lr"]), momentum=group["momentum"], dampening=group["dampening"],
-            weight_decay=_scalar(group["weight_decay"]), nesterov=group["nesterov"],
-            maximize=group["maximize"], rounding=self.rounding, fused_tail=tail)
-        if group["foreach"] and group["nesterov"] and group["momentum"] != 0 and \
-                not group["maximize"] and _scalar(group["weight_decay"]) == 0:
+            lr=_scalar(group["lr"]),
+            momentum=group["momentum"],
+            dampening=group["dampening"],
+            weight_decay=_scalar(group["weight_decay"]),
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            rounding=self.rounding,
+            fused_tail=tail,
+        )
+        if (
+            group["foreach"]
+            and group["nesterov"]
+            and group["momentum"] != 0
+            and not group["maximize"]
+            and _scalar(group["weight_decay"]) == 0
+        ):
             # torch 2.13's foreach path adds μ·b into the gradient tensors themselves when it
             # made no copy of them (no maximize, no weight decay): .grad ends as g + μ·b
             assert buffer is not None  # momentum != 0: sgd_update returned the buffer
@@ -509,10 +580,20 @@ class AdamScalars(NamedTuple):
     eps: float
 
 
-def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
-                exp_avg_sq: np.ndarray, max_exp_avg_sq: np.ndarray | None, s: AdamScalars, *,
-                maximize: bool, rounding: Rounding, fused: bool = False, sqrt: Sqrt = np.sqrt,
-                scalar_tail: np.ndarray | None = None) -> None:
+def adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    exp_avg: np.ndarray,
+    exp_avg_sq: np.ndarray,
+    max_exp_avg_sq: np.ndarray | None,
+    s: AdamScalars,
+    *,
+    maximize: bool,
+    rounding: Rounding,
+    fused: bool = False,
+    sqrt: Sqrt = np.sqrt,
+    scalar_tail: np.ndarray | None = None,
+) -> None:
     """One step of one parameter (or of a flat batch of them), in place on `param` and the
     moments (`max_exp_avg_sq` is None without amsgrad). Each line is a line of torch's
     documented algorithm, rounded as torch's kernels round it: `rounding` is the CPU
@@ -528,10 +609,20 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
             param *= s.decay  # θ ← θ(1 − γλ)
         if s.weight_decay is not None:
             g = add_scaled(g, param, s.weight_decay, rounding)  # g ← g + λθ
-        exp_avg[...] = lerp(exp_avg, g, s.one_minus_beta1, rounding,  # m ← β₁m + (1 − β₁)g
-                            scalar_tail)
-        exp_avg_sq[...] = _second_moment(exp_avg_sq, g, s, rounding,  # v ← β₂v + (1 − β₂)g²
-                                         scalar_tail if fused else None)
+        exp_avg[...] = lerp(
+            exp_avg,
+            g,
+            s.one_minus_beta1,
+            rounding,  # m ← β₁m + (1 − β₁)g
+            scalar_tail,
+        )
+        exp_avg_sq[...] = _second_moment(
+            exp_avg_sq,
+            g,
+            s,
+            rounding,  # v ← β₂v + (1 − β₂)g²
+            scalar_tail if fused else None,
+        )
         v = exp_avg_sq
         if max_exp_avg_sq is not None:  # v ← max(v_max, v)
             v = _maximum(max_exp_avg_sq, exp_avg_sq, scalar_tail if fused else None)
@@ -539,14 +630,16 @@ def adam_update(param: np.ndarray, grad: np.ndarray, exp_avg: np.ndarray,
         param[...] = addcdiv(param, exp_avg, denom, -s.step_size)  # θ − γ/(1 − β₁ᵗ) · m / denom
 
 
-def _second_moment(v: np.ndarray, g: np.ndarray, s: AdamScalars, rounding: Rounding,
-                   fused_tail: np.ndarray | None) -> np.ndarray:
+def _second_moment(
+    v: np.ndarray, g: np.ndarray, s: AdamScalars, rounding: Rounding, fused_tail: np.ndarray | None
+) -> np.ndarray:
     """β₂v + (1 − β₂)g². torch's `v.mul_(β₂).addcmul_(g, g, value=1 − β₂)` rounds it as
     fma((1 − β₂)·g, g, β₂·v), β₂·v stored in v's dtype, and so does the fused kernel's vector
     body; the fused kernel's scalar tail (the compiler's contraction of its expression) rounds
     it as fma(v, β₂, (1 − β₂)·g·g)."""
-    body = addcmul(np.asarray(v * s.beta2).astype(v.dtype, copy=False), g, g, s.one_minus_beta2,
-                   rounding)
+    body = addcmul(
+        np.asarray(v * s.beta2).astype(v.dtype, copy=False), g, g, s.one_minus_beta2, rounding
+    )
     if fused_tail is None or rounding == "separate" or not fused_tail.size:
         return body
     tail_g = g.reshape(-1)[fused_tail]
@@ -593,7 +686,7 @@ def _pow(base: Any, exponent: float) -> Any:
     pow kernel: the base itself at 1, base·base and base·base·base at 2 and 3, otherwise pow in
     double rounded to the tensor's dtype."""
     if not isinstance(base, np.floating):
-        return base ** exponent
+        return base**exponent
     if exponent == 0:
         return type(base)(1)
     if exponent == 1:
@@ -613,8 +706,9 @@ def _true_divide(a: Any, b: Any) -> Any:
     return a / b
 
 
-def loop_scalars(group: dict[str, Any], step: float, dtype: np.dtype, zero_dim: bool,
-                 sqrt: Sqrt = np.sqrt) -> AdamScalars:
+def loop_scalars(
+    group: dict[str, Any], step: float, dtype: np.dtype, zero_dim: bool, sqrt: Sqrt = np.sqrt
+) -> AdamScalars:
     """The scalars as torch's for-loop and foreach paths compute them at step t: in Python
     doubles for Python numbers, in the tensor's dtype (with torch's tensor operations) where lr
     or the betas are tensors. A tensor β₁ is cast to the parameters' dtype before 1 − β₁; the
@@ -630,16 +724,23 @@ def loop_scalars(group: dict[str, Any], step: float, dtype: np.dtype, zero_dim: 
         bias_correction1 = 1 - _pow(beta1, step)
         bias_correction2 = 1 - _pow(beta2, step)
         step_size = _true_divide(lr, bias_correction1)
-        bias_correction2_sqrt = bias_correction2 ** 0.5 if isinstance(bias_correction2, float) \
-            else sqrt(np.asarray(bias_correction2))[()]  # a tensor's ** 0.5 is its sqrt()
+        bias_correction2_sqrt = (
+            bias_correction2**0.5
+            if isinstance(bias_correction2, float)
+            else sqrt(np.asarray(bias_correction2))[()]
+        )  # a tensor's ** 0.5 is its sqrt()
         device_beta1 = dtype.type(beta1) if isinstance(beta1, np.floating) else beta1
         decoupled = group["decoupled_weight_decay"]
         return AdamScalars(
             weight_decay=float(weight_decay) if weight_decay != 0 and not decoupled else None,
             decay=operand(1 - lr * weight_decay) if weight_decay != 0 and decoupled else None,
-            one_minus_beta1=1 - device_beta1, beta2=operand(beta2),
-            one_minus_beta2=float(1 - beta2), step_size=float(step_size),
-            bias_correction2_sqrt=operand(bias_correction2_sqrt), eps=float(eps))
+            one_minus_beta1=1 - device_beta1,
+            beta2=operand(beta2),
+            one_minus_beta2=float(1 - beta2),
+            step_size=float(step_size),
+            bias_correction2_sqrt=operand(bias_correction2_sqrt),
+            eps=float(eps),
+        )
 
 
 def fused_scalars(group: dict[str, Any], step: float, rounding: Rounding) -> AdamScalars:
@@ -656,11 +757,20 @@ def fused_scalars(group: dict[str, Any], step: float, rounding: Rounding) -> Ada
     decoupled = group["decoupled_weight_decay"]
     return AdamScalars(
         weight_decay=weight_decay if weight_decay != 0 and not decoupled else None,
-        decay=(float(fma(np.float64(-lr), weight_decay, np.float64(1.0))) if rounding == "fused"
-               else 1 - lr * weight_decay) if weight_decay != 0 and decoupled else None,
-        one_minus_beta1=1 - beta1, beta2=beta2, one_minus_beta2=1 - beta2, step_size=step_size,
+        decay=(
+            float(fma(np.float64(-lr), weight_decay, np.float64(1.0)))
+            if rounding == "fused"
+            else 1 - lr * weight_decay
+        )
+        if weight_decay != 0 and decoupled
+        else None,
+        one_minus_beta1=1 - beta1,
+        beta2=beta2,
+        one_minus_beta2=1 - beta2,
+        step_size=step_size,
         bias_correction2_sqrt=math.sqrt(bias_correction2) if bias_correction2 >= 0 else math.nan,
-        eps=eps)
+        eps=eps,
+    )
 
 
 def _to_scalar(value: Any) -> Any:
@@ -714,16 +824,29 @@ class Adam(Optimizer):
     which ignores it.
     """
 
-    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
-                 betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0, amsgrad: bool = False, *, foreach: bool | None = None,
-                 maximize: bool = False, capturable: bool = False, differentiable: bool = False,
-                 fused: bool | None = None, decoupled_weight_decay: bool = False,
-                 cpu_capability: str | None = None, sqrt: Sqrt | None = None) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        foreach: bool | None = None,
+        maximize: bool = False,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        decoupled_weight_decay: bool = False,
+        cpu_capability: str | None = None,
+        sqrt: Sqrt | None = None,
+    ) -> None:
         if isinstance(lr, Tensor):
             if foreach and not capturable:
                 raise ValueError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
             if lr.numel() != 1:
                 raise ValueError("Tensor lr must be 1-element")
         if not 0.0 <= lr:  # noqa: SIM300 (torch's comparison, torch's TypeError)
@@ -736,21 +859,32 @@ class Adam(Optimizer):
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         if not 0.0 <= weight_decay:  # noqa: SIM300 (torch's comparison, torch's TypeError)
             raise ValueError(f"Invalid weight_decay value: {weight_decay}")
-        if not ((isinstance(betas[0], float) and isinstance(betas[1], float))
-                or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))):
+        if not (
+            (isinstance(betas[0], float) and isinstance(betas[1], float))
+            or (isinstance(betas[0], Tensor) and isinstance(betas[1], Tensor))
+        ):
             raise ValueError("betas must be either both floats or both Tensors")
         for i, beta in enumerate(betas[:2]):
             if isinstance(beta, Tensor):
                 if not capturable and foreach:
-                    raise ValueError(f"betas[{i}] as a Tensor is not supported for "
-                                     "capturable=False and foreach=True")
+                    raise ValueError(
+                        f"betas[{i}] as a Tensor is not supported for "
+                        "capturable=False and foreach=True"
+                    )
                 if beta.numel() != 1:
                     raise ValueError(f"Tensor betas[{i}] must be 1-element")
         betas = tuple(map(_to_scalar, betas))
         defaults = {
-            "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-            "amsgrad": amsgrad, "maximize": maximize, "foreach": foreach,
-            "capturable": capturable, "differentiable": differentiable, "fused": fused,
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "foreach": foreach,
+            "capturable": capturable,
+            "differentiable": differentiable,
+            "fused": fused,
             "decoupled_weight_decay": decoupled_weight_decay,
         }
         super().__init__(params, defaults)
@@ -764,7 +898,8 @@ class Adam(Optimizer):
         self.sqrt: Sqrt = np.sqrt if sqrt is None else sqrt
         if differentiable:
             raise NotImplementedError(
-                f"refimpl's {type(self).__name__} does not differentiate through step()")
+                f"refimpl's {type(self).__name__} does not differentiate through step()"
+            )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -779,8 +914,7 @@ class Adam(Optimizer):
             for p in group["params"]:
                 p_state: Any = self.state.get(p, [])
                 if len(p_state) != 0 and not isinstance(p_state["step"], Tensor):
-                    p_state["step"] = Tensor._wrap(
-                        np.array(float(p_state["step"]), np.float32))
+                    p_state["step"] = Tensor._wrap(np.array(float(p_state["step"]), np.float32))
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Runs `closure` (with grad enabled) if given, updates every parameter that has a
@@ -819,7 +953,8 @@ class Adam(Optimizer):
                 state[name]
             if group["foreach"] and isinstance(group["lr"], Tensor) and not group["capturable"]:
                 raise RuntimeError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
             state["step"]
             entries.append((p, state))
         return entries
@@ -834,19 +969,24 @@ class Adam(Optimizer):
             lr = group["lr"]
             if isinstance(lr, Tensor) and not group["capturable"]:
                 raise RuntimeError(
-                    "lr as a Tensor is not supported for capturable=False and foreach=True")
+                    "lr as a Tensor is not supported for capturable=False and foreach=True"
+                )
             for name, beta in (("beta1", beta1), ("beta2", beta2)):
                 if isinstance(beta, Tensor) and not group["capturable"]:
-                    raise ValueError(f"{name} as a Tensor is not supported for "
-                                     "capturable=False and foreach=True")
+                    raise ValueError(
+                        f"{name} as a Tensor is not supported for capturable=False and foreach=True"
+                    )
         else:
             devices = [*devices, "xla"]
         if group["capturable"]:
-            raise AssertionError("If capturable=True, params and state_steps must be on "
-                                 f"supported devices: {devices}.")
+            raise AssertionError(
+                "If capturable=True, params and state_steps must be on "
+                f"supported devices: {devices}."
+            )
 
-    def _update_group(self, group: dict[str, Any],
-                      entries: list[tuple[Tensor, dict[str, Any]]]) -> None:
+    def _update_group(
+        self, group: dict[str, Any], entries: list[tuple[Tensor, dict[str, Any]]]
+    ) -> None:
         """adam_update over the group: the k-th listing of a parameter in the k-th round. The
         for-loop (and foreach) path counts a step just before using it; the fused path counts
         every step first, then runs its kernel on each listed tensor in turn."""
@@ -864,20 +1004,27 @@ class Adam(Optimizer):
             for i, (p, state) in enumerate(rounds[k]):
                 if not fused:
                     state["step"].data += 1
-                step = float(np.float32(state["step"].data)) if fused \
-                    else float(state["step"].data)
+                step = float(np.float32(state["step"].data)) if fused else float(state["step"].data)
                 # large tensors are stepped where they lie, and 0-dim ones alone (torch computes
                 # them with 0-dim tensor hyperparameters in the dtype both promote to)
                 alone = p.data.size >= BATCH_BELOW or p.data.ndim == 0
                 key = (p.dtype, step, i if alone else None)
                 batches.setdefault(key, []).append((p, state))
             for (dtype, step, _), batch in batches.items():
-                scalars = fused_scalars(group, step, self.rounding) if fused else \
-                    loop_scalars(group, step, dtype, batch[0][0].data.ndim == 0, self.sqrt)
+                scalars = (
+                    fused_scalars(group, step, self.rounding)
+                    if fused
+                    else loop_scalars(group, step, dtype, batch[0][0].data.ndim == 0, self.sqrt)
+                )
                 self._step_batch(group, batch, scalars, fused)
 
-    def _step_batch(self, group: dict[str, Any], batch: list[tuple[Tensor, dict[str, Any]]],
-                    scalars: AdamScalars, fused: bool) -> None:
+    def _step_batch(
+        self,
+        group: dict[str, Any],
+        batch: list[tuple[Tensor, dict[str, Any]]],
+        scalars: AdamScalars,
+        fused: bool,
+    ) -> None:
         """adam_update on the batch's parameters: in place for one, else on their flat
         concatenation, scattered back afterwards."""
         ps = [p for p, _ in batch]
@@ -891,15 +1038,28 @@ class Adam(Optimizer):
             return np.concatenate([a.reshape(-1) for a in arrays]) if flat else arrays[0]
 
         vector_bytes = FUSED_KERNEL_VECTOR_BYTES if fused else LOOP_KERNEL_TAIL_BYTES
-        tail = np.concatenate([start + _tail(n, p.data.dtype, vector_bytes)
-                               for start, n, p in zip([0, *splits], sizes, ps, strict=True)])
+        tail = np.concatenate(
+            [
+                start + _tail(n, p.data.dtype, vector_bytes)
+                for start, n, p in zip([0, *splits], sizes, ps, strict=True)
+            ]
+        )
         param = gather([p.data for p in ps])
         arrays = [gather([t.data for t in tensors]) for tensors in moments]
         # step batches only parameters with a .grad
-        adam_update(param, gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
-                    arrays[0], arrays[1], arrays[2] if group["amsgrad"] else None, scalars,
-                    maximize=group["maximize"], rounding=self.rounding, fused=fused,
-                    sqrt=np.sqrt if fused else self.sqrt, scalar_tail=tail)
+        adam_update(
+            param,
+            gather([p.grad.data for p in ps]),  # type: ignore[union-attr]
+            arrays[0],
+            arrays[1],
+            arrays[2] if group["amsgrad"] else None,
+            scalars,
+            maximize=group["maximize"],
+            rounding=self.rounding,
+            fused=fused,
+            sqrt=np.sqrt if fused else self.sqrt,
+            scalar_tail=tail,
+        )
         for tensors, array in zip([ps, *moments], [param, *arrays], strict=True):
             for t, piece in zip(tensors, np.split(array.reshape(-1), splits), strict=True):
                 if flat:
@@ -911,16 +1071,39 @@ class AdamW(Adam):
     """torch.optim.AdamW: Adam with decoupled weight decay (θ ← θ(1 − γλ)), λ = 0.01 by default;
     `decoupled_weight_decay` stays True whatever a loaded state dict says, as in torch."""
 
-    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
-                 betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *, maximize: bool = False,
-                 foreach: bool | None = None, capturable: bool = False,
-                 differentiable: bool = False, fused: bool | None = None,
-                 cpu_capability: str | None = None, sqrt: Sqrt | None = None) -> None:
-        super().__init__(params, lr, betas, eps, weight_decay, amsgrad, foreach=foreach,
-                         maximize=maximize, capturable=capturable,
-                         differentiable=differentiable, fused=fused,
-                         decoupled_weight_decay=True, cpu_capability=cpu_capability, sqrt=sqrt)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float | Tensor, float | Tensor] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        capturable: bool = False,
+        differentiable: bool = False,
+        fused: bool | None = None,
+        cpu_capability: str | None = None,
+        sqrt: Sqrt | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr,
+            betas,
+            eps,
+            weight_decay,
+            amsgrad,
+            foreach=foreach,
+            maximize=maximize,
+            capturable=capturable,
+            differentiable=differentiable,
+            fused=fused,
+            decoupled_weight_decay=True,
+            cpu_capability=cpu_capability,
+            sqrt=sqrt,
+        )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

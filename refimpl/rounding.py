@@ -66,8 +66,9 @@ def fma(a: np.ndarray | np.floating, b: Factor, c: np.ndarray | np.floating) -> 
     a, c = np.asarray(a), np.asarray(c)
     dtype = a.dtype
     if dtype not in _FORMATS or c.dtype != dtype:
-        raise TypeError(f"fma needs float32 or float64 arrays of one dtype, got {a.dtype}, "
-                        f"{c.dtype}")
+        raise TypeError(
+            f"fma needs float32 or float64 arrays of one dtype, got {a.dtype}, {c.dtype}"
+        )
     factor: np.ndarray | np.floating  # b in the dtype: a numpy scalar, or a flat array
     if np.ndim(b) == 0:
         with np.errstate(all="ignore"):
@@ -98,15 +99,17 @@ def fma(a: np.ndarray | np.floating, b: Factor, c: np.ndarray | np.floating) -> 
     return out
 
 
-def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float | np.floating,
-               rounding: Rounding) -> np.ndarray:
+def add_scaled(
+    a: np.ndarray, b: np.ndarray, alpha: float | np.floating, rounding: Rounding
+) -> np.ndarray:
     """torch's `a.add(b, alpha=alpha)` on CPU for a's dtype: alpha is first rounded to the dtype
     (float32: np.float32(alpha), as torch does for a Python scalar), then 'fused': fma(alpha, b, a);
     'separate': a + (alpha*b) rounded twice (ATEN_CPU_CAPABILITY=default)."""
     a, b = np.asarray(a), np.asarray(b)
     if a.dtype not in _FORMATS or b.dtype != a.dtype:
-        raise TypeError(f"add_scaled needs float32 or float64 arrays of one dtype, got {a.dtype}, "
-                        f"{b.dtype}")
+        raise TypeError(
+            f"add_scaled needs float32 or float64 arrays of one dtype, got {a.dtype}, {b.dtype}"
+        )
     with np.errstate(all="ignore"):
         scale = a.dtype.type(alpha)
         if rounding == "fused":
@@ -116,8 +119,13 @@ def add_scaled(a: np.ndarray, b: np.ndarray, alpha: float | np.floating,
     raise ValueError(f"rounding must be 'fused' or 'separate', got {rounding!r}")
 
 
-def lerp(start: np.ndarray, end: np.ndarray, weight: float | np.floating, rounding: Rounding,
-         scalar_tail: np.ndarray | None = None) -> np.ndarray:
+def lerp(
+    start: np.ndarray,
+    end: np.ndarray,
+    weight: float | np.floating,
+    rounding: Rounding,
+    scalar_tail: np.ndarray | None = None,
+) -> np.ndarray:
     """torch's `start.lerp(end, weight)` on CPU for a scalar weight (first rounded to the dtype,
     as torch rounds a Python scalar or casts a 0-dim tensor). torch's kernel (ATen's lerp_vec and
     its scalar twin) picks one of two formulas by the weight, with d = end − start rounded:
@@ -142,8 +150,9 @@ def lerp(start: np.ndarray, end: np.ndarray, weight: float | np.floating, roundi
         return result
 
 
-def addcmul(a: np.ndarray, t1: np.ndarray, t2: np.ndarray, value: float | np.floating,
-            rounding: Rounding) -> np.ndarray:
+def addcmul(
+    a: np.ndarray, t1: np.ndarray, t2: np.ndarray, value: float | np.floating, rounding: Rounding
+) -> np.ndarray:
     """torch's `a.addcmul(t1, t2, value=value)` on CPU: a + (value·t1)·t2 with value rounded to the
     dtype and value·t1 rounded first (the kernel's `self + scalar * t1 * t2`); 'fused': the rest
     is fma(value·t1, t2, a) (the compiler contracts it, body and tail alike), 'separate': rounded
@@ -205,8 +214,9 @@ def _two_sum_err(x: np.ndarray, y: np.ndarray, s: np.ndarray) -> np.ndarray:
     return err
 
 
-def _two_sum_err_into(x: np.ndarray, y: np.ndarray, s: np.ndarray, err: np.ndarray,
-                      tmp: np.ndarray) -> None:
+def _two_sum_err_into(
+    x: np.ndarray, y: np.ndarray, s: np.ndarray, err: np.ndarray, tmp: np.ndarray
+) -> None:
     """err = x + y - s exactly, for s = fl(x + y), into preallocated arrays."""
     np.subtract(s, x, out=tmp)
     np.subtract(s, tmp, out=err)
@@ -246,6 +256,7 @@ def _exact_product(a: np.ndarray, b: np.floating, c: np.ndarray, out: np.ndarray
 
 
 # --- float32 -------------------------------------------------------------------------------------
+
 
 def _fma32(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray, out: np.ndarray) -> None:
     """float32 fma through float64: exact product, one float64 rounding of the sum, then float32.
@@ -295,6 +306,7 @@ def _fma32_odd(a: np.ndarray, b: np.ndarray | np.floating, c: np.ndarray) -> np.
 
 
 # --- float64 -------------------------------------------------------------------------------------
+
 
 def _fma64_filtered(a: np.ndarray, b: np.float64, c: np.ndarray, out: np.ndarray) -> None:
     """out = th = RN(c + RN(a*b)) where that is provably the fma; _fma64 for the rest.
@@ -394,9 +406,17 @@ def _fma64(a: np.ndarray, b: Factor, c: np.ndarray, out: np.ndarray) -> None:
     _fix(a, b, c, out, odd=odd, exact=slow)
 
 
-def _tie_path(a: np.ndarray, bh: np.ndarray | float, bl: np.ndarray | float, uh: np.ndarray,
-              th: np.ndarray, tl: np.ndarray, z: np.ndarray, w1: np.ndarray,
-              w2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _tie_path(
+    a: np.ndarray,
+    bh: np.ndarray | float,
+    bl: np.ndarray | float,
+    uh: np.ndarray,
+    th: np.ndarray,
+    tl: np.ndarray,
+    z: np.ndarray,
+    w1: np.ndarray,
+    w2: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """z = RN(th + RN(tl + ul)), ul = a*b - uh by Dekker's product. Overwrites tl, w1, w2.
 
     With w = RN(tl + ul) and f = tl + ul - w: when f = 0 the sum is exact and z is right. When
@@ -450,8 +470,9 @@ def _ro64(a: np.ndarray, b: Factor, c: np.ndarray) -> tuple[np.ndarray, np.ndarr
     z = th + _round_to_odd(w, _two_sum_err(tl, ul, w))
     z = np.where(z == 0, th, z)  # an exact zero: th = RN(c + uh) has IEEE's sign
     abs_a, abs_b = np.abs(a), np.abs(b)
-    bad = (abs_a < _LO_A) | (abs_a > _HI_A) | (abs_b < _LO_A) | (abs_b > _HI_A) \
-        | (np.abs(uh) < _LO_P)
+    bad = (
+        (abs_a < _LO_A) | (abs_a > _HI_A) | (abs_b < _LO_A) | (abs_b > _HI_A) | (np.abs(uh) < _LO_P)
+    )
     bad &= (a != 0) & (b != 0)
     bad |= ~np.isfinite(z)
     return z, bad
@@ -459,8 +480,15 @@ def _ro64(a: np.ndarray, b: Factor, c: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
 # --- exact path ----------------------------------------------------------------------------------
 
-def _fix(a: np.ndarray, b: Factor, c: np.ndarray, out: np.ndarray,
-         odd: Sequence[np.ndarray] = (), exact: Sequence[np.ndarray] = ()) -> None:
+
+def _fix(
+    a: np.ndarray,
+    b: Factor,
+    c: np.ndarray,
+    out: np.ndarray,
+    odd: Sequence[np.ndarray] = (),
+    exact: Sequence[np.ndarray] = (),
+) -> None:
     """Redoes elements (index arrays into the flat arrays): `odd` with the round-to-odd
     algorithm (float64), then `exact` and whatever `odd` leaves out of its domain exactly."""
     exact = list(exact)
@@ -489,8 +517,9 @@ def _exact(a: np.ndarray, b: Factor, c: np.ndarray) -> np.ndarray:
         exact = Fraction(x) * Fraction(y) + Fraction(z)
         if exact == 0:
             if x == 0 or y == 0:  # a zero product: -0 only when it and c are both -0
-                negative = (math.copysign(1, x) * math.copysign(1, y) < 0) and \
-                    math.copysign(1, z) < 0
+                negative = (math.copysign(1, x) * math.copysign(1, y) < 0) and math.copysign(
+                    1, z
+                ) < 0
                 out[i] = -0.0 if negative else 0.0
             else:  # exact cancellation rounds to +0
                 out[i] = 0.0

@@ -165,7 +165,8 @@ def _check_requires_grad(dtype: np.dtype, factory: builtins.bool = False) -> Non
     # `requires_grad_()`.
     if dtype.kind != "f":
         raise RuntimeError(
-            "Only Tensors of floating point and complex dtype can require gradients" if factory
+            "Only Tensors of floating point and complex dtype can require gradients"
+            if factory
             else "only Tensors of floating point dtype can require gradients"
         )
 
@@ -255,9 +256,7 @@ class Tensor:
 
     def __bool__(self) -> builtins.bool:
         if self.data.size != 1:
-            raise RuntimeError(
-                "Boolean value of Tensor with more than one value is ambiguous"
-            )
+            raise RuntimeError("Boolean value of Tensor with more than one value is ambiguous")
         return builtins.bool(self.data.reshape(()).item())
 
     def __format__(self, format_spec: str) -> str:
@@ -286,8 +285,12 @@ class Tensor:
         return f"tensor({body}{extra})"
 
     # Autograd --------------------------------------------------------------------------------
-    def backward(self, gradient: Tensor | None = None, retain_graph: builtins.bool | None = None,
-                 create_graph: builtins.bool = False) -> None:
+    def backward(
+        self,
+        gradient: Tensor | None = None,
+        retain_graph: builtins.bool | None = None,
+        create_graph: builtins.bool = False,
+    ) -> None:
         if create_graph:
             raise NotImplementedError("refimpl does not record higher-order gradients")
         seed = gradient.data if isinstance(gradient, Tensor) else gradient
@@ -355,17 +358,22 @@ class Tensor:
         self._check_inplace()
         other = other if isinstance(other, (Tensor, builtins.bool, int, float)) else tensor(other)
         dtype = result_type(self, other)
-        if (self.data.dtype.kind != "f" and dtype.kind == "f"):
+        if self.data.dtype.kind != "f" and dtype.kind == "f":
             raise RuntimeError(
                 f"result type Float can't be cast to the desired output type "
                 f"{_torch_type_name(self.data.dtype)}"
             )
         op = OPS[name]
         records = _grad_mode.enabled and (
-            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad))
+            self.requires_grad or (isinstance(other, Tensor) and other.requires_grad)
+        )
         operand = _as_array(other, dtype)
-        if (not records and isinstance(op.forward, np.ufunc) and dtype == self.data.dtype
-                and getattr(operand, "shape", ()) in ((), self.data.shape)):
+        if (
+            not records
+            and isinstance(op.forward, np.ufunc)
+            and dtype == self.data.dtype
+            and getattr(operand, "shape", ()) in ((), self.data.shape)
+        ):
             # Nothing to record (an optimizer step under no_grad): like torch's in-place kernel,
             # the same ufunc writes straight into this tensor's array, with no temporary.
             _quietly(op.forward, (self.data, operand), {"out": self.data})
@@ -564,8 +572,9 @@ class Tensor:
     def sum(self, dim: int | Sequence[int] | None = None, keepdim: builtins.bool = False) -> Tensor:
         return apply(OPS["sum"], self, dim=_dims(dim, self.ndim), keepdim=keepdim)
 
-    def mean(self, dim: int | Sequence[int] | None = None,
-             keepdim: builtins.bool = False) -> Tensor:
+    def mean(
+        self, dim: int | Sequence[int] | None = None, keepdim: builtins.bool = False
+    ) -> Tensor:
         if self.data.dtype.kind != "f":
             raise RuntimeError(
                 "mean(): could not infer output dtype. Input dtype must be either a floating "
@@ -675,9 +684,7 @@ class Tensor:
                 f"tensor ({self.ndim})"
             )
         lead = len(shape) - self.ndim
-        full = tuple(
-            self.shape[i - lead] if n == -1 else n for i, n in enumerate(shape)
-        )
+        full = tuple(self.shape[i - lead] if n == -1 else n for i, n in enumerate(shape))
         try:
             np.broadcast_shapes(self.shape, full)
         except ValueError:
@@ -730,7 +737,8 @@ def _accumulate(tensor: Tensor, grad: np.ndarray, owned: builtins.bool) -> None:
     if tensor.grad is None:
         keep_array = owned and grad.dtype == tensor.data.dtype
         tensor.grad = Tensor._wrap(
-            grad if keep_array else np.array(grad, dtype=tensor.data.dtype, copy=True))
+            grad if keep_array else np.array(grad, dtype=tensor.data.dtype, copy=True)
+        )
     else:
         np.add(tensor.grad.data, grad, out=tensor.grad.data, casting="unsafe")
         tensor.grad._version += 1
@@ -830,9 +838,7 @@ def _check_nonempty_reduction(x: Tensor, dims: tuple[int, ...] | None, name: str
     reduced = dims if dims else range(x.ndim)
     for d in reduced:
         if x.ndim and x.shape[d] == 0:
-            raise IndexError(
-                f"{name}(): Expected reduction dim {d} to have non-zero size."
-            )
+            raise IndexError(f"{name}(): Expected reduction dim {d} to have non-zero size.")
     if x.data.size == 0 and not x.ndim:
         raise IndexError(
             f"{name}(): Expected reduction dim to be specified for input.numel() == 0."
@@ -866,9 +872,7 @@ def _index_key(key: Any) -> Any:
     def convert(k: Any) -> Any:
         if isinstance(k, Tensor):
             if k.data.dtype.kind not in "bi":
-                raise IndexError(
-                    "tensors used as indices must be long, int, byte or bool tensors"
-                )
+                raise IndexError("tensors used as indices must be long, int, byte or bool tensors")
             return k.data
         if isinstance(k, list):
             return np.asarray(k)
@@ -923,8 +927,12 @@ def ones(*shape: Any, dtype: Any = None, requires_grad: builtins.bool = False) -
     return tensor(np.ones(_shape_args(shape), dtype=dtype or float32), requires_grad=requires_grad)
 
 
-def full(shape: Sequence[int], fill_value: Scalar, dtype: Any = None,
-         requires_grad: builtins.bool = False) -> Tensor:
+def full(
+    shape: Sequence[int],
+    fill_value: Scalar,
+    dtype: Any = None,
+    requires_grad: builtins.bool = False,
+) -> Tensor:
     chosen = np.dtype(dtype) if dtype is not None else result_type(fill_value)
     return tensor(np.full(tuple(shape), fill_value, dtype=chosen), requires_grad=requires_grad)
 
@@ -971,8 +979,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
             )
         cols_b = b.shape[-1] if b.ndim > 1 else 1
         raise RuntimeError(
-            f"mat1 and mat2 shapes cannot be multiplied ({rows_a}x{inner_a} and "
-            f"{inner_b}x{cols_b})"
+            f"mat1 and mat2 shapes cannot be multiplied ({rows_a}x{inner_a} and {inner_b}x{cols_b})"
         )
     return apply(OPS["matmul"], a, b)
 
@@ -985,8 +992,9 @@ def clamp(x: Tensor, min: Scalar | None = None, max: Scalar | None = None) -> Te
     if min is None and max is None:
         raise RuntimeError("torch.clamp: At least one of 'min' or 'max' must not be None")
     t = x.data.dtype.type
-    return apply(OPS["clamp"], x, min=None if min is None else t(min),
-                 max=None if max is None else t(max))
+    return apply(
+        OPS["clamp"], x, min=None if min is None else t(min), max=None if max is None else t(max)
+    )
 
 
 def where(condition: Tensor, input: Any, other: Any) -> Tensor:
@@ -998,8 +1006,9 @@ def where(condition: Tensor, input: Any, other: Any) -> Tensor:
     # The condition selects; only `input` and `other` take part in type promotion.
     dtype = result_type(input, other)
     # Python scalars are cast too: numpy would make where(c, 1, 0.5) float64, torch float32.
-    input, other = (x.to(dtype) if isinstance(x, Tensor) else np.asarray(x, dtype=dtype)
-                    for x in (input, other))
+    input, other = (
+        x.to(dtype) if isinstance(x, Tensor) else np.asarray(x, dtype=dtype) for x in (input, other)
+    )
     return apply(OPS["where"], condition, input, other)
 
 

@@ -34,30 +34,45 @@ def main() -> int:
     args = parser.parse_args()
     drawn: list[tuple[models.ModelSpec, frozenset[str]]] = []
 
-    @settings(max_examples=args.examples, database=None, derandomize=True, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.examples,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(model_specs())
     def draw(spec: models.ModelSpec) -> None:
         drawn.append((spec, reach(spec)))
 
     draw()
-    wanted = set(models.ALL_OPS) | set(models.KINKS) | \
-        {f"mutant:{m.name}" for m in mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS}
+    wanted = (
+        set(models.ALL_OPS)
+        | set(models.KINKS)
+        | {f"mutant:{m.name}" for m in mutants.AUTOGRAD_MUTANTS + mutants.THOROUGH_MUTANTS}
+    )
     covered: set[str] = set()
     chosen: list[models.ModelSpec] = []
     size = lambda s: sum(math.prod(shape) for shape in s.parameter_shapes().values())
     while True:
-        spec, gain = max(((s, r & wanted - covered) for s, r in drawn),
-                         key=lambda pair: (len(pair[1]), -size(pair[0])))
+        spec, gain = max(
+            ((s, r & wanted - covered) for s, r in drawn),
+            key=lambda pair: (len(pair[1]), -size(pair[0])),
+        )
         if not gain:
             break
         chosen.append(spec)
         covered |= gain
-    data = {"picked_by": f"scripts/pick_canonical_models.py --examples {args.examples}",
-            "covers": sorted(covered), "models": [spec.to_json() for spec in chosen]}
+    data = {
+        "picked_by": f"scripts/pick_canonical_models.py --examples {args.examples}",
+        "covers": sorted(covered),
+        "models": [spec.to_json() for spec in chosen],
+    }
     MODELS_FILE.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    print(f"{len(chosen)} models written to {MODELS_FILE}; not covered by "
-          f"{args.examples} drawn models: {sorted(wanted - covered) or 'nothing'}")
+    print(
+        f"{len(chosen)} models written to {MODELS_FILE}; not covered by "
+        f"{args.examples} drawn models: {sorted(wanted - covered) or 'nothing'}"
+    )
     return 0
 
 

@@ -74,5 +74,6 @@ def _kill_matrix(terminalreporter: Any) -> None:
     terminalreporter.section("kill matrix (ci profile, seed 0): mutant, killed, time to kill")
     for name, (killed, seconds, programs) in KILL_MATRIX.items():
         when = f"{seconds:.2f} s" if seconds is not None else "-"
-        terminalreporter.write_line(f"{name:36s} {'killed' if killed else 'SURVIVED':9s} "
-                                    f"{when:>9s}  ({programs} programs)")
+        terminalreporter.write_line(
+            f"{name:36s} {'killed' if killed else 'SURVIVED':9s} {when:>9s}  ({programs} programs)"
+        )

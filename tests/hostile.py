@@ -109,6 +109,16 @@ class ColdStart(MinimalSGD):
         return super().step(closure)
 
 
-HOSTILE = ["ExitZero", "ExitThree", "Segfault", "CSleep", "PythonLoop", "MemoryBomb",
-           "DeletesState", "ChangesDtype", "RaisesSystemExit", "RaisesKeyboardInterrupt",
-           "FloatLoss"]
+HOSTILE = [
+    "ExitZero",
+    "ExitThree",
+    "Segfault",
+    "CSleep",
+    "PythonLoop",
+    "MemoryBomb",
+    "DeletesState",
+    "ChangesDtype",
+    "RaisesSystemExit",
+    "RaisesKeyboardInterrupt",
+    "FloatLoss",
+]

@@ -13,8 +13,9 @@ from tests.test_optim_bitwise import PATHS, Program, programs, run_both
 CASES = 0
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          database=None)
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
 @given(program=programs(), path=st.sampled_from(list(PATHS)), tensor_lr=st.booleans())
 def check(program: Program, path: str, tensor_lr: bool) -> None:
     global CASES

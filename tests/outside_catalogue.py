@@ -112,6 +112,7 @@ class StateByPosition(_Loop):
         return shared
 
 
-OUTSIDE_CATALOGUE = [f"tests.outside_catalogue:{cls.__name__}" for cls in
-                     (StaleNesterov, DecayStoredInBuffer, DefaultsLr, MaximizeAfterDecay,
-                      StateByPosition)]
+OUTSIDE_CATALOGUE = [
+    f"tests.outside_catalogue:{cls.__name__}"
+    for cls in (StaleNesterov, DecayStoredInBuffer, DefaultsLr, MaximizeAfterDecay, StateByPosition)
+]

@@ -24,14 +24,29 @@ class _Loop(torch.optim.Optimizer):
 
     decoupled = False
 
-    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps,
-                                  "weight_decay": weight_decay, "amsgrad": amsgrad,
-                                  "maximize": maximize})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": tuple(betas),
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "amsgrad": amsgrad,
+                "maximize": maximize,
+            },
+        )
 
     def state_of(self, p: Tensor, group: dict[str, Any], index: int) -> dict[str, Any]:
         return self.state[p]
@@ -60,8 +75,7 @@ class _Loop(torch.optim.Optimizer):
         torch.maximum(max_exp_avg_sq, state["exp_avg_sq"], out=max_exp_avg_sq)
         return max_exp_avg_sq
 
-    def bias_corrections(self, beta1: float, beta2: float,
-                         step: Tensor) -> tuple[Scalar, Scalar]:
+    def bias_corrections(self, beta1: float, beta2: float, step: Tensor) -> tuple[Scalar, Scalar]:
         t = step.item()
         return 1 - beta1**t, 1 - beta2**t
 
@@ -90,8 +104,9 @@ class _Loop(torch.optim.Optimizer):
                 exp_avg.lerp_(g, 1 - beta1)
                 exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
                 second = self.second_moment(p, state, group)
-                bias_correction1, bias_correction2 = self.bias_corrections(beta1, beta2,
-                                                                           state["step"])
+                bias_correction1, bias_correction2 = self.bias_corrections(
+                    beta1, beta2, state["step"]
+                )
                 denom = self.denominator(second, bias_correction2, group["eps"])
                 step_size = self.step_size(group["lr"], bias_correction1, bias_correction2)
                 p.addcdiv_(exp_avg, denom, value=-step_size)
@@ -103,10 +118,17 @@ class _LoopW(_Loop):
 
     decoupled = True
 
-    def __init__(self, params: Any, lr: float | Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, amsgrad: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float | Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, maximize=maximize)
 
 
@@ -114,8 +136,7 @@ class Float32BiasCorrection(_Loop):
     """The bias corrections raise β to the state's step tensor (float32), so they and the step
     size are float32 numbers even for a float64 model."""
 
-    def bias_corrections(self, beta1: float, beta2: float,
-                         step: Tensor) -> tuple[Scalar, Scalar]:
+    def bias_corrections(self, beta1: float, beta2: float, step: Tensor) -> tuple[Scalar, Scalar]:
         return 1 - beta1**step, 1 - beta2**step
 
 

@@ -21,25 +21,33 @@ def values(dtype: np.dtype, low: float = -30.0, high: float = 30.0) -> st.Search
 
 def positive_values(dtype: np.dtype) -> st.SearchStrategy[float]:
     width = 32 if np.dtype(dtype) == np.float32 else 64
-    return st.one_of(st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.0]),
-                     st.floats(2.0**-10, 50.0, width=width))
+    return st.one_of(
+        st.sampled_from([0.25, 0.5, 1.0, 2.0, 4.0]), st.floats(2.0**-10, 50.0, width=width)
+    )
 
 
-def arrays(dtype: np.dtype, shape: tuple[int, ...], elements: st.SearchStrategy | None = None,
-           ) -> st.SearchStrategy[np.ndarray]:
-    return hnp.arrays(np.dtype(dtype), shape,
-                      elements=values(dtype) if elements is None else elements)
+def arrays(
+    dtype: np.dtype,
+    shape: tuple[int, ...],
+    elements: st.SearchStrategy | None = None,
+) -> st.SearchStrategy[np.ndarray]:
+    return hnp.arrays(
+        np.dtype(dtype), shape, elements=values(dtype) if elements is None else elements
+    )
 
 
-def shapes(min_dims: int = 0, max_dims: int = 3, min_side: int = 0, max_side: int = 4
-           ) -> st.SearchStrategy[tuple[int, ...]]:
-    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side,
-                            max_side=max_side)
+def shapes(
+    min_dims: int = 0, max_dims: int = 3, min_side: int = 0, max_side: int = 4
+) -> st.SearchStrategy[tuple[int, ...]]:
+    return hnp.array_shapes(
+        min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side
+    )
 
 
 def broadcastable_pair(max_dims: int = 3) -> st.SearchStrategy[tuple[tuple[int, ...], ...]]:
-    return hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=max_dims,
-                                             min_side=0, max_side=4).map(lambda s: s.input_shapes)
+    return hnp.mutually_broadcastable_shapes(
+        num_shapes=2, min_dims=0, max_dims=max_dims, min_side=0, max_side=4
+    ).map(lambda s: s.input_shapes)
 
 
 def dims_of(ndim: int) -> st.SearchStrategy[int | tuple[int, ...] | None]:

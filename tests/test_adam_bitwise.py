@@ -70,16 +70,22 @@ class Program:
 LR = st.one_of(st.sampled_from([0.0, 1e-3, 0.1, 1.0, 10.0]), st.floats(0.0, 10.0))
 BETA = st.one_of(
     st.sampled_from([0.0, 0.5, 0.9, 0.999, 0.49999997, 0.50000006, math.nextafter(1.0, 0.0)]),
-    st.floats(0.0, 1.0, exclude_max=True))
+    st.floats(0.0, 1.0, exclude_max=True),
+)
 EPS = st.one_of(st.sampled_from([0.0, 1e-8, 1e-3, 1.0]), st.floats(0.0, 1.0))
 WEIGHT_DECAY = st.one_of(st.just(0.0), st.sampled_from([0.01, 0.5]), st.floats(0.0, 5.0))
 
 
 @st.composite
 def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
-    return {"lr": draw(LR), "betas": (draw(BETA), draw(BETA)), "eps": draw(EPS),
-            "weight_decay": draw(WEIGHT_DECAY), "amsgrad": draw(st.booleans()),
-            "maximize": draw(st.booleans())}
+    return {
+        "lr": draw(LR),
+        "betas": (draw(BETA), draw(BETA)),
+        "eps": draw(EPS),
+        "weight_decay": draw(WEIGHT_DECAY),
+        "amsgrad": draw(st.booleans()),
+        "maximize": draw(st.booleans()),
+    }
 
 
 @st.composite
@@ -88,20 +94,37 @@ def programs(draw: st.DrawFn) -> Program:
     width = 32 if dtype == np.float32 else 64
     values = st.floats(-1e3, 1e3, width=width) | st.sampled_from([0.0, -0.0, 1.0, -1.0])
     shapes = hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5)
-    params = draw(st.lists(shapes.flatmap(lambda s: hnp.arrays(dtype, s, elements=values)),
-                           min_size=1, max_size=4))
+    params = draw(
+        st.lists(
+            shapes.flatmap(lambda s: hnp.arrays(dtype, s, elements=values)), min_size=1, max_size=4
+        )
+    )
     order = draw(st.permutations(range(len(params))))
-    cuts = sorted(draw(st.sets(st.integers(1, len(params) - 1), max_size=2))) \
-        if len(params) > 1 else []
+    cuts = (
+        sorted(draw(st.sets(st.integers(1, len(params) - 1), max_size=2)))
+        if len(params) > 1
+        else []
+    )
     bounds = [0, *cuts, len(params)]
     groups = [(list(order[a:b]), draw(hyperparameters())) for a, b in pairwise(bounds)]
     steps = draw(st.integers(1, 4))
-    grads = [[None if draw(st.integers(0, 5)) == 0
-              else np.zeros(p.shape, dtype) if draw(st.integers(0, 7)) == 0
-              else draw(hnp.arrays(dtype, p.shape, elements=values)) for p in params]
-             for _ in range(steps)]
-    changes = [draw(st.fixed_dictionaries({}, optional={
-        "lr": LR, "eps": EPS, "weight_decay": WEIGHT_DECAY})) for _ in range(steps)]
+    grads = [
+        [
+            None
+            if draw(st.integers(0, 5)) == 0
+            else np.zeros(p.shape, dtype)
+            if draw(st.integers(0, 7)) == 0
+            else draw(hnp.arrays(dtype, p.shape, elements=values))
+            for p in params
+        ]
+        for _ in range(steps)
+    ]
+    changes = [
+        draw(
+            st.fixed_dictionaries({}, optional={"lr": LR, "eps": EPS, "weight_decay": WEIGHT_DECAY})
+        )
+        for _ in range(steps)
+    ]
     return Program(dtype, params, groups, grads, changes)
 
 
@@ -122,9 +145,17 @@ def hyper_tensor(lib: Any, value: float, dtype: str) -> Any:
     return lib.tensor(value, dtype=getattr(lib, dtype))
 
 
-def build(lib: Any, program: Program, tensors: list[Any], cls: str, path: str,
-          tensor_lr: str | None, tensor_betas: str | None, capability: str,
-          sqrt: Any) -> Any:
+def build(
+    lib: Any,
+    program: Program,
+    tensors: list[Any],
+    cls: str,
+    path: str,
+    tensor_lr: str | None,
+    tensor_betas: str | None,
+    capability: str,
+    sqrt: Any,
+) -> Any:
     """The optimizer of `lib` over `tensors`, for `program`'s groups (lr and betas made tensors
     of the given dtype where asked)."""
     name, extra = CLASSES[cls]
@@ -138,37 +169,54 @@ def build(lib: Any, program: Program, tensors: list[Any], cls: str, path: str,
         groups.append(group)
     if lib is torch:
         return getattr(torch.optim, name)(groups, **PATHS[path], **extra)
-    return getattr(roptim, name)(groups, **PATHS[path], **extra, cpu_capability=capability,
-                                 sqrt=sqrt)
+    return getattr(roptim, name)(
+        groups, **PATHS[path], **extra, cpu_capability=capability, sqrt=sqrt
+    )
 
 
-def feed(program: Program, step: int, opts: tuple[Any, Any], params: tuple[list[Any], list[Any]],
-         tensor_lr: str | None) -> None:
+def feed(
+    program: Program,
+    step: int,
+    opts: tuple[Any, Any],
+    params: tuple[list[Any], list[Any]],
+    tensor_lr: str | None,
+) -> None:
     """Gives both sides the step's gradients and hyperparameter changes."""
     for lib, opt, tensors in zip(("torch", "refimpl"), opts, params, strict=True):
         for t, g in zip(tensors, program.grads[step], strict=True):
             t.grad = None if g is None else LIBS[lib].tensor(g)
         for key, value in (program.changes[step] if program.changes else {}).items():
             group = opt.param_groups[0]
-            group[key] = hyper_tensor(LIBS[lib], value, tensor_lr) \
-                if key == "lr" and tensor_lr else value
+            group[key] = (
+                hyper_tensor(LIBS[lib], value, tensor_lr) if key == "lr" and tensor_lr else value
+            )
 
 
-def assert_state_bitwise(step: int, i: int, torch_state: dict[str, Any],
-                         ref_state: dict[str, Any]) -> None:
+def assert_state_bitwise(
+    step: int, i: int, torch_state: dict[str, Any], ref_state: dict[str, Any]
+) -> None:
     assert list(ref_state) == list(torch_state), f"step {step} state keys {i}"
     for key, expected in torch_state.items():
         expected, actual = expected.numpy(), ref_state[key].data
         assert actual.shape == expected.shape and actual.dtype == expected.dtype, (
             f"step {step} {key} {i}: {actual.dtype}{actual.shape} vs {expected.dtype}"
-            f"{expected.shape}")
+            f"{expected.shape}"
+        )
         assert bitwise_equal(actual, expected), (
-            f"step {step} {key} {i}: {first_difference(actual, expected)}")
+            f"step {step} {key} {i}: {first_difference(actual, expected)}"
+        )
 
 
-def run_both(program: Program, cls: str, path: str, tensor_lr: str | None = None,
-             tensor_betas: str | None = None, capability: str | None = None,
-             sqrt: Any = torch_sqrt, budget: float | None = None) -> float:
+def run_both(
+    program: Program,
+    cls: str,
+    path: str,
+    tensor_lr: str | None = None,
+    tensor_betas: str | None = None,
+    capability: str | None = None,
+    sqrt: Any = torch_sqrt,
+    budget: float | None = None,
+) -> float:
     """Steps both optimizers through the program. With `budget` None everything must be
     bitwise; otherwise each step's parameters may differ by `budget` ULP of the update's operands
     (see PARAM_ULP_BUDGET) and torch's parameters are copied back after the comparison, so that
@@ -176,10 +224,10 @@ def run_both(program: Program, cls: str, path: str, tensor_lr: str | None = None
     capability = capability or torch_capability()
     torch_params = [torch.tensor(p, requires_grad=True) for p in program.params]
     ref_params = [refimpl.tensor(p, requires_grad=True) for p in program.params]
-    opts = (build(torch, program, torch_params, cls, path, tensor_lr, tensor_betas, capability,
-                  sqrt),
-            build(refimpl, program, ref_params, cls, path, tensor_lr, tensor_betas, capability,
-                  sqrt))
+    opts = (
+        build(torch, program, torch_params, cls, path, tensor_lr, tensor_betas, capability, sqrt),
+        build(refimpl, program, ref_params, cls, path, tensor_lr, tensor_betas, capability, sqrt),
+    )
     worst = 0.0
     for step in range(len(program.grads)):
         feed(program, step, opts, (torch_params, ref_params), tensor_lr)
@@ -191,23 +239,27 @@ def run_both(program: Program, cls: str, path: str, tensor_lr: str | None = None
             expected, actual = tp.detach().numpy(), rp.data
             if budget is None:
                 assert bitwise_equal(actual, expected), (
-                    f"step {step} param {i}: {first_difference(actual, expected)}")
+                    f"step {step} param {i}: {first_difference(actual, expected)}"
+                )
             else:
                 error = _param_error(actual, expected, before[i], opts[0], tp)
                 assert error <= budget, (
                     f"step {step} param {i}: {error} ULP > {budget}: "
-                    f"{first_difference(actual, expected)}")
+                    f"{first_difference(actual, expected)}"
+                )
                 worst = max(worst, error)
                 rp.data[...] = expected
             if grads[i] is not None:  # no path writes into .grad
-                assert bitwise_equal(rp.grad.data, grads[i]) and \
-                    bitwise_equal(tp.grad.numpy(), grads[i]), f"step {step} grad {i} changed"
+                assert bitwise_equal(rp.grad.data, grads[i]) and bitwise_equal(
+                    tp.grad.numpy(), grads[i]
+                ), f"step {step} grad {i} changed"
             assert_state_bitwise(step, i, opts[0].state.get(tp, {}), opts[1].state.get(rp, {}))
     return worst
 
 
-def _param_error(actual: np.ndarray, expected: np.ndarray, before: np.ndarray, opt: Any,
-                 param: Any) -> float:
+def _param_error(
+    actual: np.ndarray, expected: np.ndarray, before: np.ndarray, opt: Any, param: Any
+) -> float:
     """|actual − expected| in ULPs of max(|θ'|, |expected − θ'|), θ' = `before` after AdamW's
     decay (the operands of the update's last addition)."""
     group = next(g for g in opt.param_groups if any(p is param for p in g["params"]))
@@ -233,23 +285,30 @@ TENSOR_DTYPES = st.sampled_from([None, "float32", "float64"])
 @pytest.mark.parametrize("path", list(PATHS))
 @settings(max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs(), tensor_lr=TENSOR_DTYPES, tensor_betas=TENSOR_DTYPES)
-def test_adam_matches_torch_bitwise(cls: str, path: str, program: Program,
-                                    tensor_lr: str | None, tensor_betas: str | None) -> None:
+def test_adam_matches_torch_bitwise(
+    cls: str, path: str, program: Program, tensor_lr: str | None, tensor_betas: str | None
+) -> None:
     if path == "foreach":
         tensor_lr = tensor_betas = None
-    run_both(program, cls, path, tensor_lr, tensor_betas,
-             sqrt=None if path == "fused" else torch_sqrt)
+    run_both(
+        program, cls, path, tensor_lr, tensor_betas, sqrt=None if path == "fused" else torch_sqrt
+    )
 
 
-def _fixed_program(rng: np.random.Generator, dtype: type, options: dict[str, Any],
-                   steps: int = 3) -> Program:
+def _fixed_program(
+    rng: np.random.Generator, dtype: type, options: dict[str, Any], steps: int = 3
+) -> Program:
     shapes = [(3, 5), (), (7,), (0,), (9,)]
     params = [np.asarray(rng.standard_normal(s) * 3, dtype) for s in shapes]
     grads = [[np.asarray(rng.standard_normal(s), dtype) for s in shapes] for _ in range(steps)]
     grads[1][2] = None  # skipped at one step: its step count falls behind the others
     grads[2][0] = np.zeros(shapes[0], dtype)  # a zero gradient is not skipped
-    return Program(np.dtype(dtype), params, [([0, 1, 2], options), ([3, 4], {
-        **options, "lr": 0.5, "betas": (0.5, 0.75), "eps": 1e-3})], grads)
+    return Program(
+        np.dtype(dtype),
+        params,
+        [([0, 1, 2], options), ([3, 4], {**options, "lr": 0.5, "betas": (0.5, 0.75), "eps": 1e-3})],
+        grads,
+    )
 
 
 @pytest.mark.parametrize("path", list(PATHS))
@@ -260,16 +319,33 @@ def test_every_feature_combination_bitwise(path: str, dtype: type) -> None:
     rng = np.random.default_rng(11)
     cases = 0
     for amsgrad, maximize, decay, lr_kind, betas_kind in product(
-            [False, True], [False, True], ["none", "L2", "AdamW", "decoupled"],
-            [None, "float32", "float64"], [None, "float32", "float64"]):
+        [False, True],
+        [False, True],
+        ["none", "L2", "AdamW", "decoupled"],
+        [None, "float32", "float64"],
+        [None, "float32", "float64"],
+    ):
         if path == "foreach" and (lr_kind or betas_kind):
             continue
-        options = {"lr": 0.1, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": amsgrad,
-                   "maximize": maximize, "weight_decay": 0.0 if decay == "none" else 0.3}
+        options = {
+            "lr": 0.1,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "amsgrad": amsgrad,
+            "maximize": maximize,
+            "weight_decay": 0.0 if decay == "none" else 0.3,
+        }
         cls = {"AdamW": "AdamW", "decoupled": "Adam(decoupled_weight_decay=True)"}.get(
-            decay, "Adam")
-        run_both(_fixed_program(rng, dtype, options), cls, path, lr_kind, betas_kind,
-                 sqrt=None if path == "fused" else torch_sqrt)
+            decay, "Adam"
+        )
+        run_both(
+            _fixed_program(rng, dtype, options),
+            cls,
+            path,
+            lr_kind,
+            betas_kind,
+            sqrt=None if path == "fused" else torch_sqrt,
+        )
         cases += 1
     assert cases == (2 * 2 * 4 if path == "foreach" else 2 * 2 * 4 * 9)
 
@@ -277,8 +353,9 @@ def test_every_feature_combination_bitwise(path: str, dtype: type) -> None:
 @pytest.mark.parametrize("path", ["for-loop", "foreach"])
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs(), cls=st.sampled_from(list(CLASSES)), tensor_lr=TENSOR_DTYPES)
-def test_numpy_sqrt_within_budget(path: str, program: Program, cls: str,
-                                  tensor_lr: str | None) -> None:
+def test_numpy_sqrt_within_budget(
+    path: str, program: Program, cls: str, tensor_lr: str | None
+) -> None:
     """refimpl as it runs by default (numpy's square root) against torch's MKL square root:
     the parameters within PARAM_ULP_BUDGET, the moments and steps bitwise."""
     if path == "foreach":
@@ -294,7 +371,7 @@ def test_torch_sqrt_is_mkl_and_within_one_ulp(dtype: type) -> None:
     x = np.abs(rng.standard_normal(20_000) * np.exp(rng.uniform(-40, 40, 20_000))).astype(dtype)
     theirs = torch_sqrt(x)
     assert ulp_distance(theirs, np.sqrt(x)).max() <= 1
-    pieces = np.concatenate([torch_sqrt(x[i:i + 7]) for i in range(0, 700, 7)])
+    pieces = np.concatenate([torch_sqrt(x[i : i + 7]) for i in range(0, 700, 7)])
     assert bitwise_equal(pieces, theirs[:700])
     assert bitwise_equal(torch_sqrt(x[:1].reshape(())), theirs[:1].reshape(()))
 
@@ -314,18 +391,29 @@ def test_batched_and_large_tensors_with_a_duplicate(path: str, dtype: type) -> N
     grads = [[np.asarray(rng.standard_normal(s), dtype) for s in shapes] for _ in range(3)]
     grads[1][2] = None
     first = [0, 1, 2, 3] if path == "foreach" else [0, 1, 2, 1, 3]
-    program = Program(np.dtype(dtype), params, [
-        (first, {"lr": 0.1, "betas": (0.8, 0.99), "weight_decay": 0.01, "amsgrad": True}),
-        ([4, 5], {"lr": 0.5, "betas": (0.3, 0.5), "maximize": True}),
-    ], grads)
+    program = Program(
+        np.dtype(dtype),
+        params,
+        [
+            (first, {"lr": 0.1, "betas": (0.8, 0.99), "weight_decay": 0.01, "amsgrad": True}),
+            ([4, 5], {"lr": 0.5, "betas": (0.3, 0.5), "maximize": True}),
+        ],
+        grads,
+    )
     run_both(program, "Adam", path, sqrt=None if path == "fused" else torch_sqrt)
 
 
 def test_adam_matches_torch_with_default_cpu_capability() -> None:
     """torch's generic kernels (two roundings) against refimpl at cpu_capability="DEFAULT"."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    done = subprocess.run([sys.executable, "-m", "tests.test_adam_bitwise"], env=env,
-                          capture_output=True, text=True, check=False, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.test_adam_bitwise"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cases passed" in done.stdout
 
@@ -362,13 +450,15 @@ def test_lerp_addcmul_addcdiv_match_torch(dtype: type, data: st.DataObject) -> N
 # State dicts ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("direction", ["torch to refimpl", "refimpl to torch",
-                                       "refimpl to refimpl"])
+@pytest.mark.parametrize(
+    "direction", ["torch to refimpl", "refimpl to torch", "refimpl to refimpl"]
+)
 @pytest.mark.parametrize("path", list(PATHS))
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(program=programs(), k=st.integers(1, 3), cls=st.sampled_from(list(CLASSES)))
-def test_state_dict_handover_continues_bitwise(direction: str, path: str, program: Program,
-                                               k: int, cls: str) -> None:
+def test_state_dict_handover_continues_bitwise(
+    direction: str, path: str, program: Program, k: int, cls: str
+) -> None:
     """One side trains k steps, its state dict (step included) is loaded by the other side's
     optimizer (a fresh refimpl one for refimpl to refimpl, from a deep copy), and training
     continues bit-identically to the first side continuing."""
@@ -381,11 +471,12 @@ def test_state_dict_handover_continues_bitwise(direction: str, path: str, progra
     ref_opt = build(refimpl, program, ref_params, cls, path, None, None, capability, sqrt)
     source_opt = build(refimpl, program, source_params, cls, path, None, None, capability, sqrt)
     steps = program.grads * (1 + k)
-    source = {"torch to refimpl": (torch_opt, torch_params),
-              "refimpl to torch": (ref_opt, ref_params),
-              "refimpl to refimpl": (source_opt, source_params)}[direction]
-    target = (torch_opt, torch_params) if direction == "refimpl to torch" else \
-        (ref_opt, ref_params)
+    source = {
+        "torch to refimpl": (torch_opt, torch_params),
+        "refimpl to torch": (ref_opt, ref_params),
+        "refimpl to refimpl": (source_opt, source_params),
+    }[direction]
+    target = (torch_opt, torch_params) if direction == "refimpl to torch" else (ref_opt, ref_params)
     lib_of = {id(torch_opt): torch, id(ref_opt): refimpl, id(source_opt): refimpl}
 
     def feed_one(opt: Any, tensors: list[Any], grads: list[np.ndarray | None]) -> None:
@@ -441,18 +532,24 @@ def test_load_state_dict_keeps_step_as_torch_does() -> None:
         opt = opt_lib.AdamW([p, q, r])
         group = {k: v for k, v in opt.param_groups[0].items() if k != "params"}
         moments = {"exp_avg": lib.tensor([0.5]), "exp_avg_sq": lib.tensor([1.0])}
-        saved = {"state": {0: {"step": lib.tensor(5.0, dtype=lib.float64), **moments},
-                           1: {"step": lib.tensor(6.0, dtype=lib.float64), **moments},
-                           2: {"step": 3, **moments}},
-                 "param_groups": [{**group, "params": [0, 2], "decoupled_weight_decay": False},
-                                  {**group, "params": [1], "fused": True}]}
+        saved = {
+            "state": {
+                0: {"step": lib.tensor(5.0, dtype=lib.float64), **moments},
+                1: {"step": lib.tensor(6.0, dtype=lib.float64), **moments},
+                2: {"step": 3, **moments},
+            },
+            "param_groups": [
+                {**group, "params": [0, 2], "decoupled_weight_decay": False},
+                {**group, "params": [1], "fused": True},
+            ],
+        }
         del saved["param_groups"][0]["amsgrad"]
         opt = opt_lib.AdamW([{"params": [p, r]}, {"params": [q]}])
         opt.load_state_dict(saved)
-        results.append([[(k, dtype_name(v), v.tolist()) for k, v in opt.state[t].items()]
-                        for t in (p, q, r)])
-        results.append([{k: v for k, v in g.items() if k != "params"}
-                        for g in opt.param_groups])
+        results.append(
+            [[(k, dtype_name(v), v.tolist()) for k, v in opt.state[t].items()] for t in (p, q, r)]
+        )
+        results.append([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups])
     assert results[0] == results[2]
     assert results[1] == results[3]
     steps = [state[0] for state in results[0]]
@@ -463,11 +560,15 @@ def test_load_state_dict_keeps_step_as_torch_does() -> None:
 def test_zero_grad_is_stepped_and_none_is_skipped() -> None:
     """A zero gradient still counts a step, decays the moments and (AdamW) the parameter; a None
     gradient leaves parameter and state untouched."""
-    program = Program(np.dtype(np.float32), [np.array([1.0, -2.0], np.float32),
-                                             np.array([3.0], np.float32)],
-                      [([0, 1], {"lr": 0.5, "weight_decay": 0.1})],
-                      [[np.array([1.0, 1.0], np.float32), np.array([2.0], np.float32)],
-                       [np.zeros(2, np.float32), None]])
+    program = Program(
+        np.dtype(np.float32),
+        [np.array([1.0, -2.0], np.float32), np.array([3.0], np.float32)],
+        [([0, 1], {"lr": 0.5, "weight_decay": 0.1})],
+        [
+            [np.array([1.0, 1.0], np.float32), np.array([2.0], np.float32)],
+            [np.zeros(2, np.float32), None],
+        ],
+    )
     run_both(program, "AdamW", "for-loop")
     p, q = (refimpl.tensor(v, requires_grad=True) for v in program.params)
     opt = roptim.AdamW([p, q], lr=0.5, weight_decay=0.1)
@@ -484,18 +585,32 @@ def test_zero_grad_is_stepped_and_none_is_skipped() -> None:
 CASES = 0
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-          database=None)
-@given(program=programs(), path=st.sampled_from(list(PATHS)), cls=st.sampled_from(list(CLASSES)),
-       tensor_lr=TENSOR_DTYPES, tensor_betas=TENSOR_DTYPES)
-def _check_default_capability(program: Program, path: str, cls: str, tensor_lr: str | None,
-                              tensor_betas: str | None) -> None:
+@settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+)
+@given(
+    program=programs(),
+    path=st.sampled_from(list(PATHS)),
+    cls=st.sampled_from(list(CLASSES)),
+    tensor_lr=TENSOR_DTYPES,
+    tensor_betas=TENSOR_DTYPES,
+)
+def _check_default_capability(
+    program: Program, path: str, cls: str, tensor_lr: str | None, tensor_betas: str | None
+) -> None:
     global CASES
     CASES += 1
     if path == "foreach":
         tensor_lr = tensor_betas = None
-    run_both(program, cls, path, tensor_lr, tensor_betas, capability="DEFAULT",
-             sqrt=None if path == "fused" else torch_sqrt)
+    run_both(
+        program,
+        cls,
+        path,
+        tensor_lr,
+        tensor_betas,
+        capability="DEFAULT",
+        sqrt=None if path == "fused" else torch_sqrt,
+    )
 
 
 if __name__ == "__main__":
@@ -508,8 +623,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=lambda d: d.__name__)
 @settings(max_examples=200, deadline=None)
 @given(lr=st.floats(0.0, 1.0), weight_decay=st.floats(0.0, 2.0), seed=st.integers(0, 2**16))
-def test_fused_adamw_decay_is_one_fma(dtype: type, lr: float, weight_decay: float,
-                                      seed: int) -> None:
+def test_fused_adamw_decay_is_one_fma(
+    dtype: type, lr: float, weight_decay: float, seed: int
+) -> None:
     """torch's fused kernel computes AdamW's 1 − γλ as one fused multiply-add where its build
     has one: with a zero gradient the step is the decay alone, and refimpl's equals torch's
     bit for bit (two roundings differ in about a third of float64 cases)."""
@@ -520,6 +636,7 @@ def test_fused_adamw_decay_is_one_fma(dtype: type, lr: float, weight_decay: floa
     r = refimpl.tensor(values.copy())
     r.requires_grad_()
     r.grad = refimpl.tensor(np.zeros_like(values))
-    roptim.AdamW([r], lr=lr, weight_decay=weight_decay, fused=True,
-                 cpu_capability=torch_capability()).step()
+    roptim.AdamW(
+        [r], lr=lr, weight_decay=weight_decay, fused=True, cpu_capability=torch_capability()
+    ).step()
     assert bitwise_equal(r.data, t.detach().numpy())

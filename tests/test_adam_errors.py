@@ -40,8 +40,9 @@ def torch_sqrt(array: np.ndarray) -> np.ndarray:
 class Lib:
     """One library's side of a case: its tensor factory, Parameter, Adam and AdamW."""
 
-    def __init__(self, name: str, module: ModuleType, parameter: type, optim: str,
-                 extra: dict[str, Any]) -> None:
+    def __init__(
+        self, name: str, module: ModuleType, parameter: type, optim: str, extra: dict[str, Any]
+    ) -> None:
         self.name, self.module, self.Parameter, self.optim = name, module, parameter, optim
         self.float32, self.float64 = module.float32, module.float64
         self.extra = extra
@@ -59,6 +60,7 @@ class Lib:
             for key, value in self.extra.items():
                 setattr(opt, key, value)
             return opt
+
         return make
 
     @property
@@ -70,8 +72,7 @@ class Lib:
         return self._cls("AdamW")
 
     def tensor(self, values: Any, dtype: Any = None, requires_grad: bool = False) -> Any:
-        return self.module.tensor(values, dtype=dtype or self.float32,
-                                  requires_grad=requires_grad)
+        return self.module.tensor(values, dtype=dtype or self.float32, requires_grad=requires_grad)
 
     def param(self, values: Any = (1.0, -2.0), dtype: Any = None) -> Any:
         return self.Parameter(self.tensor(list(values), dtype))
@@ -87,25 +88,27 @@ REFIMPL = Lib("refimpl", refimpl, rnn.Parameter, "refimpl.optim", {"sqrt": torch
 # ask for the marker to go.
 KNOWN_DIFFERENCES = {
     "differentiable": "refimpl's Adam raises NotImplementedError for differentiable=True; "
-                      "torch accepts it (and fails at the first step on leaf parameters)",
+    "torch accepts it (and fails at the first step on leaf parameters)",
     "non_leaf_differentiable": "as differentiable",
     "beta_tensor_1dim_negative": "the message holds the tensor's repr, and refimpl.Tensor's "
-                                 "repr is not torch's (tensor([-0.5]) vs tensor([-0.5000]))",
+    "repr is not torch's (tensor([-0.5]) vs tensor([-0.5000]))",
     "beta_tensor_empty": "bool() of an empty refimpl.Tensor says 'more than one value', "
-                         "torch's 'no values'",
+    "torch's 'no values'",
 }
 
 
 def cases(names: Any) -> list[Any]:
     return [
         pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[name]))
-        if name in KNOWN_DIFFERENCES else name
+        if name in KNOWN_DIFFERENCES
+        else name
         for name in names
     ]
 
 
-def raised(call: Callable[[], Any], lib: Lib, expected: BaseException | None = None
-           ) -> BaseException:
+def raised(
+    call: Callable[[], Any], lib: Lib, expected: BaseException | None = None
+) -> BaseException:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -120,7 +123,8 @@ def raised(call: Callable[[], Any], lib: Lib, expected: BaseException | None = N
 def same_error(theirs: BaseException, ours: BaseException) -> None:
     assert type(ours) is type(theirs), (
         f"torch raises {type(theirs).__name__}: {theirs}; "
-        f"refimpl raises {type(ours).__name__}: {ours}")
+        f"refimpl raises {type(ours).__name__}: {ours}"
+    )
     assert str(ours) == str(theirs)
 
 
@@ -131,8 +135,13 @@ def describe(value: Any, names: dict[int, str]) -> Any:
         if id(value) in names:
             return ("param", names[id(value)])
         array = np.array(value.detach().numpy(), copy=True)
-        return (type(value).__name__, array.dtype.name, array.shape,
-                tuple(array.ravel().tolist()), bool(value.requires_grad))
+        return (
+            type(value).__name__,
+            array.dtype.name,
+            array.shape,
+            tuple(array.ravel().tolist()),
+            bool(value.requires_grad),
+        )
     if isinstance(value, dict):
         return ("dict", [(describe(k, names), describe(v, names)) for k, v in value.items()])
     if isinstance(value, (list, tuple)):
@@ -152,8 +161,7 @@ def adam(*args: Any, cls: str = "Adam", **kwargs: Any) -> Callable[[Lib], Any]:
     return lambda L: getattr(L, cls)([L.param()], *args, **kwargs)
 
 
-def with_tensors(make: Callable[[Lib], dict[str, Any]], cls: str = "Adam"
-                 ) -> Callable[[Lib], Any]:
+def with_tensors(make: Callable[[Lib], dict[str, Any]], cls: str = "Adam") -> Callable[[Lib], Any]:
     """`Adam([param], **make(L))`: keyword arguments that hold the library's tensors."""
     return lambda L: getattr(L, cls)([L.param()], **make(L))
 
@@ -169,7 +177,8 @@ CONSTRUCTOR_CASES: dict[str, Callable[[Lib], Any]] = {
     "lr_tensor_empty": with_tensors(lambda L: {"lr": L.tensor([])}),
     "lr_tensor_with_foreach": with_tensors(lambda L: {"lr": L.tensor(0.1), "foreach": True}),
     "lr_tensor_two_elements_with_foreach_reports_foreach": with_tensors(
-        lambda L: {"lr": L.tensor([0.1, 0.2]), "foreach": True}),
+        lambda L: {"lr": L.tensor([0.1, 0.2]), "foreach": True}
+    ),
     "lr_string": adam(lr="0.1"),
     "lr_none": adam(lr=None),
     "eps_negative": adam(eps=-1e-8),
@@ -188,14 +197,17 @@ CONSTRUCTOR_CASES: dict[str, Callable[[Lib], Any]] = {
     "betas_too_short": adam(betas=(0.9,)),
     "betas_not_a_sequence": adam(betas=0.9),
     "betas_tensors_with_foreach": with_tensors(
-        lambda L: {"betas": (L.tensor(0.9), L.tensor(0.999)), "foreach": True}),
+        lambda L: {"betas": (L.tensor(0.9), L.tensor(0.999)), "foreach": True}
+    ),
     "beta1_tensor_with_foreach": with_tensors(
-        lambda L: {"betas": (L.tensor(0.9), L.tensor(0.999)), "foreach": True,
-                   "capturable": False}),
+        lambda L: {"betas": (L.tensor(0.9), L.tensor(0.999)), "foreach": True, "capturable": False}
+    ),
     "beta_tensor_two_elements": with_tensors(
-        lambda L: {"betas": (L.tensor([0.9, 0.8]), L.tensor(0.999))}),
+        lambda L: {"betas": (L.tensor([0.9, 0.8]), L.tensor(0.999))}
+    ),
     "beta_tensor_1dim_negative": with_tensors(
-        lambda L: {"betas": (L.tensor([-0.5]), L.tensor(0.999))}),
+        lambda L: {"betas": (L.tensor([-0.5]), L.tensor(0.999))}
+    ),
     "beta_tensor_empty": with_tensors(lambda L: {"betas": (L.tensor([]), L.tensor(0.999))}),
     "weight_decay_negative": adam(weight_decay=-0.01),
     "weight_decay_negative_adamw": adam(weight_decay=-0.01, cls="AdamW"),
@@ -204,7 +216,8 @@ CONSTRUCTOR_CASES: dict[str, Callable[[Lib], Any]] = {
     "fused_and_foreach": adam(fused=True, foreach=True),
     "fused_and_differentiable": adam(fused=True, differentiable=True),
     "fused_foreach_differentiable_reports_differentiable": adam(
-        fused=True, foreach=True, differentiable=True),
+        fused=True, foreach=True, differentiable=True
+    ),
     "fused_and_foreach_adamw": adam(fused=True, foreach=True, cls="AdamW"),
     "unexpected_keyword": adam(momentum=0.9),
     "adamw_decoupled_keyword": adam(decoupled_weight_decay=True, cls="AdamW"),
@@ -214,7 +227,8 @@ CONSTRUCTOR_CASES: dict[str, Callable[[Lib], Any]] = {
     "params_single_tensor": lambda L: L.Adam(L.tensor([1.0, 2.0])),
     "non_leaf": lambda L: L.AdamW([L.param() * 2]),
     "param_in_two_groups": lambda L: (lambda p: L.Adam([{"params": [p]}, {"params": [p]}]))(
-        L.param()),
+        L.param()
+    ),
 }
 
 
@@ -236,31 +250,39 @@ ACCEPTED_CONSTRUCTOR_CASES: dict[str, Callable[[Lib], Any]] = {
     "betas_numpy_floats": adam(betas=(np.float64(0.5), np.float64(0.75))),
     "betas_three": adam(betas=(0.5, 0.75, 0.25)),  # refused only at the first step
     "tensor_lr_float32": with_tensors(lambda L: {"lr": L.tensor(0.25)}),
-    "tensor_lr_float64_adamw": with_tensors(lambda L: {"lr": L.tensor(0.25, L.float64)},
-                                            cls="AdamW"),
+    "tensor_lr_float64_adamw": with_tensors(
+        lambda L: {"lr": L.tensor(0.25, L.float64)}, cls="AdamW"
+    ),
     "tensor_lr_one_dim_kept_as_given": with_tensors(lambda L: {"lr": L.tensor([0.25])}),
     "tensor_lr_foreach_capturable": with_tensors(
-        lambda L: {"lr": L.tensor(0.25), "foreach": True, "capturable": True}),
+        lambda L: {"lr": L.tensor(0.25), "foreach": True, "capturable": True}
+    ),
     "tensor_betas_float32": with_tensors(lambda L: {"betas": (L.tensor(0.5), L.tensor(0.75))}),
     "tensor_betas_float64_squeezed": with_tensors(
-        lambda L: {"betas": (L.tensor([0.5], L.float64), L.tensor([[0.75]], L.float64))}),
+        lambda L: {"betas": (L.tensor([0.5], L.float64), L.tensor([[0.75]], L.float64))}
+    ),
     "options": adam(amsgrad=True, maximize=True, capturable=True, fused=True),
     "decoupled_adam": adam(weight_decay=0.5, decoupled_weight_decay=True),
     "foreach_adamw": adam(foreach=True, amsgrad=True, cls="AdamW"),
     "differentiable": adam(differentiable=True),
     "non_leaf_differentiable": lambda L: L.Adam([L.param() * 2], differentiable=True),
-    "groups": lambda L: L.AdamW([{"params": [L.param()], "lr": 0.5, "betas": (0.5, 0.5)},
-                                 {"params": L.param(), "weight_decay": 0.0, "fused": True}]),
+    "groups": lambda L: L.AdamW(
+        [
+            {"params": [L.param()], "lr": 0.5, "betas": (0.5, 0.5)},
+            {"params": L.param(), "weight_decay": 0.0, "fused": True},
+        ]
+    ),
 }
 
 
 def constructed(make: Callable[[Lib], Any], lib: Lib) -> Any:
     opt = make(lib)
-    names = {id(p): f"p{i}" for i, p in enumerate(p for g in opt.param_groups
-                                                   for p in g["params"])}
-    return {"defaults": describe(opt.defaults, names),
-            "param_groups": describe(opt.param_groups, names),
-            "state": describe(dict(opt.state), names)}
+    names = {id(p): f"p{i}" for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    return {
+        "defaults": describe(opt.defaults, names),
+        "param_groups": describe(opt.param_groups, names),
+        "state": describe(dict(opt.state), names),
+    }
 
 
 @pytest.mark.parametrize("name", cases(ACCEPTED_CONSTRUCTOR_CASES))
@@ -278,13 +300,32 @@ def test_param_group_keys_and_defaults(cls: str) -> None:
     for lib in (TORCH, REFIMPL):
         opt = getattr(lib, cls)([lib.param()])
         assert list(opt.param_groups[0]) == [
-            "params", "lr", "betas", "eps", "weight_decay", "amsgrad", "maximize", "foreach",
-            "capturable", "differentiable", "fused", "decoupled_weight_decay"]
-        assert opt.defaults == {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8,
-                                "weight_decay": 0.01 if cls == "AdamW" else 0,
-                                "amsgrad": False, "maximize": False, "foreach": None,
-                                "capturable": False, "differentiable": False, "fused": None,
-                                "decoupled_weight_decay": cls == "AdamW"}
+            "params",
+            "lr",
+            "betas",
+            "eps",
+            "weight_decay",
+            "amsgrad",
+            "maximize",
+            "foreach",
+            "capturable",
+            "differentiable",
+            "fused",
+            "decoupled_weight_decay",
+        ]
+        assert opt.defaults == {
+            "lr": 1e-3,
+            "betas": (0.9, 0.999),
+            "eps": 1e-8,
+            "weight_decay": 0.01 if cls == "AdamW" else 0,
+            "amsgrad": False,
+            "maximize": False,
+            "foreach": None,
+            "capturable": False,
+            "differentiable": False,
+            "fused": None,
+            "decoupled_weight_decay": cls == "AdamW",
+        }
 
 
 # Calls on an existing optimizer ------------------------------------------------------------
@@ -306,14 +347,23 @@ class Fixture:
 def build(lib: Lib) -> Fixture:
     a, b, c = lib.param([1.0, -2.0]), lib.param([0.5]), lib.param([3.0, 4.0, 5.0])
     d, e = lib.param([7.0, 8.0]), lib.param([-1.0])
-    opt = lib.Adam([{"params": [a, b], "amsgrad": True},
-                    {"params": [c], "lr": 0.25, "weight_decay": 0.25}],
-                   lr=0.5, betas=(0.5, 0.75), eps=0.25)
-    a.grad, b.grad, c.grad = (lib.tensor([0.25, -0.5]), lib.tensor([1.0]),
-                              lib.tensor([0.0, 1.0, -2.0]))
+    opt = lib.Adam(
+        [{"params": [a, b], "amsgrad": True}, {"params": [c], "lr": 0.25, "weight_decay": 0.25}],
+        lr=0.5,
+        betas=(0.5, 0.75),
+        eps=0.25,
+    )
+    a.grad, b.grad, c.grad = (
+        lib.tensor([0.25, -0.5]),
+        lib.tensor([1.0]),
+        lib.tensor([0.0, 1.0, -2.0]),
+    )
     opt.step()
-    a.grad, b.grad, c.grad = (lib.tensor([2.0, 0.0]), lib.tensor([-1.0]),
-                              lib.tensor([1.0, 1.0, 1.0]))
+    a.grad, b.grad, c.grad = (
+        lib.tensor([2.0, 0.0]),
+        lib.tensor([-1.0]),
+        lib.tensor([1.0, 1.0, 1.0]),
+    )
     params = {"a": a, "b": b, "c": c, "d": d, "e": e}
     return Fixture(lib, opt, {id(p): n for n, p in params.items()}, params)
 
@@ -348,36 +398,44 @@ def load(build_arg: Callable[[Lib, Fixture], Any]) -> OptCase:
 
 def edited(edit: Callable[[Lib, dict[str, Any]], Any]) -> Callable[[Lib, Fixture], Any]:
     """The fixture's own state dict after `edit` has changed it in place."""
+
     def build_arg(L: Lib, fx: Fixture) -> Any:
         state_dict = fx.opt.state_dict()
         edit(L, state_dict)
         return state_dict
+
     return build_arg
 
 
 def in_group(index: int, **options: Callable[[Lib], Any]) -> Callable[[Lib, Fixture], Any]:
     """A call that sets group options (values built by the library) then steps."""
+
     def call(L: Lib, fx: Fixture) -> Any:
         fx.opt.param_groups[index].update({k: make(L) for k, make in options.items()})
         fx.opt.step()
+
     return call
 
 
 def step_with_new_param(**options: Callable[[Lib], Any]) -> Callable[[Lib, Fixture], Any]:
     """Adds d (with a gradient) in a group of its own, with `options` (values built by the
     library), then steps."""
+
     def call(L: Lib, fx: Fixture) -> Any:
         fx.params["d"].grad = L.tensor([0.5, 0.5])
-        fx.opt.add_param_group({"params": [fx.params["d"]],
-                                **{k: make(L) for k, make in options.items()}})
+        fx.opt.add_param_group(
+            {"params": [fx.params["d"]], **{k: make(L) for k, make in options.items()}}
+        )
         fx.opt.step()
+
     return call
 
 
 OPT_CASES: dict[str, OptCase] = {
     # add_param_group ------------------------------------------------------------------
     "add_group_overlap": add_group(
-        lambda L, fx: {"params": [fx.params["d"], fx.params["a"]], "lr": 0.125}),
+        lambda L, fx: {"params": [fx.params["d"], fx.params["a"]], "lr": 0.125}
+    ),
     "add_group_set": add_group(lambda L, fx: {"params": {fx.params["d"]}}),
     "add_group_non_leaf": add_group(lambda L, fx: {"params": [fx.params["d"] * 2]}),
     "add_group_without_params": add_group(lambda L, fx: {"lr": 0.1}),
@@ -386,22 +444,27 @@ OPT_CASES: dict[str, OptCase] = {
     "load_group_smaller": load(edited(lambda L, sd: sd["param_groups"][0]["params"].pop())),
     "load_missing_state": load(edited(lambda L, sd: sd.pop("state"))),
     # torch replaces state and groups, then Adam.__setstate__ looks up the missing `step`
-    "load_state_without_step": load(edited(
-        lambda L, sd: [s.pop("step") for s in sd["state"].values()])),
-    "load_sgd_state": load(edited(lambda L, sd: sd["state"].update(
-        {0: {"momentum_buffer": L.tensor([1.0, 2.0])}}))),
+    "load_state_without_step": load(
+        edited(lambda L, sd: [s.pop("step") for s in sd["state"].values()])
+    ),
+    "load_sgd_state": load(
+        edited(lambda L, sd: sd["state"].update({0: {"momentum_buffer": L.tensor([1.0, 2.0])}}))
+    ),
     # step ---------------------------------------------------------------------------------
     "step_capturable": OptCase(in_group(1, capturable=lambda L: True)),
-    "step_capturable_creates_state_first": OptCase(
-        step_with_new_param(capturable=lambda L: True)),
-    "step_capturable_foreach": OptCase(in_group(0, capturable=lambda L: True,
-                                                foreach=lambda L: True)),
-    "step_foreach_tensor_lr": OptCase(step_with_new_param(foreach=lambda L: True,
-                                                          lr=lambda L: L.tensor(0.5))),
-    "step_foreach_tensor_lr_existing_state": OptCase(in_group(
-        0, foreach=lambda L: True, lr=lambda L: L.tensor(0.5))),
-    "step_foreach_tensor_betas": OptCase(in_group(
-        1, foreach=lambda L: True, betas=lambda L: (L.tensor(0.5), L.tensor(0.75)))),
+    "step_capturable_creates_state_first": OptCase(step_with_new_param(capturable=lambda L: True)),
+    "step_capturable_foreach": OptCase(
+        in_group(0, capturable=lambda L: True, foreach=lambda L: True)
+    ),
+    "step_foreach_tensor_lr": OptCase(
+        step_with_new_param(foreach=lambda L: True, lr=lambda L: L.tensor(0.5))
+    ),
+    "step_foreach_tensor_lr_existing_state": OptCase(
+        in_group(0, foreach=lambda L: True, lr=lambda L: L.tensor(0.5))
+    ),
+    "step_foreach_tensor_betas": OptCase(
+        in_group(1, foreach=lambda L: True, betas=lambda L: (L.tensor(0.5), L.tensor(0.75)))
+    ),
     "step_three_betas": OptCase(in_group(1, betas=lambda L: (0.5, 0.75, 0.25))),
     "step_amsgrad_switched_on": OptCase(in_group(1, amsgrad=lambda L: True)),
     "step_closure_not_callable": OptCase(lambda L, fx: fx.opt.step(5)),
@@ -409,8 +472,9 @@ OPT_CASES: dict[str, OptCase] = {
 }
 
 
-def run_opt_case(lib: Lib, case: OptCase, expected: BaseException | None = None
-                 ) -> tuple[BaseException, dict[str, Any], dict[str, Any], Any, Any]:
+def run_opt_case(
+    lib: Lib, case: OptCase, expected: BaseException | None = None
+) -> tuple[BaseException, dict[str, Any], dict[str, Any], Any, Any]:
     fx = build(lib)
     fx.arg = None if case.arg is None else case.arg(lib, fx)
     arg_before = describe(fx.arg, fx.names)
@@ -429,10 +493,17 @@ def test_bad_call_leaves_optimizer_as_torch_leaves_it(name: str) -> None:
     assert my_arg == their_arg and my_arg_after == their_arg_after
     assert my_after == their_after, "the call left refimpl's optimizer otherwise than torch's"
     changes = {
-        "load_state_without_step", "load_sgd_state", "step_capturable",
-        "step_capturable_creates_state_first", "step_capturable_foreach",
-        "step_foreach_tensor_lr", "step_foreach_tensor_lr_existing_state",
-        "step_foreach_tensor_betas", "step_three_betas", "step_amsgrad_switched_on"}
+        "load_state_without_step",
+        "load_sgd_state",
+        "step_capturable",
+        "step_capturable_creates_state_first",
+        "step_capturable_foreach",
+        "step_foreach_tensor_lr",
+        "step_foreach_tensor_lr_existing_state",
+        "step_foreach_tensor_betas",
+        "step_three_betas",
+        "step_amsgrad_switched_on",
+    }
     # torch's own behaviour, documented: these change the optimizer (a group option set by the
     # case, state created, or state replaced) before raising; the rest leave it as it was
     assert (their_after != their_before) == (name in changes)
@@ -455,38 +526,78 @@ def test_step_refused_in_a_later_group() -> None:
 
 ACCEPTED_OPT_CASES: dict[str, OptCase] = {
     # Adam validates its hyperparameters in __init__ only
-    "add_group_bad_hyperparameters": add_group(lambda L, fx: {
-        "params": [fx.params["d"]], "lr": -1.0, "betas": (2.0, -1.0), "eps": -1.0}),
+    "add_group_bad_hyperparameters": add_group(
+        lambda L, fx: {"params": [fx.params["d"]], "lr": -1.0, "betas": (2.0, -1.0), "eps": -1.0}
+    ),
     "add_group_defaults_fill_in": add_group(lambda L, fx: {"params": [fx.params["d"]]}),
-    "add_group_tensor_hyperparameters": add_group(lambda L, fx: {
-        "params": fx.params["d"], "lr": L.tensor(0.5), "betas": (L.tensor(0.5),
-                                                                  L.tensor(0.75))}),
+    "add_group_tensor_hyperparameters": add_group(
+        lambda L, fx: {
+            "params": fx.params["d"],
+            "lr": L.tensor(0.5),
+            "betas": (L.tensor(0.5), L.tensor(0.75)),
+        }
+    ),
     "load_own_state_dict": load(edited(lambda L, sd: None)),
-    "load_step_as_python_number": load(edited(
-        lambda L, sd: [s.update(step=float(s["step"])) for s in sd["state"].values()])),
-    "load_step_float64": load(edited(
-        lambda L, sd: [s.update(step=s["step"].double()) for s in sd["state"].values()])),
-    "load_step_float64_into_fused_group": load(edited(
-        lambda L, sd: ([s.update(step=s["step"].double()) for s in sd["state"].values()],
-                       [g.update(fused=True) for g in sd["param_groups"]]))),
-    "load_group_without_options": load(edited(
-        lambda L, sd: [[g.pop(k) for k in ("amsgrad", "maximize", "foreach", "capturable",
-                                           "differentiable", "fused",
-                                           "decoupled_weight_decay")]
-                       for g in sd["param_groups"]])),
-    "load_moments_float64": load(edited(
-        lambda L, sd: [s.update(exp_avg=s["exp_avg"].double()) for s in sd["state"].values()])),
-    "step_without_grads": OptCase(lambda L, fx: (
-        [setattr(p, "grad", None) for p in fx.params.values()], fx.opt.step())),
-    "step_capturable_fused": OptCase(in_group(1, capturable=lambda L: True,
-                                              fused=lambda L: True)),
-    "step_tensor_lr_and_betas": OptCase(in_group(
-        0, lr=lambda L: L.tensor(0.5, L.float64),
-        betas=lambda L: (L.tensor(0.5), L.tensor(0.75)))),
-    "step_after_load_of_python_number_step": OptCase(lambda L, fx: (
-        fx.opt.load_state_dict({**fx.opt.state_dict(), "state": {
-            k: {**s, "step": 1} for k, s in fx.opt.state_dict()["state"].items()}}),
-        fx.opt.step())),
+    "load_step_as_python_number": load(
+        edited(lambda L, sd: [s.update(step=float(s["step"])) for s in sd["state"].values()])
+    ),
+    "load_step_float64": load(
+        edited(lambda L, sd: [s.update(step=s["step"].double()) for s in sd["state"].values()])
+    ),
+    "load_step_float64_into_fused_group": load(
+        edited(
+            lambda L, sd: (
+                [s.update(step=s["step"].double()) for s in sd["state"].values()],
+                [g.update(fused=True) for g in sd["param_groups"]],
+            )
+        )
+    ),
+    "load_group_without_options": load(
+        edited(
+            lambda L, sd: [
+                [
+                    g.pop(k)
+                    for k in (
+                        "amsgrad",
+                        "maximize",
+                        "foreach",
+                        "capturable",
+                        "differentiable",
+                        "fused",
+                        "decoupled_weight_decay",
+                    )
+                ]
+                for g in sd["param_groups"]
+            ]
+        )
+    ),
+    "load_moments_float64": load(
+        edited(
+            lambda L, sd: [s.update(exp_avg=s["exp_avg"].double()) for s in sd["state"].values()]
+        )
+    ),
+    "step_without_grads": OptCase(
+        lambda L, fx: ([setattr(p, "grad", None) for p in fx.params.values()], fx.opt.step())
+    ),
+    "step_capturable_fused": OptCase(in_group(1, capturable=lambda L: True, fused=lambda L: True)),
+    "step_tensor_lr_and_betas": OptCase(
+        in_group(
+            0,
+            lr=lambda L: L.tensor(0.5, L.float64),
+            betas=lambda L: (L.tensor(0.5), L.tensor(0.75)),
+        )
+    ),
+    "step_after_load_of_python_number_step": OptCase(
+        lambda L, fx: (
+            fx.opt.load_state_dict(
+                {
+                    **fx.opt.state_dict(),
+                    "state": {k: {**s, "step": 1} for k, s in fx.opt.state_dict()["state"].items()},
+                }
+            ),
+            fx.opt.step(),
+        )
+    ),
 }
 
 

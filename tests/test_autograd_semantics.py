@@ -65,8 +65,9 @@ def grad_of(t: Any) -> Any:
         return t.grad
 
 
-def float32_arrays(shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]]
-                   ) -> st.SearchStrategy[np.ndarray]:
+def float32_arrays(
+    shape: tuple[int, ...] | st.SearchStrategy[tuple[int, ...]],
+) -> st.SearchStrategy[np.ndarray]:
     return hnp.arrays(np.float32, shape, elements=st.floats(-8, 8, width=32))
 
 
@@ -143,7 +144,8 @@ TYING: dict[str, Callable[[Any, Any, Any], Any]] = {
     "tied non-leaf": lambda w, x, y: (lambda h: (h * y + h * x + h * h + w).sum())(w * x),
     "div and neg": lambda w, x, y: (w / x + y / w - w * w - (-w)).sum(),
     "through views": lambda w, x, y: (
-        w.reshape(-1, 1) * x.reshape(-1, 1) + w.reshape(1, -1).permute(1, 0) * y.reshape(-1, 1)
+        w.reshape(-1, 1) * x.reshape(-1, 1)
+        + w.reshape(1, -1).permute(1, 0) * y.reshape(-1, 1)
         + w.reshape(-1, 1)
     ).sum(),
 }
@@ -152,8 +154,7 @@ TYING: dict[str, Callable[[Any, Any, Any], Any]] = {
 @pytest.mark.parametrize("name", list(TYING))
 @FAST
 @given(data=st.data())
-def test_tied_weights_receive_the_sum_of_their_uses_bitwise(name: str, data: st.DataObject
-                                                            ) -> None:
+def test_tied_weights_receive_the_sum_of_their_uses_bitwise(name: str, data: st.DataObject) -> None:
     n = data.draw(st.integers(1, 6))
     nonzero = st.floats(0.25, 4, width=32) | st.floats(-4, -0.25, width=32)
     arrays = [data.draw(hnp.arrays(np.float32, (n,), elements=nonzero)) for _ in range(3)]
@@ -332,8 +333,9 @@ def grad_mode_trace(lib: ModuleType) -> list[Any]:
     trace.append(("start", lib.is_grad_enabled()))
     with lib.no_grad():
         y = x * 2.0
-        trace.append(("no_grad", lib.is_grad_enabled(), y.requires_grad, y.grad_fn is None,
-                      y.is_leaf))
+        trace.append(
+            ("no_grad", lib.is_grad_enabled(), y.requires_grad, y.grad_fn is None, y.is_leaf)
+        )
         with lib.enable_grad():
             z = x * 2.0
             trace.append(("enable inside no_grad", lib.is_grad_enabled(), z.requires_grad))
@@ -401,8 +403,9 @@ def _freed_graph(lib: ModuleType) -> None:
 MISUSE: dict[str, Program] = {
     "backward through a freed graph": _freed_graph,
     "implicit gradient for a non-scalar output": lambda lib: (_leaf(lib) * 2.0).backward(),
-    "backward of a tensor that does not require grad":
-        lambda lib: lib.tensor([1.0, 2.0]).sum().backward(),
+    "backward of a tensor that does not require grad": lambda lib: (
+        lib.tensor([1.0, 2.0]).sum().backward()
+    ),
     "add_ on a leaf that requires grad": lambda lib: _leaf(lib).add_(1.0),
     "sub_ on a leaf that requires grad": lambda lib: _leaf(lib).sub_(1.0),
     "mul_ on a leaf that requires grad": lambda lib: _leaf(lib).mul_(2.0),
@@ -412,8 +415,9 @@ MISUSE: dict[str, Program] = {
     "gradient of the wrong rank": lambda lib: (_leaf(lib) * 2.0).backward(lib.ones(2, 1)),
     "requires_grad=True on an int64 tensor": lambda lib: lib.tensor([1, 2], requires_grad=True),
     "requires_grad=True on a bool tensor": lambda lib: lib.tensor([True], requires_grad=True),
-    "zeros(int64, requires_grad=True)":
-        lambda lib: lib.zeros(2, dtype=lib.int64, requires_grad=True),
+    "zeros(int64, requires_grad=True)": lambda lib: lib.zeros(
+        2, dtype=lib.int64, requires_grad=True
+    ),
     "requires_grad_() on an int64 tensor": lambda lib: lib.tensor([1, 2]).requires_grad_(),
     "requires_grad_(False) on a non-leaf": lambda lib: (_leaf(lib) * 2.0).requires_grad_(False),
     "retain_grad on a tensor without grad": lambda lib: lib.tensor([1.0]).retain_grad(),
@@ -459,10 +463,14 @@ OPERANDS = [f"{rank} {d}" for d in DTYPES for rank in ("dim", "0-dim")] + [
     repr(s) for s in PYTHON_SCALARS
 ]
 BINARY: dict[str, Callable[[Any, Any], Any]] = {
-    "add": operator.add, "sub": operator.sub, "mul": operator.mul, "div": operator.truediv,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "div": operator.truediv,
 }
 PAIRS = [
-    (a, b) for a, b in itertools.product(OPERANDS, repeat=2)
+    (a, b)
+    for a, b in itertools.product(OPERANDS, repeat=2)
     if a.split(" ")[0] in ("dim", "0-dim") or b.split(" ")[0] in ("dim", "0-dim")
 ]
 
@@ -487,8 +495,9 @@ def test_binary_type_promotion_matches_torch(op: str, left: str, right: str) -> 
     # A Python number divided by a tensor is checked for values separately (see the xfail
     # below); the dtype must match here all the same.
     scalar_numerator = op == "div" and not left.startswith(("dim", "0-dim"))
-    _compare_results(outcome(program, torch), outcome(program, refimpl),
-                     values=not scalar_numerator)
+    _compare_results(
+        outcome(program, torch), outcome(program, refimpl), values=not scalar_numerator
+    )
 
 
 def test_python_number_divided_by_a_tensor_matches_torch_bitwise() -> None:
@@ -496,6 +505,7 @@ def test_python_number_divided_by_a_tensor_matches_torch_bitwise() -> None:
     # rounding (and the gradient's, -g * (y * y)) differs from `scalar / tensor`.
     for dtype in ("float32", "float64", "int64"):
         for scalar in (3, 0.1):
+
             def program(lib: ModuleType, dtype: str = dtype, scalar: float = scalar) -> Any:
                 x = lib.tensor(VALUES[dtype], dtype=getattr(lib, dtype))
                 return scalar / x
@@ -509,9 +519,7 @@ def test_python_number_divided_by_a_tensor_matches_torch_bitwise() -> None:
     assert_same(*grads)
 
 
-WHERE_OPERANDS = [f"{rank} {d}" for d in DTYPES for rank in ("dim", "0-dim")] + [
-    "True", "3", "0.1"
-]
+WHERE_OPERANDS = [f"{rank} {d}" for d in DTYPES for rank in ("dim", "0-dim")] + ["True", "3", "0.1"]
 
 
 @pytest.mark.parametrize("condition", ["dim", "0-dim"])
@@ -645,8 +653,9 @@ IN_PLACE: dict[str, Callable[[Any, Any], None]] = {
 def test_in_place_on_a_non_leaf_extends_its_history(name: str, data: st.DataObject) -> None:
     n = data.draw(st.integers(1, 5))
     nonzero = st.floats(0.25, 4, width=32) | st.floats(-4, -0.25, width=32)
-    x_values, c_values = (data.draw(hnp.arrays(np.float32, (n,), elements=nonzero))
-                          for _ in range(2))
+    x_values, c_values = (
+        data.draw(hnp.arrays(np.float32, (n,), elements=nonzero)) for _ in range(2)
+    )
     seen = []
     for lib in LIBS:
         x = lib.tensor(x_values, requires_grad=True)
@@ -656,8 +665,14 @@ def test_in_place_on_a_non_leaf_extends_its_history(name: str, data: st.DataObje
         IN_PLACE[name](y, c)
         assert not y.is_leaf and y.requires_grad
         (y * 2.0 + before).sum().backward()
-        seen.append([as_array(y), as_array(x.grad), as_array(c.grad) if c.grad is not None
-                     else None, y.grad_fn.name()])
+        seen.append(
+            [
+                as_array(y),
+                as_array(x.grad),
+                as_array(c.grad) if c.grad is not None else None,
+                y.grad_fn.name(),
+            ]
+        )
     assert seen[0][3] == seen[1][3]
     for a, b in zip(seen[0][:2], seen[1][:2], strict=True):
         assert_same(a, b)
@@ -756,8 +771,9 @@ ALIASING: dict[str, Callable[[ModuleType, Any, Any, Any], Any]] = {
     "sub": lambda lib, p, q, s: p - q,
     "clone then add": lambda lib, p, q, s: p.clone() + q.clone(),
     "through reshapes": lambda lib, p, q, s: (p.reshape(2, 2) + q.reshape(2, 2)).reshape(4),
-    "through reshapes, a fresh gradient":
-        lambda lib, p, q, s: (p.reshape(2, 2) + q.reshape(2, 2)).reshape(4) * 1.0,
+    "through reshapes, a fresh gradient": lambda lib, p, q, s: (
+        (p.reshape(2, 2) + q.reshape(2, 2)).reshape(4) * 1.0
+    ),
     "a round trip in float64": lambda lib, p, q, s: p.double().float() + q,
     "mul by a constant tensor": lambda lib, p, q, s: p * s + q * s,
     "cat then slices": lambda lib, p, q, s: lib.cat([p, q])[:4] + lib.cat([q, p])[4:],
@@ -780,7 +796,8 @@ def test_leaf_grads_alias_nothing(name: str, seeded: bool) -> None:
     caller's gradient, share memory, and accumulating into one changes the other."""
     rng = np.random.default_rng(7)
     p_values, q_values, s_values, seed_values = (
-        rng.standard_normal(4).astype(np.float32) for _ in range(4))
+        rng.standard_normal(4).astype(np.float32) for _ in range(4)
+    )
     first: dict[str, list[np.ndarray]] = {}
     for lib in LIBS:
         p = lib.tensor(p_values, requires_grad=True)
@@ -815,14 +832,20 @@ def _rows_returning_held_arrays() -> dict[str, Any]:
         return last[0]
 
     return {
-        "a saved input": Op("returns_input", np.multiply,
-                            (lambda g, y, a, b, **_: b, lambda g, y, a, b, **_: a)),
-        "the output": Op("returns_output", np.multiply,
-                         (lambda g, y, a, b, **_: y, lambda g, y, a, b, **_: y)),
-        "a parameter": Op("returns_parameter", lambda a, b, w: a * b,
-                          (lambda g, y, a, b, w: w, lambda g, y, a, b, w: w * 1.0)),
-        "one fresh array for both inputs": Op("returns_one_array", np.multiply,
-                                              (fresh_then_again, lambda *_, **__: last[0])),
+        "a saved input": Op(
+            "returns_input", np.multiply, (lambda g, y, a, b, **_: b, lambda g, y, a, b, **_: a)
+        ),
+        "the output": Op(
+            "returns_output", np.multiply, (lambda g, y, a, b, **_: y, lambda g, y, a, b, **_: y)
+        ),
+        "a parameter": Op(
+            "returns_parameter",
+            lambda a, b, w: a * b,
+            (lambda g, y, a, b, w: w, lambda g, y, a, b, w: w * 1.0),
+        ),
+        "one fresh array for both inputs": Op(
+            "returns_one_array", np.multiply, (fresh_then_again, lambda *_, **__: last[0])
+        ),
     }
 
 
@@ -852,10 +875,23 @@ def test_the_engine_imports_no_tensor_module() -> None:
 
     tree = ast.parse((REPO / "refimpl" / "autograd.py").read_text())
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names}
-    assert imported <= {"__future__", "functools", "heapq", "itertools", "threading",
-                        "collections.abc", "typing", "numpy", "refimpl.ops"}, imported
+    imported |= {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    assert imported <= {
+        "__future__",
+        "functools",
+        "heapq",
+        "itertools",
+        "threading",
+        "collections.abc",
+        "typing",
+        "numpy",
+        "refimpl.ops",
+    }, imported
 
 
 def test_importing_refimpl_never_imports_torch() -> None:
@@ -868,6 +904,12 @@ def test_importing_refimpl_never_imports_torch() -> None:
         "    importlib.import_module(name)\n"
         "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, check=False, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr

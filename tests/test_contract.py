@@ -31,18 +31,34 @@ FEATURES = get("sgd").features
 class DocSGD(torch.optim.Optimizer):
     """SGD from the torch.optim.SGD docstring: six hyperparameters, its own error wording."""
 
-    def __init__(self, params: Any, lr: Any = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
         if isinstance(lr, torch.Tensor) and lr.numel() != 1:
             raise ValueError("lr must be a scalar")
         if lr < 0 or momentum < 0 or weight_decay < 0:
             raise ValueError("lr, momentum and weight_decay must be non-negative")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov needs momentum > 0 and no dampening")
-        super().__init__(params, {"lr": lr, "momentum": momentum, "dampening": dampening,
-                                  "weight_decay": weight_decay, "nesterov": nesterov,
-                                  "maximize": maximize})
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "momentum": momentum,
+                "dampening": dampening,
+                "weight_decay": weight_decay,
+                "nesterov": nesterov,
+                "maximize": maximize,
+            },
+        )
 
     def buffer_key(self) -> str:
         return "momentum_buffer"
@@ -117,20 +133,35 @@ class TypeErrorSGD(DocSGD):
 
 
 class NoMaximizeSGD(torch.optim.Optimizer):
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
+    def __init__(
+        self,
+        params: Any,
+        lr: float = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
         super().__init__(params, {"lr": lr, "momentum": momentum})
 
 
 class FusedForcedSGD(torch.optim.SGD):
     """torch's own fused path, whatever the caller asks."""
 
-    def __init__(self, params: Any, lr: Any = 1e-3, momentum: float = 0.0,
-                 dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False, *,
-                 maximize: bool = False) -> None:
-        super().__init__(params, lr, momentum, dampening, weight_decay, nesterov,
-                         maximize=maximize, fused=True)
+    def __init__(
+        self,
+        params: Any,
+        lr: Any = 1e-3,
+        momentum: float = 0.0,
+        dampening: float = 0.0,
+        weight_decay: float = 0.0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        super().__init__(
+            params, lr, momentum, dampening, weight_decay, nesterov, maximize=maximize, fused=True
+        )
 
 
 class TwoBugsSGD(DocSGD):
@@ -183,14 +214,25 @@ def _options(name: str, **kwargs: Any) -> RunOptions:
 
 
 def _case(*actions: Action, **defaults: Any) -> Case:
-    options = {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.0,
-               "nesterov": False, "maximize": False, **defaults}
+    options = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+        **defaults,
+    }
     setup = Setup(SPEC, "float64", options, (Group(tuple(SPEC.parameter_names())),))
     return Case(setup, actions)
 
 
-STEPS = (Action("backward", {"batch": 1}), Action("step"), Action("backward", {"batch": 2}),
-         Action("step"))
+STEPS = (
+    Action("backward", {"batch": 1}),
+    Action("step"),
+    Action("backward", {"batch": 2}),
+    Action("step"),
+)
 INVALID_LR = Action("construct", {"options": {"lr": -0.1, "momentum": 0.0}})
 
 # --- semantic: what a correct optimizer may do differently ---------------------------------------
@@ -222,16 +264,30 @@ def test_keys_torch_lacks_and_torch_flags_matter_in_strict_only() -> None:
 
 def test_a_missing_hyperparameter_is_a_divergence_unless_declared_absent() -> None:
     """NoMaximizeSGD keeps only lr and momentum in its groups."""
-    setup = Setup(SPEC, "float64", {"lr": 0.1, "momentum": 0.9, "dampening": 0.0},
-                  (Group(tuple(SPEC.parameter_names())),))
-    divergence = replay(Case(setup, STEPS[:1]), _options("NoMaximizeSGD", without=frozenset(
-        {"maximize"})))
+    setup = Setup(
+        SPEC,
+        "float64",
+        {"lr": 0.1, "momentum": 0.9, "dampening": 0.0},
+        (Group(tuple(SPEC.parameter_names())),),
+    )
+    divergence = replay(
+        Case(setup, STEPS[:1]), _options("NoMaximizeSGD", without=frozenset({"maximize"}))
+    )
     assert divergence is not None and divergence.tensor == "param_groups"
     assert "dampening: torch 0.0, the implementation <missing>" in divergence.detail
-    setup = Setup(SPEC, "float64", {"lr": 0.1, "momentum": 0.9},
-                  (Group(tuple(SPEC.parameter_names())),))
-    assert replay(Case(setup, STEPS[:1]), _options("NoMaximizeSGD", without=frozenset(
-        {"maximize", "dampening", "weight-decay", "nesterov"}))) is None
+    setup = Setup(
+        SPEC, "float64", {"lr": 0.1, "momentum": 0.9}, (Group(tuple(SPEC.parameter_names())),)
+    )
+    assert (
+        replay(
+            Case(setup, STEPS[:1]),
+            _options(
+                "NoMaximizeSGD",
+                without=frozenset({"maximize", "dampening", "weight-decay", "nesterov"}),
+            ),
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize("contract", ["semantic", "strict"])
@@ -246,8 +302,7 @@ def test_torch_foreach_grad_write_is_no_artifact_a_user_must_copy(contract: str)
     as_reference = _options("DocSGD", contract=contract, reference_path="foreach")
     untouched = replay(case, as_reference)
     assert (untouched is None) == (contract == "semantic")
-    assert replay(case, RunOptions(FOREACH, contract="strict",
-                                 reference_path="foreach")) is None
+    assert replay(case, RunOptions(FOREACH, contract="strict", reference_path="foreach")) is None
 
 
 def test_a_wrong_grad_write_is_still_caught() -> None:
@@ -260,8 +315,13 @@ def test_a_wrong_grad_write_is_still_caught() -> None:
 
 
 def test_state_key_names_where_the_buffer_lives() -> None:
-    case = _case(*STEPS, Action("save_load", {"source": "reference"}), *STEPS,
-                 Action("save_load", {"source": "implementation"}), *STEPS)
+    case = _case(
+        *STEPS,
+        Action("save_load", {"source": "reference"}),
+        *STEPS,
+        Action("save_load", {"source": "implementation"}),
+        *STEPS,
+    )
     divergence = replay(case, _options("BufKeySGD"))
     assert divergence is not None and divergence.tensor == "momentum_buffer"
     assert replay(case, _options("BufKeySGD", state_key="buf")) is None
@@ -300,12 +360,17 @@ def test_unknown_features_are_rejected() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(without=st.sets(st.sampled_from(sorted(FEATURES))), data=st.data())
-def test_declared_absent_hyperparameters_are_never_drawn(without: set[str],
-                                                         data: st.DataObject) -> None:
+def test_declared_absent_hyperparameters_are_never_drawn(
+    without: set[str], data: st.DataObject
+) -> None:
     setup = data.draw(strategies.setups(without=frozenset(without)))
     passed = [setup.defaults, *(g.options for g in setup.groups)]
-    absent = {"maximize": "maximize", "dampening": "dampening", "nesterov": "nesterov",
-              "weight-decay": "weight_decay"}
+    absent = {
+        "maximize": "maximize",
+        "dampening": "dampening",
+        "nesterov": "nesterov",
+        "weight-decay": "weight_decay",
+    }
     for feature, key in absent.items():
         if feature in without:
             assert all(key not in options for options in passed)
@@ -321,8 +386,13 @@ def test_declared_absent_hyperparameters_are_never_drawn(without: set[str],
 
 
 def test_a_run_reports_each_distinct_failure_shrunk() -> None:
-    result = run(_options("TwoBugsSGD"), dtypes=("float64",), settings=PROFILES["dev"],
-                 seed=0, max_failures=5)
+    result = run(
+        _options("TwoBugsSGD"),
+        dtypes=("float64",),
+        settings=PROFILES["dev"],
+        seed=0,
+        max_failures=5,
+    )
     kinds = {(f.key["tensor"], f.key["action"]) for f in result.failures}
     assert ("loss", "step") in kinds  # the dropped loss (a step with a closure is a step)
     assert any("maximize" in f.key["features"] for f in result.failures)  # maximize ignored
@@ -336,8 +406,12 @@ def test_torch_fused_path_differs_by_its_type_error() -> None:
     """torch 2.13's fused SGD raises TypeError when a group's parameters get their first
     gradient at different steps (here: one was frozen for the first step)."""
     first = SPEC.parameter_names()[0]
-    case = _case(Action("freeze", {"param": first}), *STEPS[:2],
-                 Action("unfreeze", {"param": first}), *STEPS[2:])
+    case = _case(
+        Action("freeze", {"param": first}),
+        *STEPS[:2],
+        Action("unfreeze", {"param": first}),
+        *STEPS[2:],
+    )
     assert replay(case, _options("DocSGD")) is None
     divergence = replay(case, _options("FusedForcedSGD"))
     assert divergence is not None and divergence.tensor == "exception"
@@ -347,11 +421,17 @@ def test_torch_fused_path_differs_by_its_type_error() -> None:
 def test_torch_fused_path_differs_by_nothing_else() -> None:
     """Its rounding (fused multiply-adds, a scalar tail) is within the step's error model:
     every failure a run finds is that TypeError."""
-    result = run(_options("FusedForcedSGD"), dtypes=("float64",), settings=PROFILES["dev"],
-                 seed=0, max_failures=5)
+    result = run(
+        _options("FusedForcedSGD"),
+        dtypes=("float64",),
+        settings=PROFILES["dev"],
+        seed=0,
+        max_failures=5,
+    )
     for failure in result.failures:
-        assert "TypeError: expected Tensor as element" in failure.divergence.detail, \
-            str(failure.divergence)
+        assert "TypeError: expected Tensor as element" in failure.divergence.detail, str(
+            failure.divergence
+        )
 
 
 @pytest.mark.parametrize("path", ["foreach", "fused"])
@@ -359,8 +439,12 @@ def test_refimpl_is_strictly_torch_on_every_reference_path(path: str) -> None:
     """refimpl's SGD reproduces each torch path in the strict contract: its side effects
     (foreach's .grad write, fused's rounding and its TypeError) included."""
     for dtype in ("float32", "float64"):
-        result = run(RunOptions("refimpl", reference_path=path), dtypes=(dtype,),
-                     settings=PROFILES["dev"], seed=0)
+        result = run(
+            RunOptions("refimpl", reference_path=path),
+            dtypes=(dtype,),
+            settings=PROFILES["dev"],
+            seed=0,
+        )
         assert result.passed, str(result.divergence)
 
 
@@ -383,13 +467,18 @@ def test_nan_against_inf_where_the_step_overflowed_is_not_a_divergence() -> None
 
     from conformance.machine import Twins
 
-    data = json.loads((Path(__file__).parent / "fixtures" / "adam_lerp_nan_against_inf.json")
-                      .read_text(encoding="utf-8"))
+    data = json.loads(
+        (Path(__file__).parent / "fixtures" / "adam_lerp_nan_against_inf.json").read_text(
+            encoding="utf-8"
+        )
+    )
     case = Case.from_json(data)
-    options = RunOptions("conformance.adam_references:MinimalAdam", family="adam",
-                         isolation="none", without=frozenset({"amsgrad", "maximize",
-                                                              "cross-load",
-                                                              "invalid-hyperparameters"}))
+    options = RunOptions(
+        "conformance.adam_references:MinimalAdam",
+        family="adam",
+        isolation="none",
+        without=frozenset({"amsgrad", "maximize", "cross-load", "invalid-hyperparameters"}),
+    )
     twins = Twins(case.setup, implementation(options), options)
     for action in case.actions:
         assert twins.run(action) is None

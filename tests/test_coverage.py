@@ -26,8 +26,7 @@ def test_nothing_reached_lists_every_declared_feature_and_no_undeclared_one() ->
 
 @pytest.mark.parametrize("without", [frozenset(), frozenset({"nesterov", "state-dict"})])
 def test_a_dev_run_reaches_every_declared_feature_op_and_kink(without: frozenset[str]) -> None:
-    result = run("refimpl", dtypes=("float32",), settings=PROFILES["dev"], seed=5,
-                 without=without)
+    result = run("refimpl", dtypes=("float32",), settings=PROFILES["dev"], seed=5, without=without)
     coverage = result.coverage.to_json(result.options)
     assert coverage["unreached"] == {}
     assert set(coverage["ops"]) == set(models.ALL_OPS)

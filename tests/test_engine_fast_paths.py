@@ -12,9 +12,7 @@ import refimpl.functional as F
 
 
 def _independent(*arrays: np.ndarray) -> bool:
-    return not any(
-        np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :]
-    )
+    return not any(np.shares_memory(a, b) for i, a in enumerate(arrays) for b in arrays[i + 1 :])
 
 
 def test_the_same_gradient_sent_to_two_leaves_is_copied_for_each() -> None:
@@ -60,10 +58,12 @@ def test_kept_gradients_accumulate_like_torch_over_several_backwards() -> None:
         w, b = (lib.tensor(a, requires_grad=True) for a in arrays[:2])
         x = lib.tensor(arrays[2])
         for _ in range(3):
-            functional.cross_entropy(functional.linear(x, w, b), lib.tensor([0, 1, 2, 3, 0])
-                                     ).backward()
-        grads.append([np.asarray(t.grad.detach().numpy() if lib is torch else t.grad.data)
-                      for t in (w, b)])
+            functional.cross_entropy(
+                functional.linear(x, w, b), lib.tensor([0, 1, 2, 3, 0])
+            ).backward()
+        grads.append(
+            [np.asarray(t.grad.detach().numpy() if lib is torch else t.grad.data) for t in (w, b)]
+        )
     for expected, actual in zip(*grads, strict=True):
         np.testing.assert_allclose(actual, expected, rtol=1e-12, atol=1e-15)
 

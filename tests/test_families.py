@@ -22,7 +22,8 @@ FAMILIES = [families.get(name) for name in families.FAMILY_NAMES]
 
 def _construct(family: OptimizerFamily, **kwargs: Any) -> torch.optim.Optimizer:
     optimizer: torch.optim.Optimizer = load(family.torch_class)(
-        [torch.zeros(3, requires_grad=True)], **kwargs)
+        [torch.zeros(3, requires_grad=True)], **kwargs
+    )
     return optimizer
 
 
@@ -51,8 +52,11 @@ def test_invalid_rows_are_rejected_and_edges_accepted_by_torch(family: Optimizer
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 def test_state_keys_are_torchs(family: OptimizerFamily) -> None:
     """Every entry torch keeps, with every feature on, is one the family compares."""
-    on = {h.name: h.default if h.on is None else True if h.default is False else 0.5
-          for h in family.hyperparameters if h.name != "lr"}
+    on = {
+        h.name: h.default if h.on is None else True if h.default is False else 0.5
+        for h in family.hyperparameters
+        if h.name != "lr"
+    }
     optimizer = _construct(family, **family.valid({"lr": 0.1, **on}))
     p = optimizer.param_groups[0]["params"][0]
     p.grad = torch.ones_like(p)
@@ -63,8 +67,9 @@ def test_state_keys_are_torchs(family: OptimizerFamily) -> None:
 @pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.name)
 @settings(max_examples=50, deadline=None)
 @given(data=st.data())
-def test_drawn_hyperparameters_construct_in_torch(family: OptimizerFamily,
-                                                  data: st.DataObject) -> None:
+def test_drawn_hyperparameters_construct_in_torch(
+    family: OptimizerFamily, data: st.DataObject
+) -> None:
     options = data.draw(strategies.hyperparameters(frozenset(), family))
     _construct(family, **options)
     for h in family.hyperparameters:
@@ -73,8 +78,9 @@ def test_drawn_hyperparameters_construct_in_torch(family: OptimizerFamily,
 
 
 SGD = families.get("sgd")
-SGD_WITHOUT_MAXIMIZE = replace(SGD, hyperparameters=tuple(h for h in SGD.hyperparameters
-                                                          if h.name != "maximize"))
+SGD_WITHOUT_MAXIMIZE = replace(
+    SGD, hyperparameters=tuple(h for h in SGD.hyperparameters if h.name != "maximize")
+)
 
 
 def test_a_hyperparameter_is_one_entry_of_its_family() -> None:
@@ -88,18 +94,21 @@ def test_a_hyperparameter_is_one_entry_of_its_family() -> None:
     assert "maximize" in sgd.reach_needs() and "maximize" not in without.reach_needs()
     assert sgd.argument_of("maximize") == "maximize" and without.argument_of("maximize") is None
     assert "maximize" in RunOptions("refimpl").required_group_keys()
-    assert "maximize" not in RunOptions("refimpl", without=frozenset({"maximize"})
-                                        ).required_group_keys()
+    assert (
+        "maximize"
+        not in RunOptions("refimpl", without=frozenset({"maximize"})).required_group_keys()
+    )
 
 
 @settings(max_examples=100, deadline=None)
-@given(without_it=strategies.hyperparameters(frozenset(), SGD_WITHOUT_MAXIMIZE),
-       changed=st.data())
-def test_a_hyperparameter_is_drawn_from_its_entry(without_it: dict[str, Any],
-                                                  changed: st.DataObject) -> None:
+@given(without_it=strategies.hyperparameters(frozenset(), SGD_WITHOUT_MAXIMIZE), changed=st.data())
+def test_a_hyperparameter_is_drawn_from_its_entry(
+    without_it: dict[str, Any], changed: st.DataObject
+) -> None:
     assert "maximize" not in without_it
-    name, _ = changed.draw(strategies.hyperparameter_change(without_it, frozenset(),
-                                                            SGD_WITHOUT_MAXIMIZE))
+    name, _ = changed.draw(
+        strategies.hyperparameter_change(without_it, frozenset(), SGD_WITHOUT_MAXIMIZE)
+    )
     assert name != "maximize"
 
 

@@ -54,12 +54,18 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _draw(strategy: st.SearchStrategy[M.ModelSpec], count: int
-          ) -> list[tuple[M.ModelSpec, str, int]]:
+def _draw(
+    strategy: st.SearchStrategy[M.ModelSpec], count: int
+) -> list[tuple[M.ModelSpec, str, int]]:
     drawn: list[tuple[M.ModelSpec, str, int]] = []
 
-    @settings(max_examples=count, derandomize=True, database=None, deadline=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=count,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy, st.sampled_from(M.DTYPES), st.integers(0, 2**16))
     def collect(spec: M.ModelSpec, dtype: str, batch_seed: int) -> None:
         drawn.append((spec, dtype, batch_seed))
@@ -94,11 +100,14 @@ def test_every_kink_is_hit_in_first_forwards() -> None:
             possible.update(M.kinks_of(spec))
             hit.update(model.kinks)
     rates = {k: hit[k] / max(possible[k], 1) for k in M.KINKS}
-    print("\nfirst forwards on the kink / first forwards that can hit it:",
-          ", ".join(f"{k} {hit[k]}/{possible[k]} ({rates[k]:.0%})" for k in M.KINKS))
+    print(
+        "\nfirst forwards on the kink / first forwards that can hit it:",
+        ", ".join(f"{k} {hit[k]}/{possible[k]} ({rates[k]:.0%})" for k in M.KINKS),
+    )
     assert set(FLOORS) == set(M.KINKS)
-    low = {k: f"{rates[k]:.3f}" for k in M.KINKS
-           if rates[k] < FLOORS[k] or possible[k] < 8 * BATCHES}
+    low = {
+        k: f"{rates[k]:.3f}" for k in M.KINKS if rates[k] < FLOORS[k] or possible[k] < 8 * BATCHES
+    }
     assert not low, low
 
 
@@ -124,8 +133,7 @@ def test_ops_of_is_what_refimpl_runs(dtype: str, monkeypatch: pytest.MonkeyPatch
         assert set(model.kinks) <= M.kinks_of(spec), spec.describe()
         rows = M.ops_of(spec) - {"l1_loss", "cross_entropy"}
         missing = rows - ran - ({"to_dtype"} if dtype == "float64" else set())
-        assert not missing and ran <= rows, (sorted(missing), sorted(ran - rows),
-                                             spec.describe())
+        assert not missing and ran <= rows, (sorted(missing), sorted(ran - rows), spec.describe())
 
 
 G, P = M.GraphOp, M.Param
@@ -135,12 +143,24 @@ def test_model_kinks_count_forwards_where_a_gradient_flows() -> None:
     # p0 is 0: relu(x * p0) is at 0 everywhere, clamp(p1) sits on its min where p1 is 0, and
     # amax over the zeros ties; relu(x) is at 0 only where x is, and passes no gradient.
     spec = M.ModelSpec(
-        kind="graph", input_shape=(2, 3), loss="sum", seed=0,
+        kind="graph",
+        input_shape=(2, 3),
+        loss="sum",
+        seed=0,
         params=(P("p0", ()), P("p1", (3,)), P("p2", (3,))),
-        ops=(G("mul", ("x", "p0")), G("relu", ("v0",)), G("relu", ("x",)),
-             G("add", ("v1", "v2")), G("clamp", ("p1",), low=0.0), G("mul", ("v3", "v4")),
-             G("amax", ("v1",), dim=1), G("sum", ("v6",)), G("mul", ("v5", "p2")),
-             G("add", ("v8", "v7"))))
+        ops=(
+            G("mul", ("x", "p0")),
+            G("relu", ("v0",)),
+            G("relu", ("x",)),
+            G("add", ("v1", "v2")),
+            G("clamp", ("p1",), low=0.0),
+            G("mul", ("v3", "v4")),
+            G("amax", ("v1",), dim=1),
+            G("sum", ("v6",)),
+            G("mul", ("v5", "p2")),
+            G("add", ("v8", "v7")),
+        ),
+    )
     assert M.kinks_of(spec) == {"relu@0", "clamp@min", "amax:tie"}
     for lib in M.LIBS:
         model = M.build(spec, "float64", lib)
@@ -165,8 +185,14 @@ def test_smooth_l1_and_huber_batches_put_a_target_on_the_boundary() -> None:
     # In about a quarter of the batches, one target sits exactly beta (delta) off the initial
     # model's output, in every row tied with it.
     for loss in ("smooth_l1", "huber"):
-        spec = M.ModelSpec(kind="mlp", input_shape=(3, 2), loss=loss, seed=1, loss_param=0.5,
-                           layers=(M.Layer("linear", 2), M.Layer("tanh"), M.Layer("linear", 2)))
+        spec = M.ModelSpec(
+            kind="mlp",
+            input_shape=(3, 2),
+            loss=loss,
+            seed=1,
+            loss_param=0.5,
+            layers=(M.Layer("linear", 2), M.Layer("tanh"), M.Layer("linear", 2)),
+        )
         model = M.build(spec, "float32", "torch")
         out = model.output(model.inputs(0)[0]).detach().numpy()
         on = 0

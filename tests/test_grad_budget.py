@@ -52,8 +52,7 @@ def _before_last(case: Case) -> machine.Twins:
     return twins
 
 
-def _gradients(case: Case, name: str
-               ) -> tuple[dict[str, np.ndarray], int, np.ndarray, np.ndarray]:
+def _gradients(case: Case, name: str) -> tuple[dict[str, np.ndarray], int, np.ndarray, np.ndarray]:
     """What the last action (a step with a closure) computes: the parameters (torch's, which
     refimpl is synchronised to), the batch, and torch's and refimpl's gradient of `name`
     on it."""
@@ -101,8 +100,11 @@ def test_a_slightly_wrong_gradient_is_still_caught(dtype: str) -> None:
     only: the diverging gradient is reported there."""
     case = _case(dtype)
     twins = _before_last(case)
-    with mutants.patched_rule("linear", 1, lambda g, y, x, w, b: K.linear_grad_weight(
-            g, y, x, w, b) * (1 + WRONG_BY[dtype])):
+    with mutants.patched_rule(
+        "linear",
+        1,
+        lambda g, y, x, w, b: K.linear_grad_weight(g, y, x, w, b) * (1 + WRONG_BY[dtype]),
+    ):
         divergence = twins.run(case.actions[-1])
     assert divergence is not None
     assert (divergence.tensor, divergence.parameter) == ("grad", DIVERGED[dtype])
@@ -114,8 +116,9 @@ def test_forward_bound_of_a_linear_model_with_mse() -> None:
     reads the output, so |d dW / d out_n| = 2|x_n| / N, and out rounds against
     T = |x| @ |W|.T + |b| (linear: 4 ULPs, sums of F + 1 terms): the bound is
     ε · 4 (1 + log2(F + 1)) · Σ_n 2|x_n| / N · T_n."""
-    spec = models.ModelSpec(kind="mlp", input_shape=(3, 4), loss="mse", seed=1,
-                            layers=(models.Layer("linear", 1),))
+    spec = models.ModelSpec(
+        kind="mlp", input_shape=(3, 4), loss="mse", seed=1, layers=(models.Layer("linear", 1),)
+    )
     values = models.initial_values(spec, "float32")
     x = models.batch(spec, "float32", 5)["x"].astype(np.float64)
     w, b = values["0.weight"].astype(np.float64), values["0.bias"].astype(np.float64)
@@ -132,8 +135,9 @@ def test_forward_bound_of_a_linear_model_with_mse() -> None:
 
 def test_no_forward_bound_where_no_gradient_reads_a_forward_value() -> None:
     """loss = sum(x @ W.T + b): dW = sum of x, db = N, whatever the forward computed."""
-    spec = models.ModelSpec(kind="mlp", input_shape=(2, 3), loss="sum", seed=0,
-                            layers=(models.Layer("linear", 2),))
+    spec = models.ModelSpec(
+        kind="mlp", input_shape=(2, 3), loss="sum", seed=0, layers=(models.Layer("linear", 2),)
+    )
     values = models.initial_values(spec, "float64")
     bounds = models.forward_error_bounds(spec, "float64", values, 0)
     assert all((v == 0).all() for v in bounds.values())
@@ -188,5 +192,9 @@ def test_finite_terms_that_overflow_on_the_way() -> None:
     assert (~np.isfinite(expected) | ~np.isfinite(actual)).any()
     assert (np.isnan(expected) != np.isnan(actual)).any()  # NaN against -inf somewhere
     twins = _before_last(case)
-    assert twins._compare_values(expected, np.where(np.isfinite(expected), expected, 1.0),
-                                 True, "0.weight") is not None
+    assert (
+        twins._compare_values(
+            expected, np.where(np.isfinite(expected), expected, 1.0), True, "0.weight"
+        )
+        is not None
+    )

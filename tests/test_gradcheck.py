@@ -69,8 +69,9 @@ def case(name: str) -> Callable[[Case], Case]:
 # Drawing inputs ------------------------------------------------------------------------------
 
 
-def floats(low: float = -2.0, high: float = 2.0, away: Sequence[float] = (),
-           margin: float = 0.05) -> st.SearchStrategy[float]:
+def floats(
+    low: float = -2.0, high: float = 2.0, away: Sequence[float] = (), margin: float = 0.05
+) -> st.SearchStrategy[float]:
     """Floats in [low, high] farther than `margin` from each point of `away`."""
     values = st.floats(low, high, allow_nan=False, allow_infinity=False, allow_subnormal=False)
     if away:
@@ -78,8 +79,14 @@ def floats(low: float = -2.0, high: float = 2.0, away: Sequence[float] = (),
     return values
 
 
-def array(data: st.DataObject, shape: tuple[int, ...], low: float = -2.0, high: float = 2.0,
-          away: Sequence[float] = (), margin: float = 0.05) -> np.ndarray:
+def array(
+    data: st.DataObject,
+    shape: tuple[int, ...],
+    low: float = -2.0,
+    high: float = 2.0,
+    away: Sequence[float] = (),
+    margin: float = 0.05,
+) -> np.ndarray:
     return data.draw(hnp.arrays(np.float64, shape, elements=floats(low, high, away, margin)))
 
 
@@ -90,15 +97,18 @@ def distinct(data: st.DataObject, shape: tuple[int, ...], spacing: float = 0.05)
     return data.draw(hnp.arrays(np.float64, shape, elements=grid, unique=True))
 
 
-def shape(data: st.DataObject, min_dims: int = 1, max_dims: int = 3, max_side: int = 4
-          ) -> tuple[int, ...]:
-    return data.draw(hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1,
-                                      max_side=max_side))
+def shape(
+    data: st.DataObject, min_dims: int = 1, max_dims: int = 3, max_side: int = 4
+) -> tuple[int, ...]:
+    return data.draw(
+        hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=max_side)
+    )
 
 
 def broadcast_pair(data: st.DataObject, max_dims: int = 3) -> tuple[tuple[int, ...], ...]:
-    shapes = hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=max_dims,
-                                               min_side=1, max_side=3)
+    shapes = hnp.mutually_broadcastable_shapes(
+        num_shapes=2, min_dims=0, max_dims=max_dims, min_side=1, max_side=3
+    )
     return data.draw(shapes).input_shapes
 
 
@@ -146,9 +156,12 @@ def _scalar_arithmetic(data: st.DataObject) -> Drawn:
     form = data.draw(st.sampled_from(["x + s", "s - x", "x * s", "x / s", "s / x", "-x"]))
     s = s if abs(s) > 0.3 or form != "x / s" else 1.5
     forms: dict[str, Build] = {
-        "x + s": lambda t: t["x"] + s, "s - x": lambda t: s - t["x"],
-        "x * s": lambda t: t["x"] * s, "x / s": lambda t: t["x"] / s,
-        "s / x": lambda t: s / t["x"], "-x": lambda t: -t["x"],
+        "x + s": lambda t: t["x"] + s,
+        "s - x": lambda t: s - t["x"],
+        "x * s": lambda t: t["x"] * s,
+        "x / s": lambda t: t["x"] / s,
+        "s / x": lambda t: s / t["x"],
+        "-x": lambda t: -t["x"],
     }
     return Drawn({"x": x}, forms[form])
 
@@ -184,8 +197,9 @@ def _matmul(data: st.DataObject) -> Drawn:
         "batched broadcast": ((b1, 1, n, k), (b2, k, m)),
     }
     sa, sb = shapes[data.draw(st.sampled_from(list(shapes)))]
-    return Drawn({"a": array(data, sa), "b": array(data, sb)},
-                 lambda t: refimpl.matmul(t["a"], t["b"]))
+    return Drawn(
+        {"a": array(data, sa), "b": array(data, sb)}, lambda t: refimpl.matmul(t["a"], t["b"])
+    )
 
 
 # Reductions ----------------------------------------------------------------------------------
@@ -246,15 +260,18 @@ def _views(data: st.DataObject) -> Drawn:
     x = array(data, shape(data, max_side=2))
     d0, d1 = (data.draw(st.integers(-x.ndim, x.ndim - 1)) for _ in range(2))
     u = data.draw(st.integers(-x.ndim - 1, x.ndim))
-    return Drawn({"x": x},
-                 lambda t: t["x"].transpose(d0, d1).unsqueeze(u).squeeze().flatten() * 1.0)
+    return Drawn(
+        {"x": x}, lambda t: t["x"].transpose(d0, d1).unsqueeze(u).squeeze().flatten() * 1.0
+    )
 
 
 @case("expand")
 def _expand(data: st.DataObject) -> Drawn:
     x = array(data, shape(data, max_side=3))
-    sizes = [data.draw(st.integers(1, 3)) if n == 1 else data.draw(st.sampled_from([n, -1]))
-             for n in x.shape]
+    sizes = [
+        data.draw(st.integers(1, 3)) if n == 1 else data.draw(st.sampled_from([n, -1]))
+        for n in x.shape
+    ]
     lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
     return Drawn({"x": x}, lambda t: t["x"].expand(*lead, *sizes))
 
@@ -287,8 +304,13 @@ def _getitem(data: st.DataObject) -> Drawn:
 def _advanced_index(data: st.DataObject) -> Drawn:
     x = array(data, shape(data, max_side=3))
     n = x.shape[0]
-    index = data.draw(hnp.arrays(np.int64, data.draw(hnp.array_shapes(max_dims=2, max_side=4)),
-                                 elements=st.integers(-n, n - 1)))  # repeats included
+    index = data.draw(
+        hnp.arrays(
+            np.int64,
+            data.draw(hnp.array_shapes(max_dims=2, max_side=4)),
+            elements=st.integers(-n, n - 1),
+        )
+    )  # repeats included
     form = data.draw(st.sampled_from(["x[i]", "x[i, j]", "x[:, j]", "x[mask]"]))
     if form == "x[mask]":
         mask = data.draw(hnp.arrays(np.bool_, x.shape))
@@ -298,8 +320,7 @@ def _advanced_index(data: st.DataObject) -> Drawn:
     m = x.shape[1]
     second = data.draw(hnp.arrays(np.int64, index.shape, elements=st.integers(-m, m - 1)))
     if form == "x[i, j]":
-        return Drawn({"x": x},
-                     lambda t: t["x"][refimpl.tensor(index), refimpl.tensor(second)])
+        return Drawn({"x": x}, lambda t: t["x"][refimpl.tensor(index), refimpl.tensor(second)])
     return Drawn({"x": x}, lambda t: t["x"][:, refimpl.tensor(second)])
 
 
@@ -326,7 +347,7 @@ def _stack(data: st.DataObject) -> Drawn:
 @case("where")
 def _where(data: st.DataObject) -> Drawn:
     sa, sb = broadcast_pair(data)
-    sc = np.broadcast_shapes(sa, sb)[data.draw(st.integers(0, 1)):]
+    sc = np.broadcast_shapes(sa, sb)[data.draw(st.integers(0, 1)) :]
     condition = data.draw(hnp.arrays(np.bool_, sc))
     other = data.draw(st.sampled_from(["tensor", "scalar"]))
     inputs = {"a": array(data, sa)}
@@ -339,8 +360,12 @@ def _where(data: st.DataObject) -> Drawn:
 # Elementwise functions and activations --------------------------------------------------------
 
 
-def _unary(function: Callable[[Tensor], Tensor], low: float = -3.0, high: float = 3.0,
-           away: Sequence[float] = ()) -> Case:
+def _unary(
+    function: Callable[[Tensor], Tensor],
+    low: float = -3.0,
+    high: float = 3.0,
+    away: Sequence[float] = (),
+) -> Case:
     def draw(data: st.DataObject) -> Drawn:
         x = array(data, shape(data, min_dims=0), low, high, away)
         return Drawn({"x": x}, lambda t: function(t["x"]))
@@ -348,21 +373,23 @@ def _unary(function: Callable[[Tensor], Tensor], low: float = -3.0, high: float 
     return draw
 
 
-CASES.update({
-    "exp": _unary(refimpl.exp),
-    "log": _unary(refimpl.log, 0.1, 4.0),
-    "sqrt": _unary(refimpl.sqrt, 0.1, 4.0),
-    "abs": _unary(refimpl.abs, away=(0.0,)),
-    "clamp(min, max)": _unary(lambda x: x.clamp(-0.5, 0.7), away=(-0.5, 0.7)),
-    "clamp(min)": _unary(lambda x: x.clamp(min=-0.5), away=(-0.5,)),
-    "clamp(max)": _unary(lambda x: x.clamp(max=0.7), away=(0.7,)),
-    "tanh": _unary(refimpl.tanh),
-    "sigmoid": _unary(refimpl.sigmoid, -6.0, 6.0),
-    "relu": _unary(F.relu, away=(0.0,)),
-    "gelu": _unary(F.gelu, -4.0, 4.0),
-    "gelu (tanh)": _unary(lambda x: F.gelu(x, approximate="tanh"), -4.0, 4.0),
-    "silu": _unary(F.silu, -6.0, 6.0),
-})
+CASES.update(
+    {
+        "exp": _unary(refimpl.exp),
+        "log": _unary(refimpl.log, 0.1, 4.0),
+        "sqrt": _unary(refimpl.sqrt, 0.1, 4.0),
+        "abs": _unary(refimpl.abs, away=(0.0,)),
+        "clamp(min, max)": _unary(lambda x: x.clamp(-0.5, 0.7), away=(-0.5, 0.7)),
+        "clamp(min)": _unary(lambda x: x.clamp(min=-0.5), away=(-0.5,)),
+        "clamp(max)": _unary(lambda x: x.clamp(max=0.7), away=(0.7,)),
+        "tanh": _unary(refimpl.tanh),
+        "sigmoid": _unary(refimpl.sigmoid, -6.0, 6.0),
+        "relu": _unary(F.relu, away=(0.0,)),
+        "gelu": _unary(F.gelu, -4.0, 4.0),
+        "gelu (tanh)": _unary(lambda x: F.gelu(x, approximate="tanh"), -4.0, 4.0),
+        "silu": _unary(F.silu, -6.0, 6.0),
+    }
+)
 
 
 @case("leaky_relu")
@@ -382,8 +409,9 @@ def _softplus(data: st.DataObject) -> Drawn:
     beta = data.draw(st.sampled_from([1.0, 0.5, 2.0]))
     threshold = data.draw(st.sampled_from([20.0, 1.5]))
     # Above beta * x = threshold torch switches to the identity: a (small) jump, kept away.
-    return _unary(lambda x: F.softplus(x, beta, threshold), -4.0, 4.0,
-                  away=(threshold / beta,))(data)
+    return _unary(lambda x: F.softplus(x, beta, threshold), -4.0, 4.0, away=(threshold / beta,))(
+        data
+    )
 
 
 def _softmax(function: Callable[[Tensor, int], Tensor]) -> Case:
@@ -419,7 +447,8 @@ def _conv(n: int) -> Case:
         stride = tuple(data.draw(st.integers(1, 2)) for _ in range(n))
         dilation = tuple(data.draw(st.integers(1, 2)) for _ in range(n))
         padding: tuple[int, ...] | str = data.draw(
-            st.sampled_from(["same", "valid"]) | st.tuples(*[st.integers(0, 2)] * n))
+            st.sampled_from(["same", "valid"]) | st.tuples(*[st.integers(0, 2)] * n)
+        )
         if padding == "same":
             stride = (1,) * n
         pads = (0,) * n if isinstance(padding, str) else padding
@@ -428,13 +457,17 @@ def _conv(n: int) -> Case:
             for k, d, p in zip(kernel, dilation, pads, strict=True)
         )
         batch = data.draw(st.sampled_from([(), (1,), (2,)]))
-        inputs = {"x": array(data, (*batch, c_in, *size)),
-                  "w": array(data, (c_out, c_in // groups, *kernel))}
+        inputs = {
+            "x": array(data, (*batch, c_in, *size)),
+            "w": array(data, (c_out, c_in // groups, *kernel)),
+        }
         if data.draw(st.booleans()):
             inputs["b"] = array(data, (c_out,))
         function = F.conv1d if n == 1 else F.conv2d
-        return Drawn(inputs, lambda t: function(t["x"], t["w"], t.get("b"), stride, padding,
-                                                dilation, groups))
+        return Drawn(
+            inputs,
+            lambda t: function(t["x"], t["w"], t.get("b"), stride, padding, dilation, groups),
+        )
 
     return draw
 
@@ -461,8 +494,9 @@ def _max_pool2d(data: st.DataObject) -> Drawn:
     ceil_mode = data.draw(st.booleans())
     batch = data.draw(st.sampled_from([(), (2,)]))
     x = distinct(data, (*batch, data.draw(st.integers(1, 2)), *size))
-    return Drawn({"x": x}, lambda t: F.max_pool2d(t["x"], kernel, stride, padding, dilation,
-                                                  ceil_mode))
+    return Drawn(
+        {"x": x}, lambda t: F.max_pool2d(t["x"], kernel, stride, padding, dilation, ceil_mode)
+    )
 
 
 @case("avg_pool2d")
@@ -472,8 +506,12 @@ def _avg_pool2d(data: st.DataObject) -> Drawn:
     divisor = data.draw(st.sampled_from([None, None, 1, 3]))
     batch = data.draw(st.sampled_from([(), (2,)]))
     x = array(data, (*batch, data.draw(st.integers(1, 2)), *size))
-    return Drawn({"x": x}, lambda t: F.avg_pool2d(t["x"], kernel, stride, padding, ceil_mode,
-                                                  count_include_pad, divisor))
+    return Drawn(
+        {"x": x},
+        lambda t: F.avg_pool2d(
+            t["x"], kernel, stride, padding, ceil_mode, count_include_pad, divisor
+        ),
+    )
 
 
 def _layer_norm(affine: bool) -> Case:
@@ -489,8 +527,9 @@ def _layer_norm(affine: bool) -> Case:
             if "bias" in parameters:
                 inputs["b"] = array(data, normalized)
         eps = data.draw(st.sampled_from([1e-5, 0.1]))
-        return Drawn(inputs,
-                     lambda t: F.layer_norm(t["x"], normalized, t.get("w"), t.get("b"), eps))
+        return Drawn(
+            inputs, lambda t: F.layer_norm(t["x"], normalized, t.get("w"), t.get("b"), eps)
+        )
 
     return draw
 
@@ -501,8 +540,11 @@ CASES["layer_norm"], CASES["layer_norm (affine)"] = _layer_norm(False), _layer_n
 @case("embedding")
 def _embedding(data: st.DataObject) -> Drawn:
     rows, width = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
-    indices = data.draw(hnp.arrays(np.int64, hnp.array_shapes(max_dims=2, max_side=4),
-                                   elements=st.integers(0, rows - 1)))
+    indices = data.draw(
+        hnp.arrays(
+            np.int64, hnp.array_shapes(max_dims=2, max_side=4), elements=st.integers(0, rows - 1)
+        )
+    )
     padding_idx = data.draw(st.none() | st.integers(-rows, rows - 1))
 
     def convention(grads: Arrays) -> Arrays:
@@ -511,9 +553,11 @@ def _embedding(data: st.DataObject) -> Drawn:
             grads["w"][padding_idx] = 0.0
         return grads
 
-    return Drawn({"w": array(data, (rows, width))},
-                 lambda t: F.embedding(refimpl.tensor(indices), t["w"], padding_idx),
-                 convention)
+    return Drawn(
+        {"w": array(data, (rows, width))},
+        lambda t: F.embedding(refimpl.tensor(indices), t["w"], padding_idx),
+        convention,
+    )
 
 
 # Losses --------------------------------------------------------------------------------------
@@ -524,16 +568,22 @@ def _pointwise_loss(name: str) -> Case:
         s = shape(data, min_dims=0)
         reduction = reductions(data)
         parameter = data.draw(st.sampled_from([1.0, 0.5, 2.0]))
-        kinks = {"mse_loss": (), "l1_loss": (0.0,), "smooth_l1_loss": (-parameter, parameter),
-                 "huber_loss": (-parameter, parameter)}[name]
+        kinks = {
+            "mse_loss": (),
+            "l1_loss": (0.0,),
+            "smooth_l1_loss": (-parameter, parameter),
+            "huber_loss": (-parameter, parameter),
+        }[name]
         target = array(data, s)
         difference = array(data, s, -3.0, 3.0, away=kinks)
         function: Callable[..., Tensor] = getattr(F, name)
         extra = {"smooth_l1_loss": {"beta": parameter}, "huber_loss": {"delta": parameter}}
         kwargs = extra.get(name, {})
         # Both the input and the target are differentiable.
-        return Drawn({"x": target + difference, "t": target},
-                     lambda t: function(t["x"], t["t"], reduction=reduction, **kwargs))
+        return Drawn(
+            {"x": target + difference, "t": target},
+            lambda t: function(t["x"], t["t"], reduction=reduction, **kwargs),
+        )
 
     return draw
 
@@ -551,7 +601,8 @@ def _class_targets(data: st.DataObject) -> ClassTargets:
     layout = data.draw(st.sampled_from(["(C,)", "(N, C)", "(N, C, d)"]))
     n, d = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
     input_shape, target_shape = {
-        "(C,)": ((classes,), ()), "(N, C)": ((n, classes), (n,)),
+        "(C,)": ((classes,), ()),
+        "(N, C)": ((n, classes), (n,)),
         "(N, C, d)": ((n, classes, d), (n, d)),
     }[layout]
     targets = data.draw(hnp.arrays(np.int64, target_shape, elements=st.integers(0, classes - 1)))
@@ -570,9 +621,10 @@ def _nll_loss(data: st.DataObject) -> Drawn:
     input_shape, targets, ignore_index, weight = _class_targets(data)
     reduction = reductions(data)
     w = None if weight is None else refimpl.tensor(weight)
-    return Drawn({"x": array(data, input_shape)},
-                 lambda t: F.nll_loss(t["x"], refimpl.tensor(targets), w, ignore_index,
-                                      reduction))
+    return Drawn(
+        {"x": array(data, input_shape)},
+        lambda t: F.nll_loss(t["x"], refimpl.tensor(targets), w, ignore_index, reduction),
+    )
 
 
 @case("cross_entropy")
@@ -581,9 +633,12 @@ def _cross_entropy(data: st.DataObject) -> Drawn:
     reduction = reductions(data)
     smoothing = data.draw(st.sampled_from([0.0, 0.1, 0.35, 1.0]))
     w = None if weight is None else refimpl.tensor(weight)
-    return Drawn({"x": array(data, input_shape, -4.0, 4.0)},
-                 lambda t: F.cross_entropy(t["x"], refimpl.tensor(targets), w, ignore_index,
-                                           reduction, smoothing))
+    return Drawn(
+        {"x": array(data, input_shape, -4.0, 4.0)},
+        lambda t: F.cross_entropy(
+            t["x"], refimpl.tensor(targets), w, ignore_index, reduction, smoothing
+        ),
+    )
 
 
 @case("binary_cross_entropy_with_logits")
@@ -591,22 +646,24 @@ def _bce_with_logits(data: st.DataObject) -> Drawn:
     s = shape(data, min_dims=0)
     inputs = {"x": array(data, s, -5.0, 5.0), "t": array(data, s, 0.0, 1.0)}
     positive = hnp.arrays(np.float64, s[-1:], elements=floats(0.2, 3.0))
-    weight = data.draw(st.none() | hnp.arrays(np.float64, s, elements=floats(0.2, 3.0))
-                       | positive)
+    weight = data.draw(st.none() | hnp.arrays(np.float64, s, elements=floats(0.2, 3.0)) | positive)
     pos_weight = data.draw(st.none() | positive)
     reduction = reductions(data)
     w = None if weight is None else refimpl.tensor(weight)
     pw = None if pos_weight is None else refimpl.tensor(pos_weight)
-    return Drawn(inputs, lambda t: F.binary_cross_entropy_with_logits(
-        t["x"], t["t"], w, reduction, pw))
+    return Drawn(
+        inputs, lambda t: F.binary_cross_entropy_with_logits(t["x"], t["t"], w, reduction, pw)
+    )
 
 
 # The check -------------------------------------------------------------------------------------
 
 
 def _leaves(arrays: Arrays, requires_grad: bool) -> dict[str, Tensor]:
-    return {k: refimpl.tensor(v, dtype=refimpl.float64, requires_grad=requires_grad)
-            for k, v in arrays.items()}
+    return {
+        k: refimpl.tensor(v, dtype=refimpl.float64, requires_grad=requires_grad)
+        for k, v in arrays.items()
+    }
 
 
 def _objective(drawn: Drawn, arrays: Arrays, cotangent: np.ndarray) -> float:
@@ -642,8 +699,9 @@ def test_gradient_matches_central_difference(name: str, data: st.DataObject) -> 
     leaves = _leaves(drawn.inputs, requires_grad=True)
     out = drawn.build(leaves)
     assert out.dtype == refimpl.float64, "a float64 computation must stay float64"
-    cotangent = data.draw(hnp.arrays(np.float64, out.shape, elements=floats(-1.0, 1.0)),
-                          label="cotangent")
+    cotangent = data.draw(
+        hnp.arrays(np.float64, out.shape, elements=floats(-1.0, 1.0)), label="cotangent"
+    )
     (out * refimpl.tensor(cotangent)).sum().backward()
 
     with refimpl.no_grad():
@@ -654,5 +712,6 @@ def test_gradient_matches_central_difference(name: str, data: st.DataObject) -> 
         assert leaf.grad is not None, f"no gradient reached input {key!r}"
         analytic = leaf.grad.numpy()
         assert analytic.dtype == np.float64 and analytic.shape == leaf.shape, key
-        np.testing.assert_allclose(analytic, expected[key], rtol=RTOL, atol=atol,
-                                   err_msg=f"d/d{key}")
+        np.testing.assert_allclose(
+            analytic, expected[key], rtol=RTOL, atol=atol, err_msg=f"d/d{key}"
+        )

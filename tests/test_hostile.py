@@ -60,9 +60,23 @@ def test_every_hostile_case_is_listed() -> None:
 
 @pytest.mark.parametrize("name", HOSTILE)
 def test_cli_ends_with_status_1_and_a_report(name: str, tmp_path: Path) -> None:
-    code = main(["run", "--optimizer", f"tests.hostile:{name}", "--profile", "dev",
-                 "--dtype", "float32", "--seed", "0", "--timeout", TIMEOUT,
-                 "--report-dir", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--optimizer",
+            f"tests.hostile:{name}",
+            "--profile",
+            "dev",
+            "--dtype",
+            "float32",
+            "--seed",
+            "0",
+            "--timeout",
+            TIMEOUT,
+            "--report-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     _check(_report(tmp_path), name)
 
@@ -75,10 +89,30 @@ def _environment() -> dict[str, str]:
 def test_cli_process_exit_status_is_1(name: str, tmp_path: Path) -> None:
     """The real exit status of the command, from a process of its own."""
     done = subprocess.run(
-        [sys.executable, "-m", "conformance", "run", "--optimizer", f"tests.hostile:{name}",
-         "--profile", "dev", "--dtype", "float64", "--seed", "1", "--timeout", TIMEOUT,
-         "--report-dir", str(tmp_path)], cwd=ROOT, env=_environment(),
-        capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "conformance",
+            "run",
+            "--optimizer",
+            f"tests.hostile:{name}",
+            "--profile",
+            "dev",
+            "--dtype",
+            "float64",
+            "--seed",
+            "1",
+            "--timeout",
+            TIMEOUT,
+            "--report-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     _check(_report(tmp_path), name)
 
@@ -86,23 +120,58 @@ def test_cli_process_exit_status_is_1(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", HOSTILE)
 def test_pytest_route_ends_with_status_1_and_a_report(name: str, tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--pyargs",
-         "conformance", "--optimizer", f"tests.hostile:{name}", "--conformance-profile", "dev",
-         "--conformance-seed", "0", "--conformance-timeout", TIMEOUT,
-         "--conformance-report-dir", str(tmp_path), "-k", "float32"], cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--pyargs",
+            "conformance",
+            "--optimizer",
+            f"tests.hostile:{name}",
+            "--conformance-profile",
+            "dev",
+            "--conformance-seed",
+            "0",
+            "--conformance-timeout",
+            TIMEOUT,
+            "--conformance-report-dir",
+            str(tmp_path),
+            "-k",
+            "float32",
+        ],
+        cwd=tmp_path,
         env=_environment(),
-        capture_output=True, text=True, timeout=300)
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     _check(_report(tmp_path), name)
 
 
-def test_a_timeout_that_passes_when_re_run_is_a_flaky_failure_not_a_crash(
-        tmp_path: Path) -> None:
+def test_a_timeout_that_passes_when_re_run_is_a_flaky_failure_not_a_crash(tmp_path: Path) -> None:
     """The first step in the worker times out, its re-run passes: Hypothesis calls that
     flaky; the run reports it as a failure marked flaky (status 1), never a traceback."""
-    code = main(["run", "--optimizer", "tests.hostile:ColdStart", "--profile", "dev",
-                 "--dtype", "float32", "--seed", "0", "--timeout", TIMEOUT,
-                 "--report-dir", str(tmp_path)])
+    code = main(
+        [
+            "run",
+            "--optimizer",
+            "tests.hostile:ColdStart",
+            "--profile",
+            "dev",
+            "--dtype",
+            "float32",
+            "--seed",
+            "0",
+            "--timeout",
+            TIMEOUT,
+            "--report-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 1
     data = _report(tmp_path)
     first = data["failures"][0]

@@ -73,16 +73,24 @@ def _setup(**defaults: Any) -> Setup:
 STEP = (Action("backward", {"batch": 1}), Action("step"))
 
 
-@pytest.mark.parametrize(("name", "expected"), [
-    ("RaisingSGD", "RuntimeError: kernel launch failed"),
-    ("HangingSGD", "ran past the timeout during step() and was interrupted: no result after 0.5 s"),
-    ("ExitingSGD", "SystemExit: 3"),
-])
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("RaisingSGD", "RuntimeError: kernel launch failed"),
+        (
+            "HangingSGD",
+            "ran past the timeout during step() and was interrupted: no result after 0.5 s",
+        ),
+        ("ExitingSGD", "SystemExit: 3"),
+    ],
+)
 @pytest.mark.parametrize("isolation", ["none", "process"])
-def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str,
-                                                        isolation: str) -> None:
-    divergence = replay(Case(_setup(), STEP), RunOptions(f"{FAULTY}:{name}", timeout=0.5,
-                                                         isolation=isolation))
+def test_faulty_implementation_is_a_reported_divergence(
+    name: str, expected: str, isolation: str
+) -> None:
+    divergence = replay(
+        Case(_setup(), STEP), RunOptions(f"{FAULTY}:{name}", timeout=0.5, isolation=isolation)
+    )
     assert divergence is not None
     assert divergence.action_index == 1
     assert divergence.tensor == ("process" if name == "HangingSGD" else "exception")
@@ -90,13 +98,16 @@ def test_faulty_implementation_is_a_reported_divergence(name: str, expected: str
     assert divergence.traceback and "test_machine.py" in divergence.traceback  # user frames
 
 
-@pytest.mark.parametrize(("target", "message"), [
-    ("nocolon", "expected module:Class"),
-    ("no_such_module_xyz:SGD", "cannot import 'no_such_module_xyz'"),
-    (f"{FAULTY}:Missing", "has no attribute 'Missing'"),
-    (f"{FAULTY}:NotAClass", "is not a class"),
-    (f"{FAULTY}:NoLr", "does not construct like torch.optim.SGD"),
-])
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nocolon", "expected module:Class"),
+        ("no_such_module_xyz:SGD", "cannot import 'no_such_module_xyz'"),
+        (f"{FAULTY}:Missing", "has no attribute 'Missing'"),
+        (f"{FAULTY}:NotAClass", "is not a class"),
+        (f"{FAULTY}:NoLr", "does not construct like torch.optim.SGD"),
+    ],
+)
 def test_bad_module_class_is_a_configuration_error(target: str, message: str) -> None:
     with pytest.raises(ImplementationError, match=message.replace("(", r"\(")):
         implementation(target)
@@ -117,6 +128,7 @@ def test_correct_optimizer_replays_clean_and_wrong_one_diverges_at_the_step() ->
 
 def _class_of(name: str) -> str:
     from conformance.mutants import OPTIMIZER_MUTANTS
+
     return next(m.target for m in OPTIMIZER_MUTANTS if m.name == name)
 
 

@@ -30,8 +30,11 @@ from conformance import strategies as S
 from refimpl.ops import OPS
 
 BUDGET_EXAMPLES = int(os.environ.get("MODELS_BUDGET_EXAMPLES", "1000"))
-QUICK = settings(max_examples=60, deadline=None,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+QUICK = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 G, L, P = M.GraphOp, M.Layer, M.Param
 
 
@@ -92,29 +95,54 @@ INVALID = {
     "unknown kind": dict(kind="rnn", input_shape=(2, 3), layers=(L("linear", 1),)),
     "unknown loss": dict(kind="mlp", input_shape=(2, 3), layers=(L("linear", 1),), loss="kl"),
     "shape mismatch": dict(kind="conv1d", input_shape=(2, 3), layers=(L("linear", 1),)),
-    "conv too small": dict(kind="conv1d", input_shape=(1, 1, 2),
-                           layers=(L("conv1d", 1, kernel=3), L("flatten"), L("linear", 1))),
-    "layer_norm of 2": dict(kind="mlp", input_shape=(2, 3),
-                            layers=(L("linear", 2), L("layer_norm"), L("linear", 1))),
-    "layer_norm after rank 1": dict(kind="mlp", input_shape=(2, 1),
-                                    layers=(L("linear", 4), L("layer_norm"), L("linear", 1))),
-    "l1 over an even batch": dict(kind="mlp", input_shape=(2, 3), layers=(L("linear", 1),),
-                                  loss="l1"),
-    "cross_entropy on one class": dict(kind="mlp", input_shape=(1, 3), layers=(L("linear", 1),),
-                                       loss="cross_entropy"),
-    "frozen unknown": dict(kind="mlp", input_shape=(1, 3), layers=(L("linear", 1),),
-                           frozen=("9.weight",)),
-    "graph l1": dict(kind="graph", input_shape=(1, 2), params=(P("p0", ()),),
-                     ops=(G("mul", ("x", "p0")),), loss="l1"),
-    "graph bad broadcast": dict(kind="graph", input_shape=(2, 3), params=(P("p0", (2,)),),
-                                ops=(G("add", ("x", "p0")),)),
-    "graph forward reference": dict(kind="graph", input_shape=(2, 3), params=(P("p0", ()),),
-                                    ops=(G("add", ("x", "v1")), G("mul", ("v0", "p0")))),
-    "graph bad dim": dict(kind="graph", input_shape=(2, 3), params=(P("p0", ()),),
-                          ops=(G("sum", ("x",), dim=2), G("mul", ("v0", "p0")))),
-    "embedding index": dict(kind="embedding", input_shape=(1, 2), vocab=3,
-                            layers=(L("embedding", 2, padding_idx=3), L("flatten"),
-                                    L("linear", 1))),
+    "conv too small": dict(
+        kind="conv1d",
+        input_shape=(1, 1, 2),
+        layers=(L("conv1d", 1, kernel=3), L("flatten"), L("linear", 1)),
+    ),
+    "layer_norm of 2": dict(
+        kind="mlp", input_shape=(2, 3), layers=(L("linear", 2), L("layer_norm"), L("linear", 1))
+    ),
+    "layer_norm after rank 1": dict(
+        kind="mlp", input_shape=(2, 1), layers=(L("linear", 4), L("layer_norm"), L("linear", 1))
+    ),
+    "l1 over an even batch": dict(
+        kind="mlp", input_shape=(2, 3), layers=(L("linear", 1),), loss="l1"
+    ),
+    "cross_entropy on one class": dict(
+        kind="mlp", input_shape=(1, 3), layers=(L("linear", 1),), loss="cross_entropy"
+    ),
+    "frozen unknown": dict(
+        kind="mlp", input_shape=(1, 3), layers=(L("linear", 1),), frozen=("9.weight",)
+    ),
+    "graph l1": dict(
+        kind="graph",
+        input_shape=(1, 2),
+        params=(P("p0", ()),),
+        ops=(G("mul", ("x", "p0")),),
+        loss="l1",
+    ),
+    "graph bad broadcast": dict(
+        kind="graph", input_shape=(2, 3), params=(P("p0", (2,)),), ops=(G("add", ("x", "p0")),)
+    ),
+    "graph forward reference": dict(
+        kind="graph",
+        input_shape=(2, 3),
+        params=(P("p0", ()),),
+        ops=(G("add", ("x", "v1")), G("mul", ("v0", "p0"))),
+    ),
+    "graph bad dim": dict(
+        kind="graph",
+        input_shape=(2, 3),
+        params=(P("p0", ()),),
+        ops=(G("sum", ("x",), dim=2), G("mul", ("v0", "p0"))),
+    ),
+    "embedding index": dict(
+        kind="embedding",
+        input_shape=(1, 2),
+        vocab=3,
+        layers=(L("embedding", 2, padding_idx=3), L("flatten"), L("linear", 1)),
+    ),
 }
 
 
@@ -151,10 +179,17 @@ def test_twins_start_bit_identical(spec: M.ModelSpec, dtype: str) -> None:
 
 
 def test_initial_values_have_zeros_and_ordinary_scale() -> None:
-    spec = M.ModelSpec(kind="graph", input_shape=(2, 3), loss="sum", seed=0,
-                       params=(P("p0", (3, 3)),), ops=(G("matmul", ("x", "p0")),))
-    draws = [M.initial_values(dataclasses.replace(spec, seed=s), "float64")["p0"]
-             for s in range(200)]
+    spec = M.ModelSpec(
+        kind="graph",
+        input_shape=(2, 3),
+        loss="sum",
+        seed=0,
+        params=(P("p0", (3, 3)),),
+        ops=(G("matmul", ("x", "p0")),),
+    )
+    draws = [
+        M.initial_values(dataclasses.replace(spec, seed=s), "float64")["p0"] for s in range(200)
+    ]
     assert sum((d == 0).any() for d in draws) >= 10
     values = np.concatenate([d.ravel() for d in draws])
     assert 0.3 < values.std() < 0.6
@@ -191,8 +226,7 @@ def test_batches_are_deterministic_and_valid(spec: M.ModelSpec, dtype: str, seed
 
 
 def test_batches_include_zeros_ties_and_plain_values() -> None:
-    spec = M.ModelSpec(kind="mlp", input_shape=(4, 3), loss="mse", seed=5,
-                       layers=(L("linear", 1),))
+    spec = M.ModelSpec(kind="mlp", input_shape=(4, 3), loss="mse", seed=5, layers=(L("linear", 1),))
     zeros = ties = plain = 0
     for seed in range(200):
         x = M.batch(spec, "float64", seed)["x"]
@@ -227,12 +261,14 @@ def _compare(spec: M.ModelSpec, dtype: str, batch_seed: int) -> dict[str, float]
             ratios[name] = M.grad_error_ulps(p.grad.numpy(), q.grad.numpy()) / budget
             if ratios[name] > 1:  # a chance cancellation? In ULPs of its terms (the module doc)
                 scales = scales or M.gradient_scales(spec, dtype, theirs.values(), batch_seed)
-                ratios[name] = M.grad_error_ulps(p.grad.numpy(), q.grad.numpy(),
-                                                 scales[name]) / budget
+                ratios[name] = (
+                    M.grad_error_ulps(p.grad.numpy(), q.grad.numpy(), scales[name]) / budget
+                )
     worst = max(ratios, key=ratios.get)
     assert ratios[worst] <= 1, (
         f"{worst}: {ratios[worst] * budget:.3g} ulp > budget {budget:.3g}\n{spec.describe()}\n"
-        f"{json.dumps(spec.to_json())} dtype={dtype} batch_seed={batch_seed}")
+        f"{json.dumps(spec.to_json())} dtype={dtype} batch_seed={batch_seed}"
+    )
     return ratios
 
 
@@ -240,8 +276,12 @@ def test_refimpl_within_grad_budget_of_torch() -> None:
     """The budget validation: many drawn specs × dtypes × batches; prints the largest ratios."""
     worst: dict[tuple[str, str], float] = defaultdict(float)
 
-    @settings(max_examples=BUDGET_EXAMPLES, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=BUDGET_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(S.model_specs(), st.sampled_from(M.DTYPES), st.integers(0, 2**32 - 1))
     def check(spec: M.ModelSpec, dtype: str, batch_seed: int) -> None:
         ratios = _compare(spec, dtype, batch_seed)
@@ -250,18 +290,29 @@ def test_refimpl_within_grad_budget_of_torch() -> None:
         worst[(dtype, "loss")] = max(worst[(dtype, "loss")], ratios["loss"])
 
     check()
-    print("\nlargest error / grad_ulp_budget:",
-          ", ".join(f"{d} {k} {v:.3g}" for (d, k), v in sorted(worst.items())))
+    print(
+        "\nlargest error / grad_ulp_budget:",
+        ", ".join(f"{d} {k} {v:.3g}" for (d, k), v in sorted(worst.items())),
+    )
 
 
 def test_grads_none_for_unused_and_frozen_parameters() -> None:
     # p0 feeds the output twice (tied), p1 only a dead branch, p2 nothing, p3 is frozen.
     spec = M.ModelSpec(
-        kind="graph", input_shape=(2, 3), loss="mse", seed=3,
+        kind="graph",
+        input_shape=(2, 3),
+        loss="mse",
+        seed=3,
         params=(P("p0", (3,)), P("p1", (2, 3)), P("p2", ()), P("p3", (1, 3))),
-        ops=(G("add", ("x", "p0")), G("mul", ("x", "p1")), G("mul", ("v0", "p0")),
-             G("div", ("v2", "p3")), G("sum", ("v3",), dim=0, keepdim=True)),
-        frozen=("p3",))
+        ops=(
+            G("add", ("x", "p0")),
+            G("mul", ("x", "p1")),
+            G("mul", ("v0", "p0")),
+            G("div", ("v2", "p3")),
+            G("sum", ("v3",), dim=0, keepdim=True),
+        ),
+        frozen=("p3",),
+    )
     assert spec.used_parameters() == {"p0", "p3"}
     ratios = _compare(spec, "float64", 0)
     assert set(ratios) == {"loss", "p0"}
@@ -269,29 +320,57 @@ def test_grads_none_for_unused_and_frozen_parameters() -> None:
 
 
 WRONG = {  # a derivative rule (the row's input index) and a model whose gradients go through it
-    "tanh": (0, dict(
-        kind="mlp", input_shape=(3, 2), layers=(L("linear", 3), L("tanh"), L("linear", 1)))),
-    "sigmoid": (0, dict(
-        kind="graph", input_shape=(2, 3), params=(P("p0", (3,)),),
-        ops=(G("mul", ("x", "p0")), G("sigmoid", ("v0",))))),
-    "linear": (0, dict(
-        kind="mlp", input_shape=(2, 3), layers=(L("linear", 2), L("tanh"), L("linear", 2)))),
-    "convolution": (1, dict(
-        kind="conv1d", input_shape=(1, 2, 5),
-        layers=(L("conv1d", 2, kernel=2), L("flatten"), L("linear", 1)))),
-    "layer_norm": (0, dict(
-        kind="embedding", input_shape=(1, 3), vocab=4,
-        layers=(L("embedding", 3), L("layer_norm"), L("flatten"), L("linear", 1)))),
-    "amax": (0, dict(
-        kind="graph", input_shape=(2, 3), params=(P("p0", (3,)),),
-        ops=(G("mul", ("x", "p0")), G("amax", ("v0",), dim=1)))),
+    "tanh": (
+        0,
+        dict(kind="mlp", input_shape=(3, 2), layers=(L("linear", 3), L("tanh"), L("linear", 1))),
+    ),
+    "sigmoid": (
+        0,
+        dict(
+            kind="graph",
+            input_shape=(2, 3),
+            params=(P("p0", (3,)),),
+            ops=(G("mul", ("x", "p0")), G("sigmoid", ("v0",))),
+        ),
+    ),
+    "linear": (
+        0,
+        dict(kind="mlp", input_shape=(2, 3), layers=(L("linear", 2), L("tanh"), L("linear", 2))),
+    ),
+    "convolution": (
+        1,
+        dict(
+            kind="conv1d",
+            input_shape=(1, 2, 5),
+            layers=(L("conv1d", 2, kernel=2), L("flatten"), L("linear", 1)),
+        ),
+    ),
+    "layer_norm": (
+        0,
+        dict(
+            kind="embedding",
+            input_shape=(1, 3),
+            vocab=4,
+            layers=(L("embedding", 3), L("layer_norm"), L("flatten"), L("linear", 1)),
+        ),
+    ),
+    "amax": (
+        0,
+        dict(
+            kind="graph",
+            input_shape=(2, 3),
+            params=(P("p0", (3,)),),
+            ops=(G("mul", ("x", "p0")), G("amax", ("v0",), dim=1)),
+        ),
+    ),
     "mse_loss": (0, dict(kind="mlp", input_shape=(2, 3), layers=(L("linear", 2),))),
 }
 
 
 @pytest.mark.parametrize("op", WRONG)
-def test_a_wrong_derivative_rule_breaks_the_budget(monkeypatch: pytest.MonkeyPatch, op: str
-                                                   ) -> None:
+def test_a_wrong_derivative_rule_breaks_the_budget(
+    monkeypatch: pytest.MonkeyPatch, op: str
+) -> None:
     """The same rule scaled by 1.25 (an O(1) error) fails the comparison, in both dtypes."""
     index, fields = WRONG[op]
     row = OPS[op]
@@ -308,8 +387,14 @@ def test_a_wrong_derivative_rule_breaks_the_budget(monkeypatch: pytest.MonkeyPat
 
 def test_gradient_scales_bound_cancelling_sums() -> None:
     # d loss / d p0 sums the residuals, which may cancel; the scale sums their sizes.
-    spec = M.ModelSpec(kind="graph", input_shape=(3, 2), loss="mse", seed=0,
-                       params=(P("p0", ()), P("p1", (2,))), ops=(G("sub", ("x", "p0")),))
+    spec = M.ModelSpec(
+        kind="graph",
+        input_shape=(3, 2),
+        loss="mse",
+        seed=0,
+        params=(P("p0", ()), P("p1", (2,))),
+        ops=(G("sub", ("x", "p0")),),
+    )
     model = M.build(spec, "float64", "torch")
     model.loss(7).backward()
     scales = M.gradient_scales(spec, "float64", model.values(), 7)
@@ -321,21 +406,52 @@ def test_gradient_scales_bound_cancelling_sums() -> None:
 
 
 CANCELLING = [  # drawn cases where a whole gradient tensor cancels to far below its terms
-    (M.ModelSpec(kind="conv1d", input_shape=(3, 1, 4), loss="sum", seed=545, layers=(
-        L("conv1d", 1, padding=1, bias=False), L("gelu"),
-        L("conv1d", 2, kernel=2, stride=2, bias=False), L("relu"), L("flatten"),
-        L("linear", 3))), "float32", 408527602, "0.weight"),
-    (M.ModelSpec(kind="conv1d", input_shape=(3, 1, 6), loss="cross_entropy", seed=54576841,
-                 loss_param=0.1, layers=(
-                     L("conv1d", 1, padding=1), L("tanh"), L("conv1d", 1, bias=False),
-                     L("tanh"), L("flatten"), L("linear", 4, bias=False))), "float32", 107,
-     "0.bias"),
+    (
+        M.ModelSpec(
+            kind="conv1d",
+            input_shape=(3, 1, 4),
+            loss="sum",
+            seed=545,
+            layers=(
+                L("conv1d", 1, padding=1, bias=False),
+                L("gelu"),
+                L("conv1d", 2, kernel=2, stride=2, bias=False),
+                L("relu"),
+                L("flatten"),
+                L("linear", 3),
+            ),
+        ),
+        "float32",
+        408527602,
+        "0.weight",
+    ),
+    (
+        M.ModelSpec(
+            kind="conv1d",
+            input_shape=(3, 1, 6),
+            loss="cross_entropy",
+            seed=54576841,
+            loss_param=0.1,
+            layers=(
+                L("conv1d", 1, padding=1),
+                L("tanh"),
+                L("conv1d", 1, bias=False),
+                L("tanh"),
+                L("flatten"),
+                L("linear", 4, bias=False),
+            ),
+        ),
+        "float32",
+        107,
+        "0.bias",
+    ),
 ]
 
 
 @pytest.mark.parametrize(("spec", "dtype", "batch_seed", "name"), CANCELLING)
-def test_gradient_scales_hold_chance_cancellations(spec: M.ModelSpec, dtype: str,
-                                                    batch_seed: int, name: str) -> None:
+def test_gradient_scales_hold_chance_cancellations(
+    spec: M.ModelSpec, dtype: str, batch_seed: int, name: str
+) -> None:
     ours, theirs = M.build(spec, dtype, "refimpl"), M.build(spec, dtype, "torch")
     ours.loss(batch_seed).backward()
     theirs.loss(batch_seed).backward()
@@ -349,16 +465,27 @@ def test_gradient_scales_hold_chance_cancellations(spec: M.ModelSpec, dtype: str
 def test_loss_scale_holds_outputs_close_to_targets() -> None:
     # mse of an output close to its target: the tiny loss keeps the output's error (seed and
     # batch found by search).
-    spec = M.ModelSpec(kind="mlp", input_shape=(1, 4), loss="mse", seed=3013,
-                       layers=(L("linear", 2), L("gelu_tanh"), L("linear", 1)))
+    spec = M.ModelSpec(
+        kind="mlp",
+        input_shape=(1, 4),
+        loss="mse",
+        seed=3013,
+        layers=(L("linear", 2), L("gelu_tanh"), L("linear", 1)),
+    )
     ours, theirs = M.build(spec, "float32", "refimpl"), M.build(spec, "float32", "torch")
     a, b = ours.loss(670).detach().numpy(), theirs.loss(670).detach().numpy()
     budget = spec.grad_ulp_budget("float32")
     assert M.grad_error_ulps(a, b) > budget
     scale = M.loss_scale(spec, "float32", theirs.values(), 670)
     assert M.grad_error_ulps(a, b, scale) <= budget / 8
-    summed = M.ModelSpec(kind="graph", input_shape=(2, 2), loss="sum", seed=0,
-                         params=(P("p0", ()),), ops=(G("sub", ("x", "p0")),))
+    summed = M.ModelSpec(
+        kind="graph",
+        input_shape=(2, 2),
+        loss="sum",
+        seed=0,
+        params=(P("p0", ()),),
+        ops=(G("sub", ("x", "p0")),),
+    )
     values = {"p0": np.zeros((), np.float64)}
     x = M.batch(summed, "float64", 0)["x"]
     assert math.isclose(M.loss_scale(summed, "float64", values, 0), np.abs(x).mean())
@@ -366,17 +493,38 @@ def test_loss_scale_holds_outputs_close_to_targets() -> None:
 
 def test_zero_gradients_and_cancelling_values_are_found() -> None:
     # p0 cancels out of x + p0 - mean(x + p0): its exact gradient is zero.
-    shifted = (G("add", ("x", "p0")), G("mean", ("v0",), dim=1, keepdim=True),
-               G("sub", ("v0", "v1")), G("mul", ("v2", "p1")), G("tanh", ("v3",)))
-    spec = M.ModelSpec(kind="graph", input_shape=(3, 4), loss="sum", seed=0,
-                       params=(P("p0", ()), P("p1", (4,))), ops=shifted)
+    shifted = (
+        G("add", ("x", "p0")),
+        G("mean", ("v0",), dim=1, keepdim=True),
+        G("sub", ("v0", "v1")),
+        G("mul", ("v2", "p1")),
+        G("tanh", ("v3",)),
+    )
+    spec = M.ModelSpec(
+        kind="graph",
+        input_shape=(3, 4),
+        loss="sum",
+        seed=0,
+        params=(P("p0", ()), P("p1", (4,))),
+        ops=shifted,
+    )
     assert M.zero_gradient_parameters(spec) == {"p0"}
     assert M.cancelling_op(spec) is None
     # mean(v0 - mean(v0)) is zero but for rounding.
-    spec = M.ModelSpec(kind="graph", input_shape=(3, 4), loss="mse", seed=0,
-                       params=(P("p0", ()),),
-                       ops=(G("add", ("x", "p0")), G("mean", ("v0",)), G("sub", ("v0", "v1")),
-                            G("mean", ("v2",)), G("mul", ("v3", "p0"))))
+    spec = M.ModelSpec(
+        kind="graph",
+        input_shape=(3, 4),
+        loss="mse",
+        seed=0,
+        params=(P("p0", ()),),
+        ops=(
+            G("add", ("x", "p0")),
+            G("mean", ("v0",)),
+            G("sub", ("v0", "v1")),
+            G("mean", ("v2",)),
+            G("mul", ("v3", "p0")),
+        ),
+    )
     assert M.cancelling_op(spec) == 3
 
 
@@ -413,8 +561,7 @@ def _features(spec: M.ModelSpec) -> set[tuple[str, str]]:
         if any(p.shape == () for p in spec.params):
             seen.add(("feature", "scalar parameter"))
         for o in spec.ops:
-            if o.op in M.BINARY_OPS and any(a in shapes and 0 < len(shapes[a]) < 2
-                                            for a in o.args):
+            if o.op in M.BINARY_OPS and any(a in shapes and 0 < len(shapes[a]) < 2 for a in o.args):
                 seen.add(("feature", "broadcast parameter"))
             if o.op in M.REDUCTION_OPS:
                 seen.add(("feature", "reduce all" if o.dim is None else "reduce dim"))
@@ -424,8 +571,9 @@ def _features(spec: M.ModelSpec) -> set[tuple[str, str]]:
 def test_strategies_cover_kinds_losses_ops_and_features() -> None:
     seen: set[tuple[str, str]] = set()
 
-    @settings(max_examples=600, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=600, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(S.model_specs())
     def collect(spec: M.ModelSpec) -> None:
         seen.update(_features(spec))
@@ -435,9 +583,21 @@ def test_strategies_cover_kinds_losses_ops_and_features() -> None:
     # (every graph op, and every op refimpl has: tests/test_generator_coverage.py)
     expected |= {("reduction", r) for r in M.REDUCTIONS} | {("op", o) for o in M.BINARY_OPS}
     expected |= {("layer", x) for x in M.LAYER_OPS}
-    expected |= {("feature", f) for f in (
-        "frozen", "no bias", "padding_idx", "tied parameter", "unused parameter", "dead branch",
-        "scalar parameter", "broadcast parameter", "reduce all", "reduce dim")}
+    expected |= {
+        ("feature", f)
+        for f in (
+            "frozen",
+            "no bias",
+            "padding_idx",
+            "tied parameter",
+            "unused parameter",
+            "dead branch",
+            "scalar parameter",
+            "broadcast parameter",
+            "reduce all",
+            "reduce dim",
+        )
+    }
     assert not expected - seen, sorted(expected - seen)
 
 
@@ -447,8 +607,14 @@ def _minimal(strategy: st.SearchStrategy[M.ModelSpec], condition: Any) -> M.Mode
     start the shrinker may stop in another branch of one_of)."""
     failing: list[M.ModelSpec] = []
 
-    @settings(max_examples=500, deadline=None, database=None, derandomize=True,
-              phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=500,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.generate, Phase.shrink],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def test(spec: M.ModelSpec) -> None:
         if condition(spec):
@@ -462,8 +628,9 @@ def _minimal(strategy: st.SearchStrategy[M.ModelSpec], condition: Any) -> M.Mode
 
 def test_strategies_shrink_to_one_linear_with_mse() -> None:
     spec = _minimal(S.model_specs(), lambda s: True)
-    assert spec == M.ModelSpec(kind="mlp", input_shape=(1, 1), loss="mse", seed=0,
-                               layers=(L("linear", 1),))
+    assert spec == M.ModelSpec(
+        kind="mlp", input_shape=(1, 1), loss="mse", seed=0, layers=(L("linear", 1),)
+    )
     graph = _minimal(S.model_specs(), lambda s: s.kind == "graph")
     assert len(graph.ops) == 1 and graph.loss == "mse" and not graph.frozen
     assert graph.input_shape == (1, 1) and len(graph.params) == 1

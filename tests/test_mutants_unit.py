@@ -123,21 +123,38 @@ def test_built_like_torch_sgd(target: str) -> None:
 # own, with no hyperparameters given).
 SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...], torch.dtype]] = {
     "dampening-on-first-step": (
-        {"momentum": 0.9, "dampening": 0.5}, ("backward", "step"), torch.float32),
+        {"momentum": 0.9, "dampening": 0.5},
+        ("backward", "step"),
+        torch.float32,
+    ),
     "first-buffer-without-weight-decay": (
-        {"momentum": 0.9, "weight_decay": 0.1}, ("backward", "step"), torch.float32),
+        {"momentum": 0.9, "weight_decay": 0.1},
+        ("backward", "step"),
+        torch.float32,
+    ),
     "weight-decay-after-momentum": (
-        {"momentum": 0.9, "weight_decay": 0.1}, ("backward", "step", "step"), torch.float32),
+        {"momentum": 0.9, "weight_decay": 0.1},
+        ("backward", "step", "step"),
+        torch.float32,
+    ),
     "weight-decay-uses-grad": ({"weight_decay": 0.1}, ("backward", "step"), torch.float32),
-    "nesterov-ignored": (
-        {"momentum": 0.9, "nesterov": True}, ("backward", "step"), torch.float32),
+    "nesterov-ignored": ({"momentum": 0.9, "nesterov": True}, ("backward", "step"), torch.float32),
     "nesterov-without-momentum-factor": (
-        {"momentum": 0.9, "nesterov": True}, ("backward", "step"), torch.float32),
+        {"momentum": 0.9, "nesterov": True},
+        ("backward", "step"),
+        torch.float32,
+    ),
     "maximize-ignored": ({"maximize": True}, ("backward", "step"), torch.float32),
     "maximize-flips-update": (
-        {"maximize": True, "weight_decay": 0.1}, ("backward", "step"), torch.float32),
+        {"maximize": True, "weight_decay": 0.1},
+        ("backward", "step"),
+        torch.float32,
+    ),
     "dampening-as-factor": (
-        {"momentum": 0.9, "dampening": 0.3}, ("backward", "step", "step"), torch.float32),
+        {"momentum": 0.9, "dampening": 0.3},
+        ("backward", "step", "step"),
+        torch.float32,
+    ),
     "none-grad-as-zero": ({"weight_decay": 0.1}, ("backward", "step"), torch.float32),
     "skips-zero-grad": ({"weight_decay": 0.1}, ("backward", "step"), torch.float32),
     "weight-decay-modifies-grad": ({"weight_decay": 0.1}, ("backward", "step"), torch.float32),
@@ -146,19 +163,30 @@ SCENARIOS: dict[str, tuple[dict[str, Any], tuple[str, ...], torch.dtype]] = {
     "lr-off-by-one-ppm": ({}, ("backward", "step"), torch.float64),
     "float32-compute": ({"momentum": 0.9}, ("backward", "step", "step"), torch.float64),
     "load-state-drops-state": (
-        {"momentum": 0.9}, ("backward", "step", "reload", "step"), torch.float32),
+        {"momentum": 0.9},
+        ("backward", "step", "reload", "step"),
+        torch.float32,
+    ),
     "state-dict-reversed": (
-        {"momentum": 0.9}, ("backward", "step", "reload", "step"), torch.float32),
+        {"momentum": 0.9},
+        ("backward", "step", "reload", "step"),
+        torch.float32,
+    ),
     "closure-loss-dropped": ({}, ("closure",), torch.float32),
     "closure-under-no-grad": ({}, ("closure",), torch.float32),
     "zero-grad-keeps-zeros": ({}, ("backward", "step", "zero_grad"), torch.float32),
     "momentum-not-persisted": ({"momentum": 0.9}, ("backward", "step", "step"), torch.float32),
     "accepts-invalid-config": (
-        {"momentum": 0.9, "nesterov": True, "dampening": 0.1}, ("backward", "step"),
-        torch.float32),
+        {"momentum": 0.9, "nesterov": True, "dampening": 0.1},
+        ("backward", "step"),
+        torch.float32,
+    ),
     "rejects-zero-lr": ({"lr": 0.0}, ("backward", "step"), torch.float32),
     "add-param-group-no-defaults": (
-        {"momentum": 0.9}, ("add_group", "backward", "step"), torch.float32),
+        {"momentum": 0.9},
+        ("add_group", "backward", "step"),
+        torch.float32,
+    ),
     "buffer-stored-not-read": ({"momentum": 0.9}, ("backward", "step", "step"), torch.float32),
 }
 
@@ -185,8 +213,9 @@ def _clone(x: Any) -> Any:
     return x
 
 
-def _run(cls: type, hyper: dict[str, Any], actions: tuple[str, ...],
-         dtype: torch.dtype) -> list[Any]:
+def _run(
+    cls: type, hyper: dict[str, Any], actions: tuple[str, ...], dtype: torch.dtype
+) -> list[Any]:
     """What the program observes after each action: parameters, gradients, buffers, the state
     dict and the step's result; an exception ends the run and is recorded."""
     params = _parameters(dtype)
@@ -222,30 +251,38 @@ def _run(cls: type, hyper: dict[str, Any], actions: tuple[str, ...],
                 for group in opt.param_groups:
                     group["lr"] = 0.05
             elif action == "add_group":
-                opt.add_param_group({"params": [torch.ones(2, dtype=dtype,
-                                                           requires_grad=True)]})
+                opt.add_param_group({"params": [torch.ones(2, dtype=dtype, requires_grad=True)]})
             else:
                 raise AssertionError(f"unknown action {action}")
         except Exception as error:  # a mutant may fail where torch does not
             trace.append(("error", type(error).__name__))
             break
-        trace.append({
-            "action": action,
-            "result": _clone(result),
-            "params": _clone(params),
-            "grads": [_clone(p.grad) for p in params],
-            "buffers": [_clone(opt.state[p].get("momentum_buffer")) if p in opt.state else None
-                        for p in params],
-            "state_dict": _clone(opt.state_dict()),
-        })
+        trace.append(
+            {
+                "action": action,
+                "result": _clone(result),
+                "params": _clone(params),
+                "grads": [_clone(p.grad) for p in params],
+                "buffers": [
+                    _clone(opt.state[p].get("momentum_buffer")) if p in opt.state else None
+                    for p in params
+                ],
+                "state_dict": _clone(opt.state_dict()),
+            }
+        )
     return trace
 
 
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
-                and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
-                and torch.equal(torch.signbit(a), torch.signbit(b)))
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a, b)
+            and torch.equal(torch.signbit(a), torch.signbit(b))
+        )
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
@@ -284,11 +321,14 @@ CONFIGS: list[dict[str, Any]] = [
 ]
 
 
-def _steps(cls: type, config: dict[str, Any], dtype: torch.dtype, steps: int = 4,
-           size: int = 37) -> list[list[torch.Tensor]]:
+def _steps(
+    cls: type, config: dict[str, Any], dtype: torch.dtype, steps: int = 4, size: int = 37
+) -> list[list[torch.Tensor]]:
     generator = torch.Generator().manual_seed(1234)
-    params = [(torch.rand(size, generator=generator, dtype=dtype) + 1).requires_grad_(),
-              (torch.rand(3, 5, generator=generator, dtype=dtype) - 0.5).requires_grad_()]
+    params = [
+        (torch.rand(size, generator=generator, dtype=dtype) + 1).requires_grad_(),
+        (torch.rand(3, 5, generator=generator, dtype=dtype) - 0.5).requires_grad_(),
+    ]
     opt = cls(params, **{"lr": 0.1, **config})
     seen = []
     for _ in range(steps):
@@ -308,6 +348,7 @@ def test_correct_sgd_is_bitwise_torch(config: dict[str, Any], dtype: torch.dtype
 
 def _ulp(a: torch.Tensor, b: torch.Tensor) -> int:
     """Largest distance in representable float32 numbers between matching elements."""
+
     def ordered(x: torch.Tensor) -> np.ndarray:
         bits = x.numpy().view(np.int32).astype(np.int64)
         return np.where(bits < 0, np.int64(-(2**31)) - bits, bits)
@@ -315,10 +356,14 @@ def _ulp(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(np.abs(ordered(a) - ordered(b)).max())
 
 
-@pytest.mark.parametrize("config", [
-    {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01},
-    {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True},
-], ids=str)
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"momentum": 0.9, "dampening": 0.1, "weight_decay": 0.01},
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01, "maximize": True},
+    ],
+    ids=str,
+)
 def test_twice_rounded_sgd_is_close_but_not_bitwise(config: dict[str, Any]) -> None:
     mine = _steps(TwiceRoundedSGD, config, torch.float32, steps=3, size=2000)
     theirs = _steps(torch.optim.SGD, config, torch.float32, steps=3, size=2000)
@@ -404,12 +449,13 @@ KINK_PROBES: dict[str, tuple[Any, Callable[[Any, Any], Any]]] = {
     "leaky-relu-grad-at-zero": ([-1.0, 0.0, 1.0], lambda x, F: F.leaky_relu(x, 0.01)),
     "abs-grad-sign-at-zero": ([-1.0, 0.0, 1.0], lambda x, F: x.abs()),
     "clamp-grad-zero-at-bound": ([-1.5, -1.0, 0.0, 0.5, 1.0], lambda x, F: x.clamp(-1.0, 0.5)),
-    "amax-grad-not-shared": ([[1.0, 2.0, 2.0, 0.0], [3.0, 3.0, 3.0, 1.0]],
-                             lambda x, F: x.amax(1)),
+    "amax-grad-not-shared": ([[1.0, 2.0, 2.0, 0.0], [3.0, 3.0, 3.0, 1.0]], lambda x, F: x.amax(1)),
     "max-grad-first-tie": ([1.0, 2.0, 2.0, 0.0], lambda x, F: x.max()),
     "max-dim-grad-shared": ([[2.0, 1.0, 2.0], [0.0, 3.0, 3.0]], lambda x, F: x.max(1).values),
-    "softmax-grad-sum-without-y": ([[0.1, 1.5, -0.3], [2.0, -1.0, 0.5]],
-                                   lambda x, F: x.softmax(1) ** 2),
+    "softmax-grad-sum-without-y": (
+        [[0.1, 1.5, -0.3], [2.0, -1.0, 0.5]],
+        lambda x, F: x.softmax(1) ** 2,
+    ),
 }
 
 
@@ -440,7 +486,8 @@ PROBES: dict[str, Callable[[], list[np.ndarray]]] = {
 
 def _equal(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(
-        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+        x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b, strict=True)
+    )
 
 
 def test_every_autograd_mutant_has_a_probe() -> None:
@@ -470,6 +517,7 @@ def test_autograd_mutant_changes_a_gradient_and_restores_ops(mutant: Mutant) -> 
 def test_kink_mutant_differs_from_torch_only_at_the_kink(name: str) -> None:
     """refimpl's rule is torch's on the probe, the mutant's is not; off the kink (the probe's
     values moved by 1/8, ties broken) the mutant agrees with torch."""
+
     def close(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
         return all(np.allclose(x, y, rtol=1e-12, atol=0) for x, y in zip(a, b, strict=True))
 

@@ -51,14 +51,21 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: np.dtype) -> N
 
 def conv_net(nn: ModuleType, lib: ModuleType) -> Any:
     return nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-        nn.LayerNorm(16), nn.Linear(16, 5, bias=False), nn.Tanh(), nn.Linear(5, 2),
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.LayerNorm(16),
+        nn.Linear(16, 5, bias=False),
+        nn.Tanh(),
+        nn.Linear(5, 2),
     )
 
 
 def embedding_net(nn: ModuleType, lib: ModuleType) -> Any:
-    return nn.Sequential(nn.Embedding(10, 4, padding_idx=0), nn.LayerNorm(4, bias=False),
-                         nn.GELU(), nn.Linear(4, 2))
+    return nn.Sequential(
+        nn.Embedding(10, 4, padding_idx=0), nn.LayerNorm(4, bias=False), nn.GELU(), nn.Linear(4, 2)
+    )
 
 
 def nested_net(nn: ModuleType, lib: ModuleType) -> Any:
@@ -103,8 +110,7 @@ def shared_net(nn: ModuleType, lib: ModuleType) -> Any:
     return Tied()
 
 
-MODELS = {"conv": conv_net, "embedding": embedding_net, "nested": nested_net,
-          "shared": shared_net}
+MODELS = {"conv": conv_net, "embedding": embedding_net, "nested": nested_net, "shared": shared_net}
 
 
 @pytest.mark.parametrize("builder", MODELS.values(), ids=MODELS.keys())
@@ -116,15 +122,19 @@ def test_names_and_order_match_torch(builder: Builder) -> None:
 
     assert shapes(ours.named_parameters()) == shapes(theirs.named_parameters())
     assert shapes(ours.named_parameters(remove_duplicate=False)) == shapes(
-        theirs.named_parameters(remove_duplicate=False))
+        theirs.named_parameters(remove_duplicate=False)
+    )
     assert shapes(ours.named_parameters(prefix="m", recurse=False)) == shapes(
-        theirs.named_parameters(prefix="m", recurse=False))
+        theirs.named_parameters(prefix="m", recurse=False)
+    )
     assert [n for n, _ in ours.named_modules()] == [n for n, _ in theirs.named_modules()]
     assert [n for n, _ in ours.named_modules(remove_duplicate=False)] == [
-        n for n, _ in theirs.named_modules(remove_duplicate=False)]
+        n for n, _ in theirs.named_modules(remove_duplicate=False)
+    ]
     assert [n for n, _ in ours.named_children()] == [n for n, _ in theirs.named_children()]
     assert [type(m).__name__ for m in ours.modules()] == [
-        type(m).__name__ for m in theirs.modules()]
+        type(m).__name__ for m in theirs.modules()
+    ]
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [id(p) for p in ours.parameters()] == [id(p) for _, p in ours.named_parameters()]
 
@@ -132,8 +142,13 @@ def test_names_and_order_match_torch(builder: Builder) -> None:
 def test_shared_parameter_is_yielded_once() -> None:
     ours = shared_net(rnn, refimpl)
     names = [name for name, _ in ours.named_parameters()]
-    assert names == ["encoder.weight", "encoder.bias", "decoder.bias", "twice.0.weight",
-                     "twice.0.bias"]
+    assert names == [
+        "encoder.weight",
+        "encoder.bias",
+        "decoder.bias",
+        "twice.0.weight",
+        "twice.0.bias",
+    ]
     assert len({id(p) for p in ours.parameters()}) == len(names)
     assert ours.decoder.weight is ours.encoder.weight
     # state_dict keeps every name, as torch's does.
@@ -173,8 +188,11 @@ def test_registration_semantics_match_torch() -> None:
 
 def test_bias_false_registers_none() -> None:
     for nn in (rnn, torch.nn):
-        for layer in (nn.Linear(3, 2, bias=False), nn.Conv2d(1, 2, 3, bias=False),
-                      nn.LayerNorm(3, bias=False)):
+        for layer in (
+            nn.Linear(3, 2, bias=False),
+            nn.Conv2d(1, 2, 3, bias=False),
+            nn.LayerNorm(3, bias=False),
+        ):
             assert layer.bias is None
             assert "bias" not in dict(layer.named_parameters())
             assert "bias" not in layer.state_dict()
@@ -263,8 +281,11 @@ def test_state_dict_round_trip() -> None:
         assert np.shares_memory(value.data, dict(a.named_parameters())[name].data)
     result = b.load_state_dict(state)
     assert result.missing_keys == [] and result.unexpected_keys == []
-    assert repr(result) == repr(torch.nn.Linear(1, 1).load_state_dict(
-        torch.nn.Linear(1, 1).state_dict())) == "<All keys matched successfully>"
+    assert (
+        repr(result)
+        == repr(torch.nn.Linear(1, 1).load_state_dict(torch.nn.Linear(1, 1).state_dict()))
+        == "<All keys matched successfully>"
+    )
     assert [id(p) for p in b.parameters()] == params_before  # copied in place
     for (name, p), q in zip(b.named_parameters(), a.parameters(), strict=True):
         np.testing.assert_array_equal(p.data, q.data, err_msg=name)
@@ -284,25 +305,36 @@ def test_state_dict_loads_into_torch_and_back() -> None:
         np.testing.assert_array_equal(p.data, q.detach().numpy(), err_msg=name)
 
 
-def _load_error(nn: ModuleType, lib: ModuleType, model: Builder, state: dict[str, tuple],
-                strict: bool = True) -> str:
+def _load_error(
+    nn: ModuleType, lib: ModuleType, model: Builder, state: dict[str, tuple], strict: bool = True
+) -> str:
     module = model(nn, lib)
     with pytest.raises(RuntimeError) as info:
-        module.load_state_dict({k: lib.zeros(*shape) for k, shape in state.items()},
-                               strict=strict)
+        module.load_state_dict({k: lib.zeros(*shape) for k, shape in state.items()}, strict=strict)
     return str(info.value)
 
 
 LOAD_ERRORS = {
     "missing": (lambda nn, lib: nn.Linear(3, 3), {"bias": (3,)}, True),
-    "unexpected": (lambda nn, lib: nn.Linear(3, 3), {"weight": (3, 3), "bias": (3,), "x": (1,)},
-                   True),
+    "unexpected": (
+        lambda nn, lib: nn.Linear(3, 3),
+        {"weight": (3, 3), "bias": (3,), "x": (1,)},
+        True,
+    ),
     "size": (lambda nn, lib: nn.Linear(3, 3), {"weight": (2, 3), "bias": (3,)}, True),
     "size-not-strict": (lambda nn, lib: nn.Linear(3, 3), {"weight": (2, 3)}, False),
     "all-nested": (
         conv_net,
-        {"0.weight": (4, 3, 2, 2), "0.bias": (4,), "3.weight": (1,), "9.weight": (1,),
-         "0.extra.weight": (1,), "top": (1,), "4.weight": (16,), "7.weight": (2, 5)},
+        {
+            "0.weight": (4, 3, 2, 2),
+            "0.bias": (4,),
+            "3.weight": (1,),
+            "9.weight": (1,),
+            "0.extra.weight": (1,),
+            "top": (1,),
+            "4.weight": (16,),
+            "7.weight": (2, 5),
+        },
         True,
     ),
 }
@@ -435,10 +467,15 @@ def test_module_list_container() -> None:
         layers.extend([nn.ReLU(), nn.Linear(2, 2)])
         layers += [nn.Tanh()]
         assert len(layers) == 5 and layers[1] is extra and layers[-4] is extra
-        assert [type(m).__name__ for m in layers] == ["Linear", "Linear", "ReLU", "Linear",
-                                                       "Tanh"]
+        assert [type(m).__name__ for m in layers] == ["Linear", "Linear", "ReLU", "Linear", "Tanh"]
         assert [n for n, _ in layers.named_parameters()] == [
-            "0.weight", "0.bias", "1.weight", "1.bias", "3.weight", "3.bias"]
+            "0.weight",
+            "0.bias",
+            "1.weight",
+            "1.bias",
+            "3.weight",
+            "3.bias",
+        ]
         assert len(layers[1:3]) == 2
         with pytest.raises(NotImplementedError):
             layers(1)
@@ -447,13 +484,26 @@ def test_module_list_container() -> None:
 def test_repr_matches_torch() -> None:
     def model(nn: ModuleType, lib: ModuleType) -> Any:
         return nn.Sequential(
-            nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Conv1d(4, 4, (2,), stride=2, groups=2),
-            nn.MaxPool2d(2), nn.AvgPool2d(3, stride=1), nn.Flatten(), nn.Embedding(5, 3,
-                                                                                  padding_idx=1),
-            nn.LayerNorm(5), nn.Linear(16, 5), nn.LeakyReLU(), nn.ELU(), nn.GELU("tanh"),
-            nn.Sigmoid(), nn.Softplus(), nn.SiLU(), nn.Softmax(dim=1), nn.LogSoftmax(-1),
-            nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2), nn.ReLU()]), nn.MSELoss(),
-            nn.CrossEntropyLoss(), nn.HuberLoss(),
+            nn.Conv2d(3, 4, 3, padding=1, bias=False),
+            nn.Conv1d(4, 4, (2,), stride=2, groups=2),
+            nn.MaxPool2d(2),
+            nn.AvgPool2d(3, stride=1),
+            nn.Flatten(),
+            nn.Embedding(5, 3, padding_idx=1),
+            nn.LayerNorm(5),
+            nn.Linear(16, 5),
+            nn.LeakyReLU(),
+            nn.ELU(),
+            nn.GELU("tanh"),
+            nn.Sigmoid(),
+            nn.Softplus(),
+            nn.SiLU(),
+            nn.Softmax(dim=1),
+            nn.LogSoftmax(-1),
+            nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2), nn.ReLU()]),
+            nn.MSELoss(),
+            nn.CrossEntropyLoss(),
+            nn.HuberLoss(),
         )
 
     ours, theirs = build_pair(model)
@@ -462,10 +512,31 @@ def test_repr_matches_torch() -> None:
 
 
 _SIGNATURE_CLASSES = [
-    "Linear", "Conv1d", "Conv2d", "Embedding", "LayerNorm", "ReLU", "LeakyReLU", "ELU", "GELU",
-    "Softplus", "SiLU", "Softmax", "LogSoftmax", "Sequential", "ModuleList", "Flatten",
-    "MaxPool2d", "AvgPool2d", "MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss",
-    "CrossEntropyLoss", "NLLLoss", "BCEWithLogitsLoss",
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Embedding",
+    "LayerNorm",
+    "ReLU",
+    "LeakyReLU",
+    "ELU",
+    "GELU",
+    "Softplus",
+    "SiLU",
+    "Softmax",
+    "LogSoftmax",
+    "Sequential",
+    "ModuleList",
+    "Flatten",
+    "MaxPool2d",
+    "AvgPool2d",
+    "MSELoss",
+    "L1Loss",
+    "SmoothL1Loss",
+    "HuberLoss",
+    "CrossEntropyLoss",
+    "NLLLoss",
+    "BCEWithLogitsLoss",
 ]
 
 
@@ -490,24 +561,32 @@ LAYERS: dict[str, tuple[Builder, Callable[[np.random.Generator, np.dtype], np.nd
     "linear": (lambda nn, lib: nn.Linear(5, 3), _floats((4, 5))),
     "linear-nobias-3d": (lambda nn, lib: nn.Linear(5, 3, bias=False), _floats((2, 4, 5))),
     "conv1d": (lambda nn, lib: nn.Conv1d(2, 4, 3, stride=2, padding=1), _floats((3, 2, 9))),
-    "conv2d": (lambda nn, lib: nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2)),
-               _floats((2, 3, 7, 6))),
-    "conv2d-groups-same": (lambda nn, lib: nn.Conv2d(4, 6, 3, groups=2, padding="same"),
-                           _floats((2, 4, 5, 5))),
+    "conv2d": (
+        lambda nn, lib: nn.Conv2d(3, 4, (3, 2), stride=(2, 1), padding=1, dilation=(1, 2)),
+        _floats((2, 3, 7, 6)),
+    ),
+    "conv2d-groups-same": (
+        lambda nn, lib: nn.Conv2d(4, 6, 3, groups=2, padding="same"),
+        _floats((2, 4, 5, 5)),
+    ),
     "conv2d-unbatched": (lambda nn, lib: nn.Conv2d(2, 3, 2, bias=False), _floats((2, 4, 4))),
-    "embedding": (lambda nn, lib: nn.Embedding(10, 3, padding_idx=2),
-                  lambda rng, dtype: rng.integers(0, 10, size=(4, 5))),
+    "embedding": (
+        lambda nn, lib: nn.Embedding(10, 3, padding_idx=2),
+        lambda rng, dtype: rng.integers(0, 10, size=(4, 5)),
+    ),
     "layernorm": (lambda nn, lib: nn.LayerNorm((3, 4)), _floats((2, 3, 4))),
-    "layernorm-plain": (lambda nn, lib: nn.LayerNorm(4, elementwise_affine=False),
-                        _floats((5, 4))),
+    "layernorm-plain": (lambda nn, lib: nn.LayerNorm(4, elementwise_affine=False), _floats((5, 4))),
     "flatten": (lambda nn, lib: nn.Flatten(1, 2), _floats((2, 3, 4, 5))),
     "maxpool": (lambda nn, lib: nn.MaxPool2d(2), _floats((2, 3, 6, 6))),
-    "maxpool-padded": (lambda nn, lib: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
-                       _floats((2, 2, 7, 7))),
+    "maxpool-padded": (
+        lambda nn, lib: nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True),
+        _floats((2, 2, 7, 7)),
+    ),
     "avgpool": (lambda nn, lib: nn.AvgPool2d(2), _floats((2, 3, 6, 6))),
     "avgpool-padded": (
         lambda nn, lib: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
-        _floats((1, 2, 7, 7))),
+        _floats((1, 2, 7, 7)),
+    ),
     "relu": (lambda nn, lib: nn.ReLU(), _floats((4, 5))),
     "leaky_relu": (lambda nn, lib: nn.LeakyReLU(0.2), _floats((4, 5))),
     "elu": (lambda nn, lib: nn.ELU(0.5), _floats((4, 5))),
@@ -526,8 +605,7 @@ LAYERS: dict[str, tuple[Builder, Callable[[np.random.Generator, np.dtype], np.nd
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: d.name)
 @pytest.mark.parametrize("case", LAYERS.values(), ids=LAYERS.keys())
-def test_layer_forward_and_backward_match_torch(case: tuple[Builder, Any],
-                                                dtype: np.dtype) -> None:
+def test_layer_forward_and_backward_match_torch(case: tuple[Builder, Any], dtype: np.dtype) -> None:
     builder, make_input = case
     rng = np.random.default_rng(7)
     ours, theirs = build_pair(builder)
@@ -557,31 +635,55 @@ def _classes(rng: np.random.Generator, shape: tuple[int, ...], n: int) -> np.nda
 
 
 LOSSES: dict[str, tuple[Builder, Callable[[np.random.Generator, np.dtype], tuple]]] = {
-    "mse": (lambda nn, lib: nn.MSELoss(),
-            lambda rng, d: (rng.standard_normal((4, 3)).astype(d),
-                            rng.standard_normal((4, 3)).astype(d))),
-    "l1-sum": (lambda nn, lib: nn.L1Loss(reduction="sum"),
-               lambda rng, d: (rng.standard_normal((4, 3)).astype(d),
-                               rng.standard_normal((4, 3)).astype(d))),
-    "smooth_l1": (lambda nn, lib: nn.SmoothL1Loss(beta=0.5),
-                  lambda rng, d: (rng.standard_normal((4, 3)).astype(d),
-                                  rng.standard_normal((4, 3)).astype(d))),
-    "huber-none": (lambda nn, lib: nn.HuberLoss(reduction="none", delta=0.7),
-                   lambda rng, d: (rng.standard_normal((4, 3)).astype(d),
-                                   rng.standard_normal((4, 3)).astype(d))),
-    "cross_entropy": (lambda nn, lib: nn.CrossEntropyLoss(),
-                      lambda rng, d: (rng.standard_normal((6, 4)).astype(d),
-                                      _classes(rng, (6,), 4))),
+    "mse": (
+        lambda nn, lib: nn.MSELoss(),
+        lambda rng, d: (
+            rng.standard_normal((4, 3)).astype(d),
+            rng.standard_normal((4, 3)).astype(d),
+        ),
+    ),
+    "l1-sum": (
+        lambda nn, lib: nn.L1Loss(reduction="sum"),
+        lambda rng, d: (
+            rng.standard_normal((4, 3)).astype(d),
+            rng.standard_normal((4, 3)).astype(d),
+        ),
+    ),
+    "smooth_l1": (
+        lambda nn, lib: nn.SmoothL1Loss(beta=0.5),
+        lambda rng, d: (
+            rng.standard_normal((4, 3)).astype(d),
+            rng.standard_normal((4, 3)).astype(d),
+        ),
+    ),
+    "huber-none": (
+        lambda nn, lib: nn.HuberLoss(reduction="none", delta=0.7),
+        lambda rng, d: (
+            rng.standard_normal((4, 3)).astype(d),
+            rng.standard_normal((4, 3)).astype(d),
+        ),
+    ),
+    "cross_entropy": (
+        lambda nn, lib: nn.CrossEntropyLoss(),
+        lambda rng, d: (rng.standard_normal((6, 4)).astype(d), _classes(rng, (6,), 4)),
+    ),
     "cross_entropy-options": (
-        lambda nn, lib: nn.CrossEntropyLoss(weight=lib.tensor([0.5, 1.0, 2.0, 1.5]),
-                                            ignore_index=1, label_smoothing=0.1),
-        lambda rng, d: (rng.standard_normal((6, 4, 2)).astype(d),
-                        np.array([[0, 1], [2, 3], [1, 1], [3, 0], [2, 2], [0, 3]]))),
-    "nll": (lambda nn, lib: nn.NLLLoss(reduction="sum"),
-            lambda rng, d: (rng.standard_normal((5, 3)).astype(d), _classes(rng, (5,), 3))),
-    "bce_logits": (lambda nn, lib: nn.BCEWithLogitsLoss(pos_weight=lib.tensor([1.0, 2.0, 0.5])),
-                   lambda rng, d: (rng.standard_normal((4, 3)).astype(d),
-                                   rng.uniform(size=(4, 3)).astype(d))),
+        lambda nn, lib: nn.CrossEntropyLoss(
+            weight=lib.tensor([0.5, 1.0, 2.0, 1.5]), ignore_index=1, label_smoothing=0.1
+        ),
+        lambda rng, d: (
+            rng.standard_normal((6, 4, 2)).astype(d),
+            np.array([[0, 1], [2, 3], [1, 1], [3, 0], [2, 2], [0, 3]]),
+        ),
+    ),
+    "nll": (
+        lambda nn, lib: nn.NLLLoss(reduction="sum"),
+        lambda rng, d: (rng.standard_normal((5, 3)).astype(d), _classes(rng, (5,), 3)),
+    ),
+    "bce_logits": (
+        lambda nn, lib: nn.BCEWithLogitsLoss(pos_weight=lib.tensor([1.0, 2.0, 0.5])),
+        lambda rng, d: (rng.standard_normal((4, 3)).astype(d), rng.uniform(size=(4, 3)).astype(d)),
+    ),
 }
 
 
@@ -649,8 +751,9 @@ def test_sgd_steps_track_torch() -> None:
     for p, q in zip(ours.parameters(), theirs.parameters(), strict=True):
         assert p.grad is None and q.grad is None
         assert_close(p.data, q.detach().numpy(), np.dtype(np.float64))
-    assert all(not np.array_equal(p.data, q) for p, q in zip(ours.parameters(), initial,
-                                                             strict=True))
+    assert all(
+        not np.array_equal(p.data, q) for p, q in zip(ours.parameters(), initial, strict=True)
+    )
 
 
 # Initialisation -----------------------------------------------------------------------------
@@ -669,11 +772,14 @@ def _check_uniform(values: np.ndarray, bound: float) -> None:
     assert counts.min() > n / 4 - 5 * np.sqrt(n * 3 / 16)
 
 
-@pytest.mark.parametrize("builder, fan_in", [
-    (lambda nn: nn.Linear(50, 60), 50),
-    (lambda nn: nn.Conv1d(6, 40, 5), 30),
-    (lambda nn: nn.Conv2d(6, 42, (3, 2), groups=3), 12),
-])
+@pytest.mark.parametrize(
+    "builder, fan_in",
+    [
+        (lambda nn: nn.Linear(50, 60), 50),
+        (lambda nn: nn.Conv1d(6, 40, 5), 30),
+        (lambda nn: nn.Conv2d(6, 42, (3, 2), groups=3), 12),
+    ],
+)
 def test_default_init_bounds(builder: Callable[[ModuleType], Any], fan_in: int) -> None:
     # Seeded: the uniformity check is statistical, and must not fail by chance in CI.
     torch.manual_seed(0)
@@ -722,9 +828,11 @@ def test_rng_and_manual_seed_make_init_reproducible() -> None:
 
 
 def test_dtype_argument() -> None:
-    for layer in (rnn.Linear(2, 3, dtype=refimpl.float64),
-                  rnn.Conv1d(1, 2, 3, dtype=refimpl.float64),
-                  rnn.Embedding(4, 2, dtype=refimpl.float64)):
+    for layer in (
+        rnn.Linear(2, 3, dtype=refimpl.float64),
+        rnn.Conv1d(1, 2, 3, dtype=refimpl.float64),
+        rnn.Embedding(4, 2, dtype=refimpl.float64),
+    ):
         assert all(p.dtype == np.float64 for p in layer.parameters())
     assert rnn.Linear(2, 3).weight.dtype == np.float32
     with pytest.raises(TypeError):
@@ -732,9 +840,12 @@ def test_dtype_argument() -> None:
 
 
 def test_constructor_errors_match_torch() -> None:
-    for call in (lambda nn: nn.Conv2d(3, 4, 3, groups=2), lambda nn: nn.Conv2d(4, 3, 3, groups=2),
-                 lambda nn: nn.Conv2d(4, 4, 3, groups=0),
-                 lambda nn: nn.Conv2d(4, 4, 3, stride=2, padding="same")):
+    for call in (
+        lambda nn: nn.Conv2d(3, 4, 3, groups=2),
+        lambda nn: nn.Conv2d(4, 3, 3, groups=2),
+        lambda nn: nn.Conv2d(4, 4, 3, groups=0),
+        lambda nn: nn.Conv2d(4, 4, 3, stride=2, padding="same"),
+    ):
         with pytest.raises(ValueError) as ours:
             call(rnn)
         with pytest.raises(ValueError) as theirs:

@@ -159,11 +159,19 @@ def basic_index(data: st.DataObject, dtype: np.dtype):
     arrays, _ = nonempty()(data, dtype)
     key = []
     for n in arrays[0].shape[: data.draw(st.integers(1, arrays[0].ndim))]:
-        key.append(data.draw(st.one_of(
-            st.integers(-n, n - 1),
-            st.builds(slice, st.integers(-n, n) | st.none(), st.integers(-n, n) | st.none(),
-                      st.integers(1, 3) | st.none()),
-        )))
+        key.append(
+            data.draw(
+                st.one_of(
+                    st.integers(-n, n - 1),
+                    st.builds(
+                        slice,
+                        st.integers(-n, n) | st.none(),
+                        st.integers(-n, n) | st.none(),
+                        st.integers(1, 3) | st.none(),
+                    ),
+                )
+            )
+        )
     return arrays, {"key": tuple(key)}
 
 
@@ -208,8 +216,10 @@ def three_way(data: st.DataObject, dtype: np.dtype):
 def linear_inputs(data: st.DataObject, dtype: np.dtype):
     batch = data.draw(S.shapes(max_dims=2, max_side=3))
     fan_in, fan_out = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
-    arrays = [data.draw(S.arrays(dtype, (*batch, fan_in))),
-              data.draw(S.arrays(dtype, (fan_out, fan_in)))]
+    arrays = [
+        data.draw(S.arrays(dtype, (*batch, fan_in))),
+        data.draw(S.arrays(dtype, (fan_out, fan_in))),
+    ]
     if data.draw(st.booleans()):
         arrays.append(data.draw(S.arrays(dtype, (fan_out,))))
     return arrays, {}
@@ -227,8 +237,10 @@ def conv_inputs(spatial: int) -> Draw:
             data.draw(st.integers(max(1, dilation * (k - 1) + 1 - 2 * padding), 5)) for k in kernel
         )
         batch = (data.draw(st.integers(1, 2)),) if data.draw(st.booleans()) else ()
-        arrays = [data.draw(S.arrays(dtype, (*batch, c_in, *size))),
-                  data.draw(S.arrays(dtype, (c_out, c_in // groups, *kernel)))]
+        arrays = [
+            data.draw(S.arrays(dtype, (*batch, c_in, *size))),
+            data.draw(S.arrays(dtype, (c_out, c_in // groups, *kernel))),
+        ]
         kwargs = {"stride": stride, "padding": padding, "dilation": dilation, "groups": groups}
         if data.draw(st.booleans()):
             arrays.append(data.draw(S.arrays(dtype, (c_out,))))
@@ -249,8 +261,12 @@ def pool_inputs(average: bool) -> Draw:
         size = tuple(data.draw(st.integers(max(1, e - padding), 5)) for e in extent)
         batch = (data.draw(st.integers(1, 2)),) if data.draw(st.booleans()) else ()
         x = data.draw(S.arrays(dtype, (*batch, data.draw(st.integers(1, 2)), *size)))
-        kwargs: dict[str, Any] = {"kernel_size": kernel, "stride": stride, "padding": padding,
-                                  "ceil_mode": data.draw(st.booleans())}
+        kwargs: dict[str, Any] = {
+            "kernel_size": kernel,
+            "stride": stride,
+            "padding": padding,
+            "ceil_mode": data.draw(st.booleans()),
+        }
         if average:
             kwargs["count_include_pad"] = data.draw(st.booleans())
             kwargs["divisor_override"] = data.draw(st.sampled_from([None, 1, 3]))
@@ -270,8 +286,9 @@ def layer_norm_inputs(data: st.DataObject, dtype: np.dtype):
     return arrays, {"normalized_shape": shape[-k:], "eps": data.draw(st.sampled_from([1e-5, 0.1]))}
 
 
-def layer_norm_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
-                         cotangent: np.ndarray) -> tuple[float, list[float]]:
+def layer_norm_magnitude(
+    arrays: list[np.ndarray], kwargs: dict[str, Any], cotangent: np.ndarray
+) -> tuple[float, list[float]]:
     """Normalising amplifies the rounding of x - mean by rstd (up to 1/sqrt(eps)), and the
     gradient of x once more: the error scales with rstd, not with the result."""
     x = arrays[0].astype(np.float64)
@@ -288,8 +305,9 @@ def layer_norm_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
     return forward, [grad_x, grad_w, g * rows][: len(arrays)]
 
 
-def gelu_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
-                   cotangent: np.ndarray) -> tuple[float, list[float]]:
+def gelu_magnitude(
+    arrays: list[np.ndarray], kwargs: dict[str, Any], cotangent: np.ndarray
+) -> tuple[float, list[float]]:
     """gelu sums 0.5x and 0.5x·erf (or tanh); its derivative multiplies the cancelling
     1 - tanh² by x·√(2/π)·(1 + 3κx²): the error scales with those terms."""
     x = float(np.abs(arrays[0]).max(initial=0.0))
@@ -300,8 +318,9 @@ def gelu_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
 def classification_magnitude(case_name: str) -> Callable[..., tuple[float, list[float]]]:
     """Class weights scale every term of the loss and of its gradient."""
 
-    def magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
-                  cotangent: np.ndarray) -> tuple[float, list[float]]:
+    def magnitude(
+        arrays: list[np.ndarray], kwargs: dict[str, Any], cotangent: np.ndarray
+    ) -> tuple[float, list[float]]:
         case = next(c for c in CASES if c.name == case_name)
         forward, grads = _magnitude(case, arrays, kwargs, cotangent)
         weight = float(np.abs(arrays[2]).max(initial=1.0)) if len(arrays) > 2 else 1.0
@@ -311,8 +330,9 @@ def classification_magnitude(case_name: str) -> Callable[..., tuple[float, list[
     return magnitude
 
 
-def bce_magnitude(arrays: list[np.ndarray], kwargs: dict[str, Any],
-                  cotangent: np.ndarray) -> tuple[float, list[float]]:
+def bce_magnitude(
+    arrays: list[np.ndarray], kwargs: dict[str, Any], cotangent: np.ndarray
+) -> tuple[float, list[float]]:
     """The gradient sigmoid(x) - t cancels; weights scale both of its terms."""
     case = next(c for c in CASES if c.name == "bce_with_logits")
     forward, grads = _magnitude(case, arrays, kwargs, cotangent)
@@ -345,8 +365,11 @@ def classification(weighted: bool = True) -> Draw:
     def draw(data: st.DataObject, dtype: np.dtype):
         classes = data.draw(st.integers(1, 4))
         layout = data.draw(st.sampled_from(["unbatched", "batched", "spatial"]))
-        batch = {"unbatched": (), "batched": (data.draw(st.integers(0, 4)),),
-                 "spatial": (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3)))}[layout]
+        batch = {
+            "unbatched": (),
+            "batched": (data.draw(st.integers(0, 4)),),
+            "spatial": (data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))),
+        }[layout]
         x_shape = (classes,) if not batch else (batch[0], classes, *batch[1:])
         ignore = data.draw(st.sampled_from([-100, 0, 1]))
         labels = st.integers(0, classes - 1) | st.just(ignore)
@@ -354,8 +377,10 @@ def classification(weighted: bool = True) -> Draw:
         if not batch and target.shape == () and target == -100:
             target = np.asarray(0)
         arrays = [data.draw(S.arrays(dtype, x_shape)), target]
-        kwargs: dict[str, Any] = {"reduction": data.draw(st.sampled_from(["mean", "sum", "none"])),
-                                  "ignore_index": ignore}
+        kwargs: dict[str, Any] = {
+            "reduction": data.draw(st.sampled_from(["mean", "sum", "none"])),
+            "ignore_index": ignore,
+        }
         if weighted and data.draw(st.booleans()):
             arrays.append(data.draw(S.arrays(dtype, (classes,), S.positive_values(dtype))))
         return arrays, kwargs
@@ -377,14 +402,19 @@ def bce_inputs(data: st.DataObject, dtype: np.dtype):
     return arrays, kwargs
 
 
-def _bce(L: Any, x: Any, t: Any, reduction: str, weight_array: Any = None,
-         pos_weight_array: Any = None) -> Any:
+def _bce(
+    L: Any, x: Any, t: Any, reduction: str, weight_array: Any = None, pos_weight_array: Any = None
+) -> Any:
     def constant(a: Any) -> Any:
         return None if a is None else L.m.tensor(a)
 
     return L.F.binary_cross_entropy_with_logits(
-        x, t, weight=constant(weight_array), reduction=reduction,
-        pos_weight=constant(pos_weight_array))
+        x,
+        t,
+        weight=constant(weight_array),
+        reduction=reduction,
+        pos_weight=constant(pos_weight_array),
+    )
 
 
 def _classify(loss: str) -> Callable[..., Any]:
@@ -431,25 +461,51 @@ CASES = [
     Case("leaky_relu", lambda L, a: L.F.leaky_relu(a, 0.2), unary(), ("leaky_relu",)),
     Case("elu", lambda L, a: L.F.elu(a, 0.7), unary(), ("elu",)),
     Case("gelu", lambda L, a: L.F.gelu(a), unary(), ("gelu",), magnitude=gelu_magnitude),
-    Case("gelu_tanh", lambda L, a: L.F.gelu(a, approximate="tanh"), unary(), ("gelu",),
-         magnitude=gelu_magnitude),
-    Case("softplus", lambda L, a: L.F.softplus(a, beta=2.0, threshold=10.0), unary(),
-         ("softplus",)),
+    Case(
+        "gelu_tanh",
+        lambda L, a: L.F.gelu(a, approximate="tanh"),
+        unary(),
+        ("gelu",),
+        magnitude=gelu_magnitude,
+    ),
+    Case(
+        "softplus", lambda L, a: L.F.softplus(a, beta=2.0, threshold=10.0), unary(), ("softplus",)
+    ),
     Case("silu", lambda L, a: L.F.silu(a), unary(), ("silu",)),
-    Case("softmax", lambda L, a, dim: L.F.softmax(a, dim=dim),
-         with_kwargs(unary(), dim=one_dim), ("softmax",)),
-    Case("log_softmax", lambda L, a, dim: L.F.log_softmax(a, dim=dim),
-         with_kwargs(unary(), dim=one_dim), ("log_softmax",)),
-    Case("sum", lambda L, a, dim, keepdim: a.sum(dim=dim, keepdim=keepdim), sum_mean_dims,
-         ("sum",)),
-    Case("mean", lambda L, a, dim, keepdim: a.mean(dim=dim, keepdim=keepdim), sum_mean_dims,
-         ("mean",)),
-    Case("amax", lambda L, a, dim, keepdim: a.amax(dim=() if dim is None else dim,
-                                                   keepdim=keepdim),
-         reduction_with_dims, ("amax",)),
+    Case(
+        "softmax",
+        lambda L, a, dim: L.F.softmax(a, dim=dim),
+        with_kwargs(unary(), dim=one_dim),
+        ("softmax",),
+    ),
+    Case(
+        "log_softmax",
+        lambda L, a, dim: L.F.log_softmax(a, dim=dim),
+        with_kwargs(unary(), dim=one_dim),
+        ("log_softmax",),
+    ),
+    Case(
+        "sum", lambda L, a, dim, keepdim: a.sum(dim=dim, keepdim=keepdim), sum_mean_dims, ("sum",)
+    ),
+    Case(
+        "mean",
+        lambda L, a, dim, keepdim: a.mean(dim=dim, keepdim=keepdim),
+        sum_mean_dims,
+        ("mean",),
+    ),
+    Case(
+        "amax",
+        lambda L, a, dim, keepdim: a.amax(dim=() if dim is None else dim, keepdim=keepdim),
+        reduction_with_dims,
+        ("amax",),
+    ),
     Case("max", lambda L, a: a.max(), nonempty(0), ("max",)),
-    Case("max_dim", lambda L, a, dim, keepdim: a.max(dim=dim, keepdim=keepdim).values,
-         max_over_dim, ("max_dim",)),
+    Case(
+        "max_dim",
+        lambda L, a, dim, keepdim: a.max(dim=dim, keepdim=keepdim).values,
+        max_over_dim,
+        ("max_dim",),
+    ),
     Case("matmul", lambda L, a, b: a @ b, matmul_shapes, ("matmul",)),
     Case("linear", lambda L, x, w, b=None: L.F.linear(x, w, b), linear_inputs, ("linear",)),
     Case("reshape", lambda L, a, shape: a.reshape(shape), reshape_target, ("reshape",)),
@@ -457,42 +513,84 @@ CASES = [
     Case("unsqueeze_squeeze", lambda L, a: a.unsqueeze(0).squeeze(), unary(), ("reshape",)),
     Case("permute", lambda L, a, dims: a.permute(dims), permutation, ("permute",)),
     Case("transpose", lambda L, a: a.transpose(0, -1), nonempty(), ("permute",)),
-    Case("expand", lambda L, a, shape: a.expand(shape), expand_target, ("expand",),
-         broadcasts=True),
+    Case(
+        "expand", lambda L, a, shape: a.expand(shape), expand_target, ("expand",), broadcasts=True
+    ),
     Case("getitem", lambda L, a, key: a[key], basic_index, ("getitem",)),
     Case("index", lambda L, a, i: a[i], advanced_index, ("index",)),
     Case("cat", lambda L, *parts, dim: L.m.cat(parts, dim=dim), concat_parts, ("cat",)),
     Case("stack", lambda L, *parts, dim: L.m.stack(parts, dim=dim), stack_parts, ("stack",)),
-    Case("conv1d", lambda L, x, w, b=None, **k: L.F.conv1d(x, w, b, **k), conv_inputs(1),
-         ("convolution",)),
-    Case("conv2d", lambda L, x, w, b=None, **k: L.F.conv2d(x, w, b, **k), conv_inputs(2),
-         ("convolution",)),
-    Case("max_pool2d", lambda L, x, **k: L.F.max_pool2d(x, **k), pool_inputs(False),
-         ("max_pool2d",)),
-    Case("avg_pool2d", lambda L, x, **k: L.F.avg_pool2d(x, **k), pool_inputs(True),
-         ("avg_pool2d",)),
-    Case("layer_norm", lambda L, x, w=None, b=None, **k: L.F.layer_norm(x, weight=w, bias=b, **k),
-         layer_norm_inputs, ("layer_norm",), magnitude=layer_norm_magnitude),
-    Case("embedding", lambda L, i, w, **k: L.F.embedding(i, w, **k), embedding_inputs,
-         ("embedding",)),
-    Case("mse_loss", lambda L, x, t, **k: L.F.mse_loss(x, t, **k), pointwise_loss(),
-         ("mse_loss",)),
-    Case("l1_loss", lambda L, x, t, **k: L.F.l1_loss(x, t, **k), pointwise_loss(),
-         ("abs", "mean", "sub")),
-    Case("smooth_l1_loss", lambda L, x, t, **k: L.F.smooth_l1_loss(x, t, **k),
-         pointwise_loss(beta=st.sampled_from([1.0, 0.5, 2.0, 0.0])), ("smooth_l1_loss",)),
-    Case("huber_loss", lambda L, x, t, **k: L.F.huber_loss(x, t, **k),
-         pointwise_loss(delta=st.sampled_from([1.0, 0.5, 2.0])), ("huber_loss",)),
+    Case(
+        "conv1d",
+        lambda L, x, w, b=None, **k: L.F.conv1d(x, w, b, **k),
+        conv_inputs(1),
+        ("convolution",),
+    ),
+    Case(
+        "conv2d",
+        lambda L, x, w, b=None, **k: L.F.conv2d(x, w, b, **k),
+        conv_inputs(2),
+        ("convolution",),
+    ),
+    Case(
+        "max_pool2d", lambda L, x, **k: L.F.max_pool2d(x, **k), pool_inputs(False), ("max_pool2d",)
+    ),
+    Case(
+        "avg_pool2d", lambda L, x, **k: L.F.avg_pool2d(x, **k), pool_inputs(True), ("avg_pool2d",)
+    ),
+    Case(
+        "layer_norm",
+        lambda L, x, w=None, b=None, **k: L.F.layer_norm(x, weight=w, bias=b, **k),
+        layer_norm_inputs,
+        ("layer_norm",),
+        magnitude=layer_norm_magnitude,
+    ),
+    Case(
+        "embedding", lambda L, i, w, **k: L.F.embedding(i, w, **k), embedding_inputs, ("embedding",)
+    ),
+    Case("mse_loss", lambda L, x, t, **k: L.F.mse_loss(x, t, **k), pointwise_loss(), ("mse_loss",)),
+    Case(
+        "l1_loss",
+        lambda L, x, t, **k: L.F.l1_loss(x, t, **k),
+        pointwise_loss(),
+        ("abs", "mean", "sub"),
+    ),
+    Case(
+        "smooth_l1_loss",
+        lambda L, x, t, **k: L.F.smooth_l1_loss(x, t, **k),
+        pointwise_loss(beta=st.sampled_from([1.0, 0.5, 2.0, 0.0])),
+        ("smooth_l1_loss",),
+    ),
+    Case(
+        "huber_loss",
+        lambda L, x, t, **k: L.F.huber_loss(x, t, **k),
+        pointwise_loss(delta=st.sampled_from([1.0, 0.5, 2.0])),
+        ("huber_loss",),
+    ),
     Case("nll_loss", _classify("nll_loss"), classification(), ("nll_loss",)),
-    Case("cross_entropy", _classify("cross_entropy"), classification(),
-         ("log_softmax", "nll_loss"), magnitude=classification_magnitude("cross_entropy")),
-    Case("cross_entropy_smoothing",
-         lambda L, x, t, weight=None, **k: _classify("cross_entropy")(
-             L, x, t, weight, label_smoothing=0.25, **k),
-         classification(), ("log_softmax", "nll_loss", "sum", "sum", "mul", "where", "add"),
-         magnitude=classification_magnitude("cross_entropy_smoothing")),
-    Case("bce_with_logits", _bce, bce_inputs, ("binary_cross_entropy_with_logits",),
-         magnitude=bce_magnitude),
+    Case(
+        "cross_entropy",
+        _classify("cross_entropy"),
+        classification(),
+        ("log_softmax", "nll_loss"),
+        magnitude=classification_magnitude("cross_entropy"),
+    ),
+    Case(
+        "cross_entropy_smoothing",
+        lambda L, x, t, weight=None, **k: _classify("cross_entropy")(
+            L, x, t, weight, label_smoothing=0.25, **k
+        ),
+        classification(),
+        ("log_softmax", "nll_loss", "sum", "sum", "mul", "where", "add"),
+        magnitude=classification_magnitude("cross_entropy_smoothing"),
+    ),
+    Case(
+        "bce_with_logits",
+        _bce,
+        bce_inputs,
+        ("binary_cross_entropy_with_logits",),
+        magnitude=bce_magnitude,
+    ),
 ]
 
 
@@ -503,8 +601,13 @@ def _to_library(lib: Any, array: np.ndarray, grad: bool) -> Any:
     return t.requires_grad_(True) if grad and array.dtype.kind == "f" else t
 
 
-def _run(case: Case, lib: Any, arrays: list[np.ndarray], kwargs: dict[str, Any],
-         cotangent: np.ndarray | None):
+def _run(
+    case: Case,
+    lib: Any,
+    arrays: list[np.ndarray],
+    kwargs: dict[str, Any],
+    cotangent: np.ndarray | None,
+):
     tensors = [_to_library(lib, a, True) for a in arrays]
     out = case.fn(lib, *tensors, **kwargs)
     grads: list[np.ndarray | None] = []
@@ -518,8 +621,9 @@ def _run(case: Case, lib: Any, arrays: list[np.ndarray], kwargs: dict[str, Any],
     return np.asarray(value), grads
 
 
-def _magnitude(case: Case, arrays: list[np.ndarray], kwargs: dict[str, Any],
-               cotangent: np.ndarray) -> tuple[float, list[float]]:
+def _magnitude(
+    case: Case, arrays: list[np.ndarray], kwargs: dict[str, Any], cotangent: np.ndarray
+) -> tuple[float, list[float]]:
     """The size of the terms each result sums: torch in float64 on |inputs| and |cotangent|."""
     twins = [np.abs(a).astype(np.float64) if a.dtype.kind == "f" else a for a in arrays]
     try:
@@ -534,8 +638,15 @@ def _magnitude(case: Case, arrays: list[np.ndarray], kwargs: dict[str, Any],
     return top(value), [top(g) for g in grads] or [0.0] * len(arrays)
 
 
-def _compare(case: Case, dtype: np.dtype, what: str, actual: np.ndarray, expected: np.ndarray,
-             scale: float, summed: bool = False) -> None:
+def _compare(
+    case: Case,
+    dtype: np.dtype,
+    what: str,
+    actual: np.ndarray,
+    expected: np.ndarray,
+    scale: float,
+    summed: bool = False,
+) -> None:
     """`summed`: a gradient that broadcasting summed back to its input's shape, which adds
     the "sum" row's rounding to the case's own."""
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
@@ -568,9 +679,11 @@ def test_matches_torch(case: Case, dtype: np.dtype, data: st.DataObject) -> None
             _run(case, REFIMPL, arrays, kwargs, None)
         return
     width = 32 if np.dtype(dtype) == np.float32 else 64
-    cotangent = data.draw(S.arrays(expected.dtype, expected.shape,
-                                   st.floats(-4, 4, width=width))) if expected.dtype.kind == "f" \
+    cotangent = (
+        data.draw(S.arrays(expected.dtype, expected.shape, st.floats(-4, 4, width=width)))
+        if expected.dtype.kind == "f"
         else None
+    )
     expected, expected_grads = _run(case, TORCH, arrays, kwargs, cotangent)
     actual, actual_grads = _run(case, REFIMPL, arrays, kwargs, cotangent)
     summed = [case.broadcasts and a.shape != expected.shape for a in arrays]
@@ -584,5 +697,4 @@ def test_matches_torch(case: Case, dtype: np.dtype, data: st.DataObject) -> None
         assert (a is None) == (e is None), f"grad[{i}]: refimpl {a is None} vs torch {e is None}"
         if a is not None:
             top = float(np.abs(cotangent).max(initial=0.0))
-            _compare(case, dtype, f"grad[{i}]", a, e, max(grad_scales[i], top),
-                     summed=summed[i])
+            _compare(case, dtype, f"grad[{i}]", a, e, max(grad_scales[i], top), summed=summed[i])

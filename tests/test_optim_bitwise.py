@@ -64,22 +64,35 @@ def programs(draw: st.DrawFn) -> Program:
     width = 32 if dtype == np.float32 else 64
     values = st.floats(-1e3, 1e3, width=width) | st.sampled_from([0.0, -0.0, 1.0, -1.0])
     shapes = hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=5)
-    params = draw(st.lists(shapes.flatmap(lambda s: hnp.arrays(dtype, s, elements=values)),
-                           min_size=1, max_size=5))
+    params = draw(
+        st.lists(
+            shapes.flatmap(lambda s: hnp.arrays(dtype, s, elements=values)), min_size=1, max_size=5
+        )
+    )
     order = draw(st.permutations(range(len(params))))
-    cuts = sorted(draw(st.sets(st.integers(1, len(params) - 1), max_size=3))) \
-        if len(params) > 1 else []
+    cuts = (
+        sorted(draw(st.sets(st.integers(1, len(params) - 1), max_size=3)))
+        if len(params) > 1
+        else []
+    )
     bounds = [0, *cuts, len(params)]
     groups = [(list(order[a:b]), draw(hyperparameters())) for a, b in pairwise(bounds)]
     steps = draw(st.integers(1, 4))
-    grads = [[None if draw(st.integers(0, 5)) == 0
-              else draw(hnp.arrays(dtype, p.shape, elements=values)) for p in params]
-             for _ in range(steps)]
+    grads = [
+        [
+            None
+            if draw(st.integers(0, 5)) == 0
+            else draw(hnp.arrays(dtype, p.shape, elements=values))
+            for p in params
+        ]
+        for _ in range(steps)
+    ]
     return Program(dtype, params, groups, grads)
 
 
-def _torch_groups(program: Program, tensors: list[Any], tensor_lr: bool, lib: Any
-                  ) -> list[dict[str, Any]]:
+def _torch_groups(
+    program: Program, tensors: list[Any], tensor_lr: bool, lib: Any
+) -> list[dict[str, Any]]:
     groups = []
     for indices, options in program.groups:
         group = {"params": [tensors[i] for i in indices], **options}
@@ -89,15 +102,20 @@ def _torch_groups(program: Program, tensors: list[Any], tensor_lr: bool, lib: An
     return groups
 
 
-def run_both(program: Program, torch_path: dict[str, Any], tensor_lr: bool,
-             capability: str) -> None:
+def run_both(
+    program: Program, torch_path: dict[str, Any], tensor_lr: bool, capability: str
+) -> None:
     """Steps both optimizers through the program, asserting identical bits after each step."""
     torch_params = [torch.tensor(p, requires_grad=True) for p in program.params]
     ref_params = [refimpl.tensor(p, requires_grad=True) for p in program.params]
-    torch_opt = torch.optim.SGD(_torch_groups(program, torch_params, tensor_lr, torch),
-                                **torch_path)
-    ref_opt = SGD(_torch_groups(program, ref_params, tensor_lr, refimpl), **torch_path,
-                  cpu_capability=capability)
+    torch_opt = torch.optim.SGD(
+        _torch_groups(program, torch_params, tensor_lr, torch), **torch_path
+    )
+    ref_opt = SGD(
+        _torch_groups(program, ref_params, tensor_lr, refimpl),
+        **torch_path,
+        cpu_capability=capability,
+    )
     for step, grads in enumerate(program.grads):
         for tp, rp, g in zip(torch_params, ref_params, grads, strict=True):
             tp.grad = None if g is None else torch.tensor(g)
@@ -114,18 +132,20 @@ def run_both(program: Program, torch_path: dict[str, Any], tensor_lr: bool,
         for i, (tp, rp) in enumerate(zip(torch_params, ref_params, strict=True)):
             expected, actual = tp.detach().numpy(), rp.data
             assert bitwise_equal(actual, expected), (
-                f"step {step} param {i}: {first_difference(actual, expected)}")
+                f"step {step} param {i}: {first_difference(actual, expected)}"
+            )
             # torch's foreach path writes nesterov's g + μb into .grad (no maximize or decay)
             if tp.grad is not None:
                 assert bitwise_equal(rp.grad.data, tp.grad.numpy()), (
-                    f"step {step} grad {i}: {first_difference(rp.grad.data, tp.grad.numpy())}")
+                    f"step {step} grad {i}: {first_difference(rp.grad.data, tp.grad.numpy())}"
+                )
             torch_buf = torch_opt.state[tp].get("momentum_buffer")
             ref_buf = ref_opt.state[rp].get("momentum_buffer")
             assert (torch_buf is None) == (ref_buf is None), f"step {step} buffer {i} presence"
             if torch_buf is not None:
                 assert bitwise_equal(ref_buf.data, torch_buf.numpy()), (
-                    f"step {step} buffer {i}: "
-                    f"{first_difference(ref_buf.data, torch_buf.numpy())}")
+                    f"step {step} buffer {i}: {first_difference(ref_buf.data, torch_buf.numpy())}"
+                )
 
 
 PATHS = {
@@ -156,34 +176,51 @@ def test_batched_and_large_tensors_with_a_duplicate(path: str, dtype: type) -> N
     grads = [[rng.standard_normal(s).astype(dtype) for s in shapes] for _ in range(3)]
     grads[1][2] = None
     first = [0, 1, 2, 1, 3] if path == "for-loop" else [0, 1, 2, 3]
-    program = Program(np.dtype(dtype), params, [
-        (first, {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}),
-        ([4, 5], {"lr": 0.5, "momentum": 0.5, "nesterov": True, "maximize": True}),
-    ], grads)
+    program = Program(
+        np.dtype(dtype),
+        params,
+        [
+            (first, {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}),
+            ([4, 5], {"lr": 0.5, "momentum": 0.5, "nesterov": True, "maximize": True}),
+        ],
+        grads,
+    )
     run_both(program, PATHS[path], tensor_lr=False, capability=torch_capability())
 
 
-@pytest.mark.parametrize("options", [
-    {"weight_decay": 0.0, "maximize": False},  # torch's foreach writes g + μb into .grad
-    {"weight_decay": 0.1, "maximize": False},  # ... but not into a copy it made first
-    {"weight_decay": 0.0, "maximize": True},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"weight_decay": 0.0, "maximize": False},  # torch's foreach writes g + μb into .grad
+        {"weight_decay": 0.1, "maximize": False},  # ... but not into a copy it made first
+        {"weight_decay": 0.0, "maximize": True},
+    ],
+)
 @pytest.mark.parametrize("path", ["for-loop", "foreach"])
 def test_nesterov_grads_after_step_as_torch(path: str, options: dict[str, Any]) -> None:
     rng = np.random.default_rng(3)
     params = [rng.standard_normal(s).astype(np.float32) for s in [(3, 4), (5,)]]
-    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params]
-             for _ in range(3)]
-    program = Program(np.dtype(np.float32), params, [
-        ([0, 1], {"lr": 0.1, "momentum": 0.9, "nesterov": True, **options})], grads)
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in params] for _ in range(3)]
+    program = Program(
+        np.dtype(np.float32),
+        params,
+        [([0, 1], {"lr": 0.1, "momentum": 0.9, "nesterov": True, **options})],
+        grads,
+    )
     run_both(program, PATHS[path], tensor_lr=False, capability=torch_capability())
 
 
 def test_sgd_matches_torch_with_default_cpu_capability() -> None:
     """torch's generic kernels (two roundings) against refimpl at cpu_capability="DEFAULT"."""
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    done = subprocess.run([sys.executable, "-m", "tests.optim_default_capability"], env=env,
-                          capture_output=True, text=True, check=False, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.optim_default_capability"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "cases passed" in done.stdout
 
@@ -191,8 +228,9 @@ def test_sgd_matches_torch_with_default_cpu_capability() -> None:
 def test_capability_in_subprocess_is_default() -> None:
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
     code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "DEFAULT"
 
 
@@ -235,4 +273,5 @@ def test_state_dict_handover_continues_bitwise(direction: str, program: Program,
         ref_opt.step()
         for i, (tp, rp) in enumerate(zip(torch_params, ref_params, strict=True)):
             assert bitwise_equal(rp.data, tp.detach().numpy()), (
-                f"step {step} param {i}: {first_difference(rp.data, tp.detach().numpy())}")
+                f"step {step} param {i}: {first_difference(rp.data, tp.detach().numpy())}"
+            )

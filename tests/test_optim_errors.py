@@ -36,8 +36,9 @@ import refimpl.nn as rnn
 class Lib:
     """One library's side of a case: its tensor factory, Parameter and SGD."""
 
-    def __init__(self, name: str, module: ModuleType, parameter: type, optim: str,
-                 float32: Any, float64: Any) -> None:
+    def __init__(
+        self, name: str, module: ModuleType, parameter: type, optim: str, float32: Any, float64: Any
+    ) -> None:
         self.name, self.module, self.Parameter, self.optim = name, module, parameter, optim
         self.float32, self.float64 = float32, float64
 
@@ -48,8 +49,7 @@ class Lib:
         return importlib.import_module(self.optim).SGD
 
     def tensor(self, values: Any, dtype: Any = None, requires_grad: bool = False) -> Any:
-        return self.module.tensor(values, dtype=dtype or self.float32,
-                                  requires_grad=requires_grad)
+        return self.module.tensor(values, dtype=dtype or self.float32, requires_grad=requires_grad)
 
     def param(self, values: Any = (1.0, -2.0), dtype: Any = None) -> Any:
         return self.Parameter(self.tensor(list(values), dtype))
@@ -65,8 +65,7 @@ class Lib:
 
 
 TORCH = Lib("torch", torch, torch.nn.Parameter, "torch.optim", torch.float32, torch.float64)
-REFIMPL = Lib("refimpl", refimpl, rnn.Parameter, "refimpl.optim", refimpl.float32,
-              refimpl.float64)
+REFIMPL = Lib("refimpl", refimpl, rnn.Parameter, "refimpl.optim", refimpl.float32, refimpl.float64)
 
 
 def ours() -> Lib:
@@ -78,7 +77,7 @@ def ours() -> Lib:
 # ask for the marker to go.
 KNOWN_DIFFERENCES = {
     "non_leaf_differentiable": "refimpl's SGD raises NotImplementedError for differentiable=True; "
-                               "torch accepts it (and then accepts non-leaf tensors)",
+    "torch accepts it (and then accepts non-leaf tensors)",
 }
 
 
@@ -86,7 +85,8 @@ def cases(names: Any) -> list[Any]:
     """Parameter ids for the cases, with the known differences marked xfail(strict=True)."""
     return [
         pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_DIFFERENCES[name]))
-        if name in KNOWN_DIFFERENCES else name
+        if name in KNOWN_DIFFERENCES
+        else name
         for name in names
     ]
 
@@ -150,8 +150,13 @@ def describe(value: Any, names: dict[int, str]) -> Any:
         if id(value) in names:
             return ("param", names[id(value)])
         array = np.array(value.detach().numpy(), copy=True)
-        return (type(value).__name__, array.dtype.name, array.shape,
-                tuple(array.ravel().tolist()), bool(value.requires_grad))
+        return (
+            type(value).__name__,
+            array.dtype.name,
+            array.shape,
+            tuple(array.ravel().tolist()),
+            bool(value.requires_grad),
+        )
     if isinstance(value, dict):
         return ("dict", [(describe(k, names), describe(v, names)) for k, v in value.items()])
     if isinstance(value, (list, tuple)):
@@ -185,13 +190,23 @@ def build(lib: Lib) -> Fixture:
     momentum buffers), with fresh grads. Every value is dyadic, so the step is exact."""
     a, b, c = lib.param([1.0, -2.0]), lib.param([0.5]), lib.param([3.0, 4.0, 5.0])
     d, e = lib.param([7.0, 8.0]), lib.param([-1.0])
-    opt = lib.SGD([{"params": [a, b]}, {"params": [c], "lr": 0.25, "momentum": 0.25}],
-                  lr=0.5, momentum=0.5, weight_decay=0.25)
-    a.grad, b.grad, c.grad = (lib.tensor([0.25, -0.5]), lib.tensor([1.0]),
-                              lib.tensor([0.0, 1.0, -2.0]))
+    opt = lib.SGD(
+        [{"params": [a, b]}, {"params": [c], "lr": 0.25, "momentum": 0.25}],
+        lr=0.5,
+        momentum=0.5,
+        weight_decay=0.25,
+    )
+    a.grad, b.grad, c.grad = (
+        lib.tensor([0.25, -0.5]),
+        lib.tensor([1.0]),
+        lib.tensor([0.0, 1.0, -2.0]),
+    )
     opt.step()
-    a.grad, b.grad, c.grad = (lib.tensor([2.0, 0.0]), lib.tensor([-1.0]),
-                              lib.tensor([1.0, 1.0, 1.0]))
+    a.grad, b.grad, c.grad = (
+        lib.tensor([2.0, 0.0]),
+        lib.tensor([-1.0]),
+        lib.tensor([1.0, 1.0, 1.0]),
+    )
     params = {"a": a, "b": b, "c": c, "d": d, "e": e}
     return Fixture(lib, opt, {id(p): n for n, p in params.items()}, params)
 
@@ -216,7 +231,8 @@ CONSTRUCTOR_CASES: dict[str, Case] = {
     # Python float, with nothing torch-specific in it, so the message must match exactly.
     "lr_negative_tensor_float32": Case(lambda L: L.SGD([L.param()], lr=L.tensor(-0.1))),
     "lr_negative_tensor_float64": Case(
-        lambda L: L.SGD([L.param()], lr=L.tensor(-0.1, dtype=L.float64))),
+        lambda L: L.SGD([L.param()], lr=L.tensor(-0.1, dtype=L.float64))
+    ),
     "lr_tensor_two_elements": Case(lambda L: L.SGD([L.param()], lr=L.tensor([0.1, 0.2]))),
     "lr_tensor_empty": Case(lambda L: L.SGD([L.param()], lr=L.tensor([]))),
     "lr_tensor_2x2": Case(lambda L: L.SGD([L.param()], lr=L.tensor([[0.1, 0.2], [0.3, 0.4]]))),
@@ -225,20 +241,21 @@ CONSTRUCTOR_CASES: dict[str, Case] = {
     "lr_and_momentum_negative_reports_lr": Case(sgd(lr=-1.0, momentum=-1.0)),
     "momentum_negative": Case(sgd(lr=0.1, momentum=-0.5)),
     "momentum_tensor_two_elements": Case(
-        lambda L: L.SGD([L.param()], momentum=L.tensor([0.1, 0.2]))),
+        lambda L: L.SGD([L.param()], momentum=L.tensor([0.1, 0.2]))
+    ),
     "weight_decay_negative": Case(sgd(lr=0.1, weight_decay=-0.01)),
-    "weight_decay_negative_tensor": Case(
-        lambda L: L.SGD([L.param()], weight_decay=L.tensor(-0.1))),
+    "weight_decay_negative_tensor": Case(lambda L: L.SGD([L.param()], weight_decay=L.tensor(-0.1))),
     "weight_decay_tensor_two_elements": Case(
-        lambda L: L.SGD([L.param()], weight_decay=L.tensor([0.1, 0.2]))),
+        lambda L: L.SGD([L.param()], weight_decay=L.tensor([0.1, 0.2]))
+    ),
     "nesterov_without_momentum": Case(sgd(lr=0.1, nesterov=True)),
     "nesterov_with_dampening": Case(sgd(lr=0.1, momentum=0.9, dampening=0.1, nesterov=True)),
-    "nesterov_negative_momentum_reports_momentum": Case(sgd(lr=0.1, momentum=-0.9,
-                                                            nesterov=True)),
+    "nesterov_negative_momentum_reports_momentum": Case(sgd(lr=0.1, momentum=-0.9, nesterov=True)),
     "fused_and_foreach": Case(sgd(lr=0.1, fused=True, foreach=True)),
     "fused_and_differentiable": Case(sgd(lr=0.1, fused=True, differentiable=True)),
     "fused_foreach_differentiable_reports_differentiable": Case(
-        sgd(lr=0.1, fused=True, foreach=True, differentiable=True)),
+        sgd(lr=0.1, fused=True, foreach=True, differentiable=True)
+    ),
     "unexpected_keyword": Case(sgd(lr=0.1, betas=(0.9, 0.999))),
     "too_many_positional": Case(sgd(0.1, 0.9, 0, 0, False, True)),
     "empty_list": Case(lambda L: L.SGD([], lr=0.1)),
@@ -249,10 +266,10 @@ CONSTRUCTOR_CASES: dict[str, Case] = {
     # same dtype, so these compare exactly.
     "params_single_tensor_float32": Case(lambda L: L.SGD(L.tensor([1.0, 2.0]), lr=0.1)),
     "params_single_tensor_float64": Case(
-        lambda L: L.SGD(L.tensor([1.0, 2.0], dtype=L.float64), lr=0.1)),
+        lambda L: L.SGD(L.tensor([1.0, 2.0], dtype=L.float64), lr=0.1)
+    ),
     "params_single_parameter": Case(lambda L: L.SGD(L.param(), lr=0.1)),
-    "params_single_parameter_float64": Case(
-        lambda L: L.SGD(L.param(dtype=L.float64), lr=0.1)),
+    "params_single_parameter_float64": Case(lambda L: L.SGD(L.param(dtype=L.float64), lr=0.1)),
     "param_int": Case(lambda L: L.SGD([L.param(), 3], lr=0.1)),
     "param_float": Case(lambda L: L.SGD([2.5], lr=0.1)),
     "param_none": Case(lambda L: L.SGD([L.param(), None], lr=0.1)),
@@ -262,20 +279,25 @@ CONSTRUCTOR_CASES: dict[str, Case] = {
     "tensor_then_dict": Case(lambda L: L.SGD([L.param(), {"params": [L.param()]}], lr=0.1)),
     # torch embeds the class repr of the non-dict (torch.nn.parameter.Parameter); only the
     # module path is normalised, see class_path.
-    "dict_then_tensor": Case(lambda L: L.SGD([{"params": [L.param()]}, L.param()], lr=0.1),
-                             class_path),
+    "dict_then_tensor": Case(
+        lambda L: L.SGD([{"params": [L.param()]}, L.param()], lr=0.1), class_path
+    ),
     "non_leaf": Case(lambda L: L.SGD([L.param() * 2], lr=0.1)),
     "non_leaf_in_group": Case(lambda L: L.SGD([{"params": [L.param(), L.param() + 1]}])),
     "group_without_params": Case(lambda L: L.SGD([{"lr": 0.1}], lr=0.1)),
     "second_group_without_params": Case(
-        lambda L: L.SGD([{"params": [L.param()]}, {"lr": 0.1}], lr=0.1)),
+        lambda L: L.SGD([{"params": [L.param()]}, {"lr": 0.1}], lr=0.1)
+    ),
     "set_in_group": Case(lambda L: L.SGD([{"params": {L.param()}}], lr=0.1)),
     "param_in_two_groups": Case(
         lambda L: (lambda p: L.SGD([{"params": [p]}, {"params": [p, L.param()]}], lr=0.1))(
-            L.param())),
+            L.param()
+        )
+    ),
     "named_and_unnamed_params": Case(lambda L: L.SGD([("w", L.param()), L.param()], lr=0.1)),
     "named_and_unnamed_groups": Case(
-        lambda L: L.SGD([{"params": [("w", L.param())]}, {"params": [L.param()]}], lr=0.1)),
+        lambda L: L.SGD([{"params": [("w", L.param())]}, {"params": [L.param()]}], lr=0.1)
+    ),
 }
 
 
@@ -297,6 +319,7 @@ def accepted(name: str):
     def register(function: Callable[[Lib], tuple[Any, dict[int, str]]]):
         ACCEPTED_CONSTRUCTOR_CASES[name] = function
         return function
+
     return register
 
 
@@ -367,8 +390,11 @@ def test_constructor_accepts_what_torch_accepts(name: str) -> None:
         mine, my_names = build_case(ours())
     assert describe(mine.defaults, my_names) == describe(theirs.defaults, their_names)
     assert describe(mine.param_groups, my_names) == describe(theirs.param_groups, their_names)
-    assert describe(dict(mine.state), my_names) == describe(dict(theirs.state), their_names) == (
-        "dict", [])
+    assert (
+        describe(dict(mine.state), my_names)
+        == describe(dict(theirs.state), their_names)
+        == ("dict", [])
+    )
 
 
 # Calls on an existing optimizer ------------------------------------------------------------
@@ -399,10 +425,12 @@ def saved(L: Lib, fx: Fixture) -> dict[str, Any]:
 
 def edited(edit: Callable[[dict[str, Any]], Any]) -> Callable[[Lib, Fixture], Any]:
     """The fixture's state dict after `edit` has changed it in place (its result is ignored)."""
+
     def build_arg(L: Lib, fx: Fixture) -> Any:
         state_dict = saved(L, fx)
         edit(state_dict)
         return state_dict
+
     return build_arg
 
 
@@ -414,8 +442,9 @@ OPT_CASES: dict[str, OptCase] = {
     # add_param_group ------------------------------------------------------------------
     "add_group_list": add_group(lambda L, fx: [fx.params["d"]]),
     # torch embeds type(param_group): only the module path is normalised, see class_path.
-    "add_group_tensor": OptCase(lambda L, fx: fx.opt.add_param_group(fx.arg),
-                                lambda L, fx: fx.params["d"], class_path),
+    "add_group_tensor": OptCase(
+        lambda L, fx: fx.opt.add_param_group(fx.arg), lambda L, fx: fx.params["d"], class_path
+    ),
     "add_group_none": add_group(lambda L, fx: None),
     "add_group_without_params": add_group(lambda L, fx: {"lr": 0.1}),
     "add_group_set": add_group(lambda L, fx: {"params": {fx.params["d"]}, "lr": 0.25}),
@@ -425,30 +454,36 @@ OPT_CASES: dict[str, OptCase] = {
     "add_group_list_param": add_group(lambda L, fx: {"params": [[fx.params["d"]]]}),
     "add_group_non_leaf": add_group(lambda L, fx: {"params": [fx.params["d"] * 2]}),
     "add_group_overlap": add_group(
-        lambda L, fx: {"params": [fx.params["d"], fx.params["a"]], "lr": 0.125}),
+        lambda L, fx: {"params": [fx.params["d"], fx.params["a"]], "lr": 0.125}
+    ),
     "add_group_overlap_single_tensor": add_group(lambda L, fx: {"params": fx.params["c"]}),
     "add_group_overlap_duplicate_and_shared": add_group(
-        lambda L, fx: {"params": [fx.params["e"], fx.params["e"], fx.params["b"]]}),
+        lambda L, fx: {"params": [fx.params["e"], fx.params["e"], fx.params["b"]]}
+    ),
     "add_group_named_to_unnamed": add_group(lambda L, fx: {"params": [("w", fx.params["d"])]}),
     "add_group_some_names_missing": add_group(
-        lambda L, fx: {"params": [("w", fx.params["d"]), fx.params["e"]]}),
+        lambda L, fx: {"params": [("w", fx.params["d"]), fx.params["e"]]}
+    ),
     # load_state_dict --------------------------------------------------------------------
     "load_none": load(lambda L, fx: None),
     "load_list": load(lambda L, fx: [1, 2]),
     "load_missing_param_groups": load(edited(lambda sd: sd.pop("param_groups"))),
     "load_missing_state": load(edited(lambda sd: sd.pop("state"))),
     "load_fewer_groups": load(edited(lambda sd: sd["param_groups"].pop())),
-    "load_more_groups": load(edited(
-        lambda sd: sd["param_groups"].append({**first_group(sd), "params": [9]}))),
+    "load_more_groups": load(
+        edited(lambda sd: sd["param_groups"].append({**first_group(sd), "params": [9]}))
+    ),
     "load_group_smaller": load(edited(lambda sd: first_group(sd)["params"].pop())),
     "load_group_larger": load(edited(lambda sd: first_group(sd)["params"].append(7))),
     "load_groups_swapped": load(edited(lambda sd: sd["param_groups"].reverse())),
     "load_param_groups_int": load(edited(lambda sd: sd.update(param_groups=5))),
-    "load_param_groups_dict": load(edited(
-        lambda sd: sd.update(param_groups={"params": [0, 1, 2]}))),
+    "load_param_groups_dict": load(
+        edited(lambda sd: sd.update(param_groups={"params": [0, 1, 2]}))
+    ),
     "load_group_without_params": load(edited(lambda sd: first_group(sd).pop("params"))),
-    "load_group_param_id_unhashable": load(edited(
-        lambda sd: first_group(sd).update(params=[[0], [1]]))),
+    "load_group_param_id_unhashable": load(
+        edited(lambda sd: first_group(sd).update(params=[[0], [1]]))
+    ),
     "load_state_list": load(edited(lambda sd: sd.update(state=[]))),
     "load_state_none": load(edited(lambda sd: sd.update(state=None))),
     # zero_grad / step misuse -----------------------------------------------------------
@@ -459,8 +494,9 @@ OPT_CASES: dict[str, OptCase] = {
 }
 
 
-def run_opt_case(lib: Lib, case: OptCase,
-                 expected: Exception | None = None) -> tuple[Exception, Any, Any, Any, Any]:
+def run_opt_case(
+    lib: Lib, case: OptCase, expected: Exception | None = None
+) -> tuple[Exception, Any, Any, Any, Any]:
     fx = build(lib)
     fx.arg = None if case.arg is None else case.arg(lib, fx)
     arg_before = describe(fx.arg, fx.names)
@@ -493,8 +529,18 @@ def test_torch_fills_in_the_callers_group_before_refusing_it() -> None:
         with pytest.raises(ValueError, match="more than one parameter group"):
             fx.opt.add_param_group(group)
         assert type(group["params"]) is list and group["params"][0] is d
-        assert list(group) == ["params", "lr", "momentum", "dampening", "weight_decay",
-                               "nesterov", "maximize", "foreach", "differentiable", "fused"]
+        assert list(group) == [
+            "params",
+            "lr",
+            "momentum",
+            "dampening",
+            "weight_decay",
+            "nesterov",
+            "maximize",
+            "foreach",
+            "differentiable",
+            "fused",
+        ]
         assert group["lr"] == 0.125 and group["momentum"] == 0.5 and len(fx.opt.param_groups) == 2
 
 
@@ -505,35 +551,53 @@ ACCEPTED_OPT_CASES: dict[str, OptCase] = {
     # SGD validates its hyperparameters in __init__ only: add_param_group takes anything.
     "add_group_negative_lr": add_group(lambda L, fx: {"params": [fx.params["d"]], "lr": -1.0}),
     "add_group_invalid_nesterov": add_group(
-        lambda L, fx: {"params": [fx.params["d"]], "momentum": -1.0, "nesterov": True,
-                       "dampening": 0.5, "weight_decay": -2.0}),
+        lambda L, fx: {
+            "params": [fx.params["d"]],
+            "momentum": -1.0,
+            "nesterov": True,
+            "dampening": 0.5,
+            "weight_decay": -2.0,
+        }
+    ),
     # defaults fill in every option the group leaves out (SGD has no required option)
     "add_group_defaults_fill_in": add_group(lambda L, fx: {"params": [fx.params["d"]]}),
     "add_group_single_tensor": add_group(lambda L, fx: {"params": fx.params["d"], "lr": 0.125}),
     "add_group_tuple_and_extra_key": add_group(
-        lambda L, fx: {"params": (fx.params["d"], fx.params["e"]), "name": "head"}),
+        lambda L, fx: {"params": (fx.params["d"], fx.params["e"]), "name": "head"}
+    ),
     "add_group_empty": add_group(lambda L, fx: {"params": []}),
     # load_state_dict copies state it cannot match to a parameter as it is, and does not look
     # inside the values
     "load_state_value_not_dict": load(edited(lambda sd: sd["state"].update({0: 5}))),
     "load_state_unknown_key": load(edited(lambda sd: sd["state"].update({"x": {"k": 1}}))),
-    "load_group_param_ids_strings": load(edited(
-        lambda sd: [g.update(params=[f"id{i}" for i in g["params"]])
-                    for g in sd["param_groups"]])),
-    "load_group_changed_hyperparameters": load(edited(
-        lambda sd: first_group(sd).update(lr=-3.0, nesterov=True, extra="kept"))),
+    "load_group_param_ids_strings": load(
+        edited(
+            lambda sd: [
+                g.update(params=[f"id{i}" for i in g["params"]]) for g in sd["param_groups"]
+            ]
+        )
+    ),
+    "load_group_changed_hyperparameters": load(
+        edited(lambda sd: first_group(sd).update(lr=-3.0, nesterov=True, extra="kept"))
+    ),
     "load_own_state_dict": load(saved),
     # zero_grad on parameters without grads, either way
-    "zero_grad_no_grads": OptCase(lambda L, fx: (
-        [setattr(p, "grad", None) for p in fx.params.values()], fx.opt.zero_grad())),
-    "zero_grad_no_grads_keep": OptCase(lambda L, fx: (
-        [setattr(p, "grad", None) for p in fx.params.values()],
-        fx.opt.zero_grad(set_to_none=False))),
-    "zero_grad_some_grads_keep": OptCase(lambda L, fx: (
-        setattr(fx.params["b"], "grad", None), fx.opt.zero_grad(set_to_none=False))),
+    "zero_grad_no_grads": OptCase(
+        lambda L, fx: ([setattr(p, "grad", None) for p in fx.params.values()], fx.opt.zero_grad())
+    ),
+    "zero_grad_no_grads_keep": OptCase(
+        lambda L, fx: (
+            [setattr(p, "grad", None) for p in fx.params.values()],
+            fx.opt.zero_grad(set_to_none=False),
+        )
+    ),
+    "zero_grad_some_grads_keep": OptCase(
+        lambda L, fx: (setattr(fx.params["b"], "grad", None), fx.opt.zero_grad(set_to_none=False))
+    ),
     "zero_grad_truthy_set_to_none": OptCase(lambda L, fx: fx.opt.zero_grad("no")),
-    "step_without_grads": OptCase(lambda L, fx: (
-        [setattr(p, "grad", None) for p in fx.params.values()], fx.opt.step())),
+    "step_without_grads": OptCase(
+        lambda L, fx: ([setattr(p, "grad", None) for p in fx.params.values()], fx.opt.step())
+    ),
 }
 
 
@@ -577,9 +641,11 @@ def test_zero_grad_keep_zeroes_the_same_grad_tensors() -> None:
 # Warnings ----------------------------------------------------------------------------------
 
 
-DUPLICATE = ("optimizer contains a parameter group with duplicate parameters; in future, this "
-             "will cause an error; see github.com/pytorch/pytorch/issues/40967 for more "
-             "information")
+DUPLICATE = (
+    "optimizer contains a parameter group with duplicate parameters; in future, this "
+    "will cause an error; see github.com/pytorch/pytorch/issues/40967 for more "
+    "information"
+)
 
 
 def _duplicate_in_constructor(L: Lib) -> list[Any]:
@@ -594,8 +660,11 @@ def _duplicate_in_add_param_group(L: Lib) -> list[Any]:
     return fx.opt.param_groups[-1]["params"]
 
 
-@pytest.mark.parametrize("make", [_duplicate_in_constructor, _duplicate_in_add_param_group],
-                         ids=["constructor", "add_param_group"])
+@pytest.mark.parametrize(
+    "make",
+    [_duplicate_in_constructor, _duplicate_in_add_param_group],
+    ids=["constructor", "add_param_group"],
+)
 def test_duplicate_parameter_warns(make: Callable[[Lib], list[Any]]) -> None:
     results = []
     for lib in (TORCH, ours()):

@@ -88,8 +88,11 @@ def test_state_dict_format_matches_torch() -> None:
     (ta, ra), (tb, rb) = _pair([1.0, 2.0]), _pair([3.0])
     options = {"lr": 0.1, "momentum": 0.9, "dampening": 0.25, "weight_decay": 0.01}
     t_opt = torch.optim.SGD([{"params": [ta]}, {"params": [tb], "lr": 0.2}], **options)
-    r_opt = SGD([{"params": [ra]}, {"params": [rb], "lr": 0.2}], **options,
-                cpu_capability=torch_capability())
+    r_opt = SGD(
+        [{"params": [ra]}, {"params": [rb], "lr": 0.2}],
+        **options,
+        cpu_capability=torch_capability(),
+    )
     for t, r, g in ((ta, ra, [1.0, -1.0]), (tb, rb, [2.0])):
         t.grad, r.grad = torch.tensor(g), refimpl.tensor(g)
     t_opt.step()
@@ -98,8 +101,9 @@ def test_state_dict_format_matches_torch() -> None:
     assert r_sd["param_groups"] == t_sd["param_groups"]
     assert r_sd["state"].keys() == t_sd["state"].keys()
     for key, entry in t_sd["state"].items():
-        np.testing.assert_array_equal(r_sd["state"][key]["momentum_buffer"].data,
-                                      entry["momentum_buffer"].numpy())
+        np.testing.assert_array_equal(
+            r_sd["state"][key]["momentum_buffer"].data, entry["momentum_buffer"].numpy()
+        )
 
 
 def test_state_dict_returns_the_live_buffers() -> None:
@@ -116,8 +120,9 @@ def test_load_state_dict_keeps_matching_buffers_and_converts_others(lib: Any) ->
     index = 0 if lib is torch else 1
     source_param = _pair([1.0])[index]
     source = _sgd(lib, [source_param], lr=0.1, momentum=0.9)
-    source_param.grad = (lib.ones_like(source_param.detach()) if lib is torch
-                         else refimpl.ones_like(source_param))
+    source_param.grad = (
+        lib.ones_like(source_param.detach()) if lib is torch else refimpl.ones_like(source_param)
+    )
     source.step()
     state = source.state_dict()
     buffer = state["state"][0]["momentum_buffer"]
@@ -133,8 +138,9 @@ def test_load_state_dict_keeps_matching_buffers_and_converts_others(lib: Any) ->
     wide = _sgd(lib, [_pair([1.0], np.float64)[index]], lr=0.1, momentum=0.9)
     wide.load_state_dict(state)
     converted = next(iter(wide.state.values()))["momentum_buffer"]
-    assert converted is not buffer and converted.dtype == (torch.float64 if lib is torch
-                                                           else refimpl.float64)
+    assert converted is not buffer and converted.dtype == (
+        torch.float64 if lib is torch else refimpl.float64
+    )
 
 
 def test_torch_state_dict_loads_into_refimpl_with_its_hyperparameters() -> None:

@@ -51,6 +51,7 @@ def nan_with_payload(dtype: type, payload: int, negative: bool) -> np.ndarray:
 
 # --- compare: shape, dtype, non-finite values ----------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", MODES)
 def test_shape_mismatch_is_reported_without_an_element(mode: str) -> None:
     m = compare(np.zeros((2, 3)), np.zeros(3), mode, budget_for(mode))
@@ -106,6 +107,7 @@ def test_infinity_against_a_finite_number_differs(mode: str, dtype: type) -> Non
 
 # --- compare: exact ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_distinguishes_signed_zeros_other_modes_do_not(dtype: type) -> None:
     expected, actual = np.array([0.0, 1.0], dtype), np.array([-0.0, 1.0], dtype)
@@ -136,8 +138,11 @@ def test_a_zero_dimensional_array_has_the_empty_index() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(
-    lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_side=5))))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=0, max_side=5))
+    )
+)
 def test_exact_accepts_a_copy_and_rejects_any_changed_element(expected: np.ndarray) -> None:
     for mode in MODES:
         assert compare(expected, expected.copy(), mode, budget_for(mode, 0.0)) is None
@@ -155,6 +160,7 @@ def test_exact_accepts_a_copy_and_rejects_any_changed_element(expected: np.ndarr
 
 # --- compare: ulp --------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_ulp_mode_passes_at_the_budget_and_fails_just_above(dtype: type) -> None:
     expected = np.array([1.0, 2.0, -4.0], dtype)
@@ -169,12 +175,16 @@ def test_ulp_mode_passes_at_the_budget_and_fails_just_above(dtype: type) -> None
     assert m.ulp_error == 2.0 and m.abs_error == error and m.reason.startswith("exceeds budget")
 
 
-@pytest.mark.parametrize(("dtype", "big", "small"), [
-    (np.float64, 2.0**60, 2.0**-60),
-    (np.float32, 2.0**100, 2.0**-100),  # a - e is not exact in float64 either
-])
-def test_ulp_mode_decides_exactly_where_float64_subtraction_rounds(dtype: type, big: float,
-                                                                   small: float) -> None:
+@pytest.mark.parametrize(
+    ("dtype", "big", "small"),
+    [
+        (np.float64, 2.0**60, 2.0**-60),
+        (np.float32, 2.0**100, 2.0**-100),  # a - e is not exact in float64 either
+    ],
+)
+def test_ulp_mode_decides_exactly_where_float64_subtraction_rounds(
+    dtype: type, big: float, small: float
+) -> None:
     expected, actual = np.array([-small], dtype), np.array([big], dtype)
     assert np.float64(big) - np.float64(-small) == big  # a naive test would round to the budget
     m = compare(expected, actual, "ulp", big)  # |a - e| = big + small > big
@@ -203,6 +213,7 @@ def test_ulp_mode_needs_a_valid_budget() -> None:
 
 # --- compare: tolerance, against torch.testing.assert_close --------------------------------------
 
+
 def test_tolerances_are_torchs_defaults() -> None:
     for dtype, torch_dtype in [(np.float32, torch.float32), (np.float64, torch.float64)]:
         assert TOLERANCES[np.dtype(dtype)] == default_tolerances(torch_dtype)
@@ -214,15 +225,23 @@ def near_tolerance_pairs(draw: st.DrawFn, dtype: type) -> tuple[np.ndarray, np.n
     some NaN, infinities, signed zeros and arbitrary values."""
     width = 32 if dtype == np.float32 else 64
     n = draw(st.integers(1, 12))
-    magnitudes = st.one_of(st.floats(-1e6, 1e6, width=width),
-                           st.sampled_from([0.0, -0.0, 1e-5, -1e-5, 1.0, np.inf, -np.inf, np.nan]))
+    magnitudes = st.one_of(
+        st.floats(-1e6, 1e6, width=width),
+        st.sampled_from([0.0, -0.0, 1e-5, -1e-5, 1.0, np.inf, -np.inf, np.nan]),
+    )
     expected = np.array(draw(st.lists(magnitudes, min_size=n, max_size=n)), dtype)
     rtol, atol = TOLERANCES[np.dtype(dtype)]
     with np.errstate(all="ignore"):
         edge = expected + (dtype(atol) + np.abs(dtype(rtol) * expected)) * dtype(
-            draw(st.sampled_from([1, -1])))
-    kinds = draw(st.lists(st.sampled_from(["edge", "inside", "outside", "same", "other", "nan",
-                                           "-0"]), min_size=n, max_size=n))
+            draw(st.sampled_from([1, -1]))
+        )
+    kinds = draw(
+        st.lists(
+            st.sampled_from(["edge", "inside", "outside", "same", "other", "nan", "-0"]),
+            min_size=n,
+            max_size=n,
+        )
+    )
     actual = expected.copy()
     for i, kind in enumerate(kinds):
         if kind == "edge":
@@ -268,12 +287,14 @@ def test_tolerance_mode_agrees_with_isclose_element_by_element(dtype: type) -> N
     expected = (rng.standard_normal(n) * 10.0 ** rng.uniform(-7, 7, n)).astype(dtype)
     rtol, atol = TOLERANCES[np.dtype(dtype)]
     actual = expected + (dtype(atol) + np.abs(dtype(rtol) * expected)) * rng.choice(
-        np.array([1, -1], dtype), n)
+        np.array([1, -1], dtype), n
+    )
     for _ in range(2):  # up to two floats either way
         toward = rng.choice(np.array([-INF, 0.0, INF], dtype), n)
         actual = np.where(toward == 0, actual, np.nextafter(actual, toward))
-    close = torch.isclose(torch.from_numpy(actual), torch.from_numpy(expected), rtol=rtol,
-                          atol=atol, equal_nan=True).numpy()
+    close = torch.isclose(
+        torch.from_numpy(actual), torch.from_numpy(expected), rtol=rtol, atol=atol, equal_nan=True
+    ).numpy()
     assert 0.1 * n < close.sum() < 0.9 * n
     assert compare(expected[close], actual[close], "tolerance") is None
     m = compare(expected[~close], actual[~close], "tolerance")
@@ -291,20 +312,31 @@ def test_tolerance_mode_reports_the_allowed_error() -> None:
 
 # --- Mismatch.to_dict ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("expected", "actual", "mode"), [
-    (np.zeros(2), np.zeros(3), "exact"),
-    (np.array([np.nan, 1.0]), np.array([1.0, 1.0]), "ulp"),
-    (np.array([np.inf]), np.array([-np.inf]), "tolerance"),
-    (np.array([[1.0, 2.0]], np.float32), np.array([[1.0, 4.0]], np.float32), "ulp"),
-])
+
+@pytest.mark.parametrize(
+    ("expected", "actual", "mode"),
+    [
+        (np.zeros(2), np.zeros(3), "exact"),
+        (np.array([np.nan, 1.0]), np.array([1.0, 1.0]), "ulp"),
+        (np.array([np.inf]), np.array([-np.inf]), "tolerance"),
+        (np.array([[1.0, 2.0]], np.float32), np.array([[1.0, 4.0]], np.float32), "ulp"),
+    ],
+)
 def test_to_dict_is_strict_json(expected: np.ndarray, actual: np.ndarray, mode: str) -> None:
     m = compare(expected, actual, mode, budget_for(mode))  # type: ignore[arg-type]
     assert isinstance(m, Mismatch)
     d = m.to_dict()
     assert json.loads(json.dumps(d, allow_nan=False)) == d
     assert d["index"] == list(m.index) and d["reason"] == m.reason and d["count"] == m.count
-    for key in ("expected", "actual", "abs_error", "ulp_error", "max_abs_error", "max_ulp_error",
-                "budget"):
+    for key in (
+        "expected",
+        "actual",
+        "abs_error",
+        "ulp_error",
+        "max_abs_error",
+        "max_ulp_error",
+        "budget",
+    ):
         value = getattr(m, key)
         if value is None:
             assert d[key] is None
@@ -325,10 +357,19 @@ def test_to_dict_spells_the_non_finite_values() -> None:
 
 # --- ULP measures --------------------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(lambda dt: hnp.arrays(
-    dt, st.integers(1, 8), elements=st.floats(width=32 if dt == np.float32 else 64,
-                                              allow_nan=False, allow_infinity=False))))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: hnp.arrays(
+            dt,
+            st.integers(1, 8),
+            elements=st.floats(
+                width=32 if dt == np.float32 else 64, allow_nan=False, allow_infinity=False
+            ),
+        )
+    )
+)
 def test_ulp_is_the_spacing_of_the_magnitude(x: np.ndarray) -> None:
     x = x[np.abs(x) < np.finfo(x.dtype).max]
     assert np.array_equal(ulp(x), np.spacing(np.abs(x)).astype(np.float64))
@@ -347,8 +388,17 @@ def test_ulp_at_the_ends_of_the_range(dtype: type, top: float) -> None:
 def test_ulp_distance_counts_representable_steps(dtype: type) -> None:
     one = dtype(1.0)
     a = np.array([np.nextafter(one, dtype(2)), -0.0, np.nan, np.nan, np.inf, 0.0], dtype)
-    e = np.array([np.nextafter(one, dtype(0)), 0.0, -np.nan, 1.0, -np.inf, -dtype(
-        np.finfo(dtype).smallest_subnormal)], dtype)
+    e = np.array(
+        [
+            np.nextafter(one, dtype(0)),
+            0.0,
+            -np.nan,
+            1.0,
+            -np.inf,
+            -dtype(np.finfo(dtype).smallest_subnormal),
+        ],
+        dtype,
+    )
     assert list(ulp_distance(a, e)) == [2.0, 0.0, 0.0, INF, INF, 1.0]
     with pytest.raises(TypeError, match="one dtype"):
         ulp_distance(np.zeros(1, np.float32), np.zeros(1))
@@ -377,6 +427,7 @@ def test_scaled_ulp_error() -> None:
 
 # --- reduction_budget ----------------------------------------------------------------------------
 
+
 def test_reduction_budget_is_normwise() -> None:
     e = np.array([[1e-6, -3.0], [np.inf, np.nan]], np.float32)
     budget = reduction_budget(e, 4)
@@ -400,15 +451,20 @@ def test_reduction_budget_of_zero_and_empty_tensors(dtype: type) -> None:
 
 # --- sgd_step_budget -----------------------------------------------------------------------------
 
+
 @st.composite
 def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
     """The whole valid range, boundaries included: lr [0, 10], momentum [0, 3], dampening [0, 1],
     weight_decay [0, 5]; nesterov only where torch allows it."""
+
     def ranged(high: float) -> st.SearchStrategy[float]:
         return st.one_of(st.sampled_from([0.0, high, 1.0, 0.5]), st.floats(0.0, high))
+
     momentum, dampening = draw(ranged(3.0)), draw(ranged(1.0))
     return {
-        "lr": draw(ranged(10.0)), "momentum": momentum, "dampening": dampening,
+        "lr": draw(ranged(10.0)),
+        "momentum": momentum,
+        "dampening": dampening,
         "weight_decay": draw(ranged(5.0)),
         "nesterov": momentum > 0 and dampening == 0 and draw(st.booleans()),
         "maximize": draw(st.booleans()),
@@ -416,8 +472,11 @@ def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @st.composite
-def step_inputs(draw: st.DrawFn, dtype: type, random_size: int = 256,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def step_inputs(
+    draw: st.DrawFn,
+    dtype: type,
+    random_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(param, grad, buffer): Hypothesis-drawn elements (zeros, subnormals, wide exponents) then
     `random_size` elements with random signs and log-uniform magnitudes. |x| <= 2^100 (float32) or
     1e300 keeps every intermediate of a step finite."""
@@ -432,8 +491,13 @@ def step_inputs(draw: st.DrawFn, dtype: type, random_size: int = 256,
     return tuple(np.concatenate([d, s.astype(dtype)]) for d, s in zip(drawn, scale, strict=True))
 
 
-def step_by_hand(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None,
-                 hp: dict[str, Any], rounding: str) -> tuple[np.ndarray, np.ndarray | None]:
+def step_by_hand(
+    param: np.ndarray,
+    grad: np.ndarray,
+    buffer: np.ndarray | None,
+    hp: dict[str, Any],
+    rounding: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """torch's SGD step, with every `x + α·y` rounded once (fma) or twice."""
     g = -grad if hp["maximize"] else grad
     if hp["weight_decay"] != 0:
@@ -442,16 +506,25 @@ def step_by_hand(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None,
         if buffer is None:
             buffer = g.copy()
         else:
-            buffer = add_scaled(buffer * hp["momentum"], g, 1 - hp["dampening"],
-                                rounding)  # type: ignore[arg-type]
+            buffer = add_scaled(buffer * hp["momentum"], g, 1 - hp["dampening"], rounding)  # type: ignore[arg-type]
         g = add_scaled(g, buffer, hp["momentum"], rounding) if hp["nesterov"] else buffer  # type: ignore[arg-type]
     return add_scaled(param, g, -hp["lr"], rounding), buffer  # type: ignore[arg-type]
 
 
-def budgets(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, hp: dict[str, Any],
-            first_step: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    return sgd_step_budget(param, grad, None if first_step or hp["momentum"] == 0 else buffer,
-                           first_step=first_step, **hp)
+def budgets(
+    param: np.ndarray,
+    grad: np.ndarray,
+    buffer: np.ndarray | None,
+    hp: dict[str, Any],
+    first_step: bool,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    return sgd_step_budget(
+        param,
+        grad,
+        None if first_step or hp["momentum"] == 0 else buffer,
+        first_step=first_step,
+        **hp,
+    )
 
 
 def assert_within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray | None) -> None:
@@ -461,8 +534,11 @@ def assert_within(expected: np.ndarray, actual: np.ndarray, budget: np.ndarray |
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(lambda dt: st.tuples(step_inputs(dt), hyperparameters(),
-                                                            st.booleans())))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: st.tuples(step_inputs(dt), hyperparameters(), st.booleans())
+    )
+)
 def test_one_or_two_roundings_stay_within_the_step_budget(case: Any) -> None:
     (param, grad, buffer), hp, first_step = case
     old = None if first_step or hp["momentum"] == 0 else buffer
@@ -478,8 +554,11 @@ def test_one_or_two_roundings_stay_within_the_step_budget(case: Any) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(lambda dt: st.tuples(step_inputs(dt), hyperparameters(),
-                                                            st.booleans())))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: st.tuples(step_inputs(dt), hyperparameters(), st.booleans())
+    )
+)
 def test_refimpl_rounding_models_stay_within_the_step_budget(case: Any) -> None:
     """refimpl's sgd_update: fused, separate, and the fused kernel's tail (which contracts
     μ·b + (1 − τ)·g the other way round) are all within budget of each other."""
@@ -487,11 +566,11 @@ def test_refimpl_rounding_models_stay_within_the_step_budget(case: Any) -> None:
     old = None if first_step or hp["momentum"] == 0 else buffer
     param_budget, buffer_budget = budgets(param, grad, buffer, hp, first_step)
     results = []
-    for rounding, tail in [("fused", None), ("separate", None),
-                           ("fused", np.arange(param.size))]:
+    for rounding, tail in [("fused", None), ("separate", None), ("fused", np.arange(param.size))]:
         p = param.copy()
-        b = sgd_update(p, grad, None if old is None else old.copy(), rounding=rounding,
-                       fused_tail=tail, **hp)
+        b = sgd_update(
+            p, grad, None if old is None else old.copy(), rounding=rounding, fused_tail=tail, **hp
+        )
         results.append((p, b))
     for p, b in results[1:]:
         assert_within(results[0][0], p, param_budget)
@@ -499,8 +578,9 @@ def test_refimpl_rounding_models_stay_within_the_step_budget(case: Any) -> None:
             assert_within(results[0][1], b, buffer_budget)  # type: ignore[arg-type]
 
 
-def exact_step(param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None,
-               hp: dict[str, Any]) -> tuple[list[Fraction], list[Fraction] | None]:
+def exact_step(
+    param: np.ndarray, grad: np.ndarray, buffer: np.ndarray | None, hp: dict[str, Any]
+) -> tuple[list[Fraction], list[Fraction] | None]:
     """The step in exact rational arithmetic (scalars as the Python floats they are)."""
     lr, mu, wd = Fraction(hp["lr"]), Fraction(hp["momentum"]), Fraction(hp["weight_decay"])
     damp = Fraction(1 - hp["dampening"])
@@ -523,8 +603,11 @@ def assert_half_budget(computed: np.ndarray, exact: list[Fraction], budget: np.n
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(lambda dt: st.tuples(step_inputs(dt, random_size=16),
-                                                            hyperparameters(), st.booleans())))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: st.tuples(step_inputs(dt, random_size=16), hyperparameters(), st.booleans())
+    )
+)
 def test_each_rounding_is_within_half_the_budget_of_the_exact_step(case: Any) -> None:
     """The model's claim itself: any correct computation lies within budget/2 of the exact
     result, so two of them lie within the budget of each other."""
@@ -546,8 +629,14 @@ def test_scalars_that_round_to_float32_subnormals_stay_within_the_budget(lr: flo
     rng = np.random.default_rng(5)
     grad = (rng.standard_normal(64) * 1e30).astype(np.float32)
     param = (rng.standard_normal(64) * np.abs(lr * grad.astype(np.float64))).astype(np.float32)
-    hp = {"lr": lr, "momentum": 0.0, "dampening": 0.0, "weight_decay": lr, "nesterov": False,
-          "maximize": False}
+    hp = {
+        "lr": lr,
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "weight_decay": lr,
+        "nesterov": False,
+        "maximize": False,
+    }
     budget, _ = sgd_step_budget(param, grad, None, first_step=True, **hp)
     thetas, _ = exact_step(param, grad, None, hp)
     for rounding in ("fused", "separate"):
@@ -556,19 +645,17 @@ def test_scalars_that_round_to_float32_subnormals_stay_within_the_budget(lr: flo
 
 
 TYPICAL = [
-    {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
-     "maximize": False},
-    {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-4, "nesterov": False,
-     "maximize": True},
-    {"momentum": 0.9, "dampening": 0.0, "weight_decay": 5e-4, "nesterov": True,
-     "maximize": False},
+    {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False, "maximize": False},
+    {"momentum": 0.9, "dampening": 0.1, "weight_decay": 1e-4, "nesterov": False, "maximize": True},
+    {"momentum": 0.9, "dampening": 0.0, "weight_decay": 5e-4, "nesterov": True, "maximize": False},
 ]
 
 
 @pytest.mark.parametrize("first_step", [True, False])
 @pytest.mark.parametrize("hp", TYPICAL)
-def test_a_step_wrong_by_one_part_in_a_million_fails_in_float64(hp: dict[str, Any],
-                                                                 first_step: bool) -> None:
+def test_a_step_wrong_by_one_part_in_a_million_fails_in_float64(
+    hp: dict[str, Any], first_step: bool
+) -> None:
     rng = np.random.default_rng(0)
     param, grad, buffer = rng.standard_normal((3, 1000))
     old = None if first_step or hp["momentum"] == 0 else buffer
@@ -585,8 +672,14 @@ def test_a_step_wrong_by_one_part_in_a_million_fails_in_float64(hp: dict[str, An
 def test_a_wrong_momentum_fails_the_buffer_budget() -> None:
     rng = np.random.default_rng(1)
     param, grad, buffer = rng.standard_normal((3, 1000))
-    hp = {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "weight_decay": 0.0, "nesterov": False,
-          "maximize": False}
+    hp = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "dampening": 0.1,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+    }
     _, buffer_budget = sgd_step_budget(param, grad, buffer, first_step=False, **hp)
     _, right = step_by_hand(param, grad, buffer, hp, "fused")
     _, wrong = step_by_hand(param, grad, buffer, {**hp, "momentum": 0.9 * (1 + 1e-6)}, "fused")
@@ -597,8 +690,13 @@ def test_a_wrong_momentum_fails_the_buffer_budget() -> None:
 def test_float32_budget_rejects_a_step_wrong_by_one_part_in_ten_thousand() -> None:
     rng = np.random.default_rng(2)
     param, grad = rng.standard_normal((2, 1000)).astype(np.float32)
-    hp = {"momentum": 0.0, "dampening": 0.0, "weight_decay": 0.0, "nesterov": False,
-          "maximize": False}
+    hp = {
+        "momentum": 0.0,
+        "dampening": 0.0,
+        "weight_decay": 0.0,
+        "nesterov": False,
+        "maximize": False,
+    }
     budget, _ = sgd_step_budget(param, grad, None, lr=0.1, first_step=True, **hp)
     right, _ = step_by_hand(param, grad, None, {**hp, "lr": 0.1}, "fused")
     wrong, _ = step_by_hand(param, grad, None, {**hp, "lr": 0.1 * (1 + 1e-4)}, "fused")
@@ -613,20 +711,36 @@ def test_plain_step_budget_is_a_few_roundings_of_the_terms(dtype: type) -> None:
     rng = np.random.default_rng(3)
     param, grad = rng.standard_normal((2, 100)).astype(dtype)
     budget, buffer_budget = sgd_step_budget(
-        param, grad, None, lr=0.1, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
-        maximize=False, first_step=True)
+        param,
+        grad,
+        None,
+        lr=0.1,
+        momentum=0.0,
+        dampening=0.0,
+        weight_decay=0.0,
+        nesterov=False,
+        maximize=False,
+        first_step=True,
+    )
     u = 2.0**-24 if dtype == np.float32 else 2.0**-53
     p, g = param.astype(np.float64), grad.astype(np.float64)
     terms = np.abs(0.1 * g)
     assert buffer_budget is None
     assert np.all(budget >= 2 * u * (2 * terms + np.abs(p - 0.1 * g)))
-    assert np.all(budget <= 16 * u * (np.abs(p) + terms) + float(np.finfo(dtype).smallest_subnormal)
-                  * 8)
+    assert np.all(
+        budget <= 16 * u * (np.abs(p) + terms) + float(np.finfo(dtype).smallest_subnormal) * 8
+    )
 
 
 def test_step_budget_checks_its_inputs_and_handles_non_finite_values() -> None:
-    hp = {"lr": 0.1, "momentum": 0.9, "dampening": 0.0, "weight_decay": 0.1, "nesterov": True,
-          "maximize": False}
+    hp = {
+        "lr": 0.1,
+        "momentum": 0.9,
+        "dampening": 0.0,
+        "weight_decay": 0.1,
+        "nesterov": True,
+        "maximize": False,
+    }
     x = np.array([1.0, np.inf, np.nan, 2.0])
     with pytest.raises(ValueError, match="first step"):
         sgd_step_budget(x, x, x, first_step=True, **hp)

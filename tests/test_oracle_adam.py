@@ -44,6 +44,7 @@ Arrays = dict[str, np.ndarray]
 
 # --- the step, exactly ---------------------------------------------------------------------------
 
+
 def truncated(x: Fraction, bits: int = 400) -> Fraction:
     """x rounded down to a multiple of 2^-bits: keeps 1 − β^t (exact, with ~53·t-bit terms)
     small; its relative error stays below 2^-340 (1 − β^t >= 2^-54 for β < 1)."""
@@ -58,8 +59,14 @@ def square_root(x: Fraction, bits: int = 300) -> Fraction:
     return Fraction(math.isqrt(p * q * 4**bits), q * 2**bits)
 
 
-def exact_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.ndarray | None,
-               vmax: np.ndarray | None, hp: dict[str, Any]) -> dict[str, list[Fraction | None]]:
+def exact_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray | None,
+    v: np.ndarray | None,
+    vmax: np.ndarray | None,
+    hp: dict[str, Any],
+) -> dict[str, list[Fraction | None]]:
     """The documented step in rational arithmetic (the scalars the Python floats they are); None
     where an input is not finite or the denominator is zero (the step is undefined)."""
     lr, b1, b2 = Fraction(hp["lr"]), Fraction(hp["beta1"]), Fraction(hp["beta2"])
@@ -94,19 +101,40 @@ def exact_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.
 
 # --- correct implementations ---------------------------------------------------------------------
 
-def torch_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.ndarray | None,
-               vmax: np.ndarray | None, hp: dict[str, Any], path: str) -> Arrays:
+
+def torch_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray | None,
+    v: np.ndarray | None,
+    vmax: np.ndarray | None,
+    hp: dict[str, Any],
+    path: str,
+) -> Arrays:
     """torch.optim.adam.adam (what Adam and AdamW call) on one parameter: path "loop", "foreach"
     or "fused"."""
     p, g = torch.tensor(param), torch.tensor(grad)
     zeros = np.zeros_like(param)
     state = [torch.tensor(zeros if x is None else x) for x in (m, v, vmax)]
     step = torch.tensor(float(hp["step"] - 1), dtype=torch.float32)
-    torch_adam.adam([p], [g], [state[0]], [state[1]], [state[2]] if hp["amsgrad"] else [],
-                    [step], foreach=path == "foreach", fused=path == "fused",
-                    decoupled_weight_decay=hp["decoupled"], amsgrad=hp["amsgrad"],
-                    beta1=hp["beta1"], beta2=hp["beta2"], lr=hp["lr"],
-                    weight_decay=hp["weight_decay"], eps=hp["eps"], maximize=hp["maximize"])
+    torch_adam.adam(
+        [p],
+        [g],
+        [state[0]],
+        [state[1]],
+        [state[2]] if hp["amsgrad"] else [],
+        [step],
+        foreach=path == "foreach",
+        fused=path == "fused",
+        decoupled_weight_decay=hp["decoupled"],
+        amsgrad=hp["amsgrad"],
+        beta1=hp["beta1"],
+        beta2=hp["beta2"],
+        lr=hp["lr"],
+        weight_decay=hp["weight_decay"],
+        eps=hp["eps"],
+        maximize=hp["maximize"],
+    )
     out = {"param": p.numpy(), "exp_avg": state[0].numpy(), "exp_avg_sq": state[1].numpy()}
     if hp["amsgrad"]:
         out["max_exp_avg_sq"] = state[2].numpy()
@@ -130,19 +158,22 @@ class Way:
 
 WAYS = [
     Way(),
-    Way(scalars="dtype", bias="dtype", m="lerp", v="lerp", denom="doc", update="doc",
-        decay="sub"),
-    Way(bias="expm1", m="lerp_small", v="addcmul", denom="recip", update="torch2",
-        decay="after"),
+    Way(scalars="dtype", bias="dtype", m="lerp", v="lerp", denom="doc", update="doc", decay="sub"),
+    Way(bias="expm1", m="lerp_small", v="addcmul", denom="recip", update="torch2", decay="after"),
     Way(scalars="dtype", bias="dtype", v="square", update="recip", decay="paper"),
     Way(m="lerp", v="addcmul", update="doc2", decay="sub2"),
     Way(wide=True, bias="expm1", m="lerp", denom="doc", decay="paper"),
 ]
-FIELDS = {"scalars": ["double", "dtype"], "bias": ["double", "dtype", "expm1"],
-          "m": ["linear", "lerp", "lerp_small"], "v": ["linear", "square", "addcmul", "lerp"],
-          "denom": ["torch", "doc", "recip"],
-          "update": ["torch", "torch2", "doc", "doc2", "recip"],
-          "decay": ["mul", "sub", "sub2", "after", "paper"], "wide": [False, True]}
+FIELDS = {
+    "scalars": ["double", "dtype"],
+    "bias": ["double", "dtype", "expm1"],
+    "m": ["linear", "lerp", "lerp_small"],
+    "v": ["linear", "square", "addcmul", "lerp"],
+    "denom": ["torch", "doc", "recip"],
+    "update": ["torch", "torch2", "doc", "doc2", "recip"],
+    "decay": ["mul", "sub", "sub2", "after", "paper"],
+    "wide": [False, True],
+}
 
 
 def lerp(start: np.ndarray, end: np.ndarray, weight: Any, one: Any) -> np.ndarray:
@@ -152,9 +183,18 @@ def lerp(start: np.ndarray, end: np.ndarray, weight: Any, one: Any) -> np.ndarra
     return end - (end - start) * (one - weight)
 
 
-def numpy_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.ndarray | None,
-               vmax: np.ndarray | None, hp: dict[str, Any], way: Way, *,
-               bias_step: int | None = None, eps_inside: bool = False) -> Arrays:
+def numpy_step(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray | None,
+    v: np.ndarray | None,
+    vmax: np.ndarray | None,
+    hp: dict[str, Any],
+    way: Way,
+    *,
+    bias_step: int | None = None,
+    eps_inside: bool = False,
+) -> Arrays:
     """The documented step in numpy, written `way`, in the parameters' dtype (or in float64,
     rounded at the end: `way.wide`). `bias_step` and `eps_inside` make it wrong (a bias
     correction for another step; √(v̂ + ε) + 0)."""
@@ -175,8 +215,9 @@ def numpy_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.
             bc1, bc2 = dt(1) - dt(hp["beta1"]) ** dt(t), dt(1) - dt(hp["beta2"]) ** dt(t)
             sqrt_bc2: Any = np.sqrt(bc2)
         elif way.bias == "expm1":
-            bc1, bc2 = (-math.expm1(t * math.log(b)) if b > 0 else 1.0
-                        for b in (hp["beta1"], hp["beta2"]))
+            bc1, bc2 = (
+                -math.expm1(t * math.log(b)) if b > 0 else 1.0 for b in (hp["beta1"], hp["beta2"])
+            )
             sqrt_bc2 = math.sqrt(bc2)
         else:
             bc1, bc2 = 1 - hp["beta1"] ** t, 1 - hp["beta2"] ** t
@@ -212,17 +253,21 @@ def numpy_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.
             denom = np.sqrt(w) / sqrt_bc2 + eps
         step_size = lr / bc1
         m_hat = m * (one / bc1) if way.update == "recip" else m / bc1
-        update = {"torch": lambda: (step_size * m) / denom,
-                  "torch2": lambda: step_size * (m / denom),
-                  "doc": lambda: (lr * m_hat) / denom,
-                  "doc2": lambda: lr * (m_hat / denom),
-                  "recip": lambda: lr * (m_hat / denom)}[way.update]()
+        update = {
+            "torch": lambda: (step_size * m) / denom,
+            "torch2": lambda: step_size * (m / denom),
+            "doc": lambda: (lr * m_hat) / denom,
+            "doc2": lambda: lr * (m_hat / denom),
+            "recip": lambda: lr * (m_hat / denom),
+        }[way.update]()
         if hp["weight_decay"] != 0 and hp["decoupled"]:
-            p = {"mul": lambda: p * (one - lr * wd) - update,
-                 "sub": lambda: (p - (lr * wd) * p) - update,
-                 "sub2": lambda: (p - lr * (wd * p)) - update,
-                 "after": lambda: (p - update) - (lr * wd) * p,
-                 "paper": lambda: p - lr * (m_hat / denom + wd * p)}[way.decay]()
+            p = {
+                "mul": lambda: p * (one - lr * wd) - update,
+                "sub": lambda: (p - (lr * wd) * p) - update,
+                "sub2": lambda: (p - lr * (wd * p)) - update,
+                "after": lambda: (p - update) - (lr * wd) * p,
+                "paper": lambda: p - lr * (m_hat / denom + wd * p),
+            }[way.decay]()
         else:
             p = p - update
         out = {"param": p, "exp_avg": m, "exp_avg_sq": v}
@@ -231,8 +276,14 @@ def numpy_step(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.
         return {k: np.asarray(x).astype(dt) for k, x in out.items()}
 
 
-def budget_of(param: np.ndarray, grad: np.ndarray, m: np.ndarray | None, v: np.ndarray | None,
-              vmax: np.ndarray | None, hp: dict[str, Any]) -> Arrays:
+def budget_of(
+    param: np.ndarray,
+    grad: np.ndarray,
+    m: np.ndarray | None,
+    v: np.ndarray | None,
+    vmax: np.ndarray | None,
+    hp: dict[str, Any],
+) -> Arrays:
     return adam_step_budget(param, grad, m, v, vmax if hp["amsgrad"] else None, **hp)
 
 
@@ -245,24 +296,35 @@ BETAS = [0.0, 1e-12, 1e-3, 0.1, 0.5, 0.9, 0.99, 0.999, 0.9999, 1 - 1e-7, 1 - 2.0
 def hyperparameters(draw: st.DrawFn) -> dict[str, Any]:
     """Every combination of amsgrad / maximize / weight decay / decoupled; steps 1..1000; betas
     near 0 and near 1; eps 0, tiny (below float32's range), typical and large."""
+
     def beta() -> float:
         return draw(st.one_of(st.sampled_from(BETAS), st.floats(0.0, 1.0, exclude_max=True)))
+
     return {
         "step": draw(st.one_of(st.sampled_from([1, 2, 10, 1000]), st.integers(1, 1000))),
         "lr": draw(st.one_of(st.sampled_from([1e-3, 0.0, 1.0, 10.0]), st.floats(1e-8, 10.0))),
-        "beta1": beta(), "beta2": beta(),
-        "eps": draw(st.one_of(st.sampled_from([1e-8, 0.0, 1e-300, 1e-50, 1e-3, 1.0, 1e4]),
-                              st.floats(0.0, 1e4))),
-        "weight_decay": draw(st.one_of(st.sampled_from([0.0, 1e-2, 1e-4, 1.0]),
-                                       st.floats(0.0, 2.0))),
-        "amsgrad": draw(st.booleans()), "maximize": draw(st.booleans()),
+        "beta1": beta(),
+        "beta2": beta(),
+        "eps": draw(
+            st.one_of(
+                st.sampled_from([1e-8, 0.0, 1e-300, 1e-50, 1e-3, 1.0, 1e4]), st.floats(0.0, 1e4)
+            )
+        ),
+        "weight_decay": draw(
+            st.one_of(st.sampled_from([0.0, 1e-2, 1e-4, 1.0]), st.floats(0.0, 2.0))
+        ),
+        "amsgrad": draw(st.booleans()),
+        "maximize": draw(st.booleans()),
         "decoupled": draw(st.booleans()),
     }
 
 
 @st.composite
-def step_inputs(draw: st.DrawFn, dtype: type, size: int = 12,
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def step_inputs(
+    draw: st.DrawFn,
+    dtype: type,
+    size: int = 12,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq): a few Hypothesis-drawn elements (zeros,
     subnormals, the whole exponent range) then `size` with random signs and magnitudes
     10^U(lo, hi) over the dtype's range ([-45, 38] / [-320, 300]) or near 1 ([-4, 4]). The
@@ -270,8 +332,10 @@ def step_inputs(draw: st.DrawFn, dtype: type, size: int = 12,
     width = 32 if dtype == np.float32 else 64
     top, lowest = (2.0**127, -45) if dtype == np.float32 else (1e300, -320)
     n = draw(st.integers(0, 4))
-    drawn = [np.array(draw(st.lists(st.floats(-top, top, width=width), min_size=n, max_size=n)),
-                      dtype) for _ in range(5)]
+    drawn = [
+        np.array(draw(st.lists(st.floats(-top, top, width=width), min_size=n, max_size=n)), dtype)
+        for _ in range(5)
+    ]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     lo, hi = (lowest, math.log10(top)) if draw(st.booleans()) else (-4.0, 4.0)
     scale = rng.choice([1.0, -1.0], (5, size)) * 10.0 ** rng.uniform(lo, hi, (5, size))
@@ -282,8 +346,10 @@ def step_inputs(draw: st.DrawFn, dtype: type, size: int = 12,
 
 # --- within half the budget of the exact step ----------------------------------------------------
 
-def assert_within_half(results: Arrays, exact: dict[str, list[Fraction | None]],
-                       budget: Arrays, tiny: float, who: str) -> int:
+
+def assert_within_half(
+    results: Arrays, exact: dict[str, list[Fraction | None]], budget: Arrays, tiny: float, who: str
+) -> int:
     """Each result within E = (budget − floor)/2 of the exact value wherever the budget is
     finite (and there the result is finite and the step defined). Returns how many elements
     were checked."""
@@ -301,10 +367,16 @@ def assert_within_half(results: Arrays, exact: dict[str, list[Fraction | None]],
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(
-    lambda dt: st.tuples(step_inputs(dt), hyperparameters(), st.booleans(),
-                         st.fixed_dictionaries({k: st.sampled_from(v)
-                                                for k, v in FIELDS.items()}))))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: st.tuples(
+            step_inputs(dt),
+            hyperparameters(),
+            st.booleans(),
+            st.fixed_dictionaries({k: st.sampled_from(v) for k, v in FIELDS.items()}),
+        )
+    )
+)
 def test_every_correct_step_is_within_half_the_budget_of_the_exact_step(case: Any) -> None:
     (param, grad, m, v, vmax), hp, first, drawn_way = case
     if first:  # the first step: no moments (zeros), t = 1
@@ -314,24 +386,32 @@ def test_every_correct_step_is_within_half_the_budget_of_the_exact_step(case: An
     exact = exact_step(param, grad, m, v, vmax, hp)
     tiny = _adam_format(param.dtype).tiny
     for path in ("loop", "foreach", "fused"):
-        assert_within_half(torch_step(param, grad, m, v, vmax, hp, path), exact, budget, tiny,
-                           path)
+        assert_within_half(torch_step(param, grad, m, v, vmax, hp, path), exact, budget, tiny, path)
     for way in [*WAYS, Way(**drawn_way)]:
-        assert_within_half(numpy_step(param, grad, m, v, vmax, hp, way), exact, budget, tiny,
-                           str(way))
+        assert_within_half(
+            numpy_step(param, grad, m, v, vmax, hp, way), exact, budget, tiny, str(way)
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("amsgrad", "maximize", "decay", "decoupled"),
-                         list(itertools.product([False, True], repeat=4)))
-def test_every_flag_combination_on_typical_values(dtype: type, amsgrad: bool, maximize: bool,
-                                                 decay: bool, decoupled: bool) -> None:
+@pytest.mark.parametrize(
+    ("amsgrad", "maximize", "decay", "decoupled"), list(itertools.product([False, True], repeat=4))
+)
+def test_every_flag_combination_on_typical_values(
+    dtype: type, amsgrad: bool, maximize: bool, decay: bool, decoupled: bool
+) -> None:
     """Every combination at least once with typical values (all budgets finite): every way and
     torch path within half the budget of the exact step; the budget has something to admit
     (two ways differ somewhere)."""
     param, grad, m, v, _ = typical_state(dtype, 10, 64, seed=7)
-    hp = {**TYPICAL, "step": 10, "amsgrad": amsgrad, "maximize": maximize,
-          "weight_decay": 1e-2 if decay else 0.0, "decoupled": decoupled}
+    hp = {
+        **TYPICAL,
+        "step": 10,
+        "amsgrad": amsgrad,
+        "maximize": maximize,
+        "weight_decay": 1e-2 if decay else 0.0,
+        "decoupled": decoupled,
+    }
     vmax = v * 1.5 if amsgrad else None
     budget = budget_of(param, grad, m, v, vmax, hp)
     assert all(np.isfinite(b).all() for b in budget.values())
@@ -347,14 +427,24 @@ def test_every_flag_combination_on_typical_values(dtype: type, amsgrad: bool, ma
 
 # --- the primitives against exact arithmetic -----------------------------------------------------
 
+
 @st.composite
-def bounded_operand(draw: st.DrawFn, dtype: type, positive: bool = False,
-                    ) -> tuple[_Bounded, float]:
+def bounded_operand(
+    draw: st.DrawFn,
+    dtype: type,
+    positive: bool = False,
+) -> tuple[_Bounded, float]:
     """An exact value x (a double), its bound e, and an implementation's value x̃ in the dtype
     with |x̃ − x| <= e (x̃ drawn near x, e at least that distance)."""
     top = 1e300 if dtype == np.float64 else 1e38
-    x = draw(st.one_of(st.floats(-1e6, 1e6), st.floats(-1e-30, 1e-30), st.floats(-top, top),
-                       st.sampled_from([0.0])))
+    x = draw(
+        st.one_of(
+            st.floats(-1e6, 1e6),
+            st.floats(-1e-30, 1e-30),
+            st.floats(-top, top),
+            st.sampled_from([0.0]),
+        )
+    )
     x = abs(x) if positive else x
     held = float(dtype(x * (1 + draw(st.floats(-1e-5, 1e-5)))))
     held = abs(held) if positive else held
@@ -371,9 +461,17 @@ def within_bound(result: float, exact: Fraction, bound: float) -> bool:
 
 
 @settings(max_examples=800, deadline=None)
-@given(st.sampled_from(DTYPES).flatmap(lambda dt: st.tuples(
-    st.just(dt), bounded_operand(dt), bounded_operand(dt), bounded_operand(dt, positive=True),
-    st.sampled_from(["add", "mul", "div", "sqrt", "max", "pow"]))))
+@given(
+    st.sampled_from(DTYPES).flatmap(
+        lambda dt: st.tuples(
+            st.just(dt),
+            bounded_operand(dt),
+            bounded_operand(dt),
+            bounded_operand(dt, positive=True),
+            st.sampled_from(["add", "mul", "div", "sqrt", "max", "pow"]),
+        )
+    )
+)
 def test_each_primitive_bounds_a_rounded_operation_on_perturbed_operands(case: Any) -> None:
     """`_add`, `_mul`, `_div`, `_sqrt`, `_maximum`, `_pow`: for exact operands x (the value) and an
     implementation's x̃ within the operand's bound, the dtype's rounded result — in the dtype,
@@ -436,8 +534,12 @@ def test_the_primitive_test_can_fail() -> None:
 TYPICAL = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
 
 
-def typical_state(dtype: type, step: int, size: int, seed: int,
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def typical_state(
+    dtype: type,
+    step: int,
+    size: int,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """θ, g ~ N(0, 1) and the moments of a history of step − 1 N(0, 1) gradients (in float64,
     rounded to the dtype); vmax = v."""
     rng = np.random.default_rng(seed)
@@ -462,24 +564,39 @@ BUGS = {
 # update (~1e-9 of θ, a hundredth of an ulp) nor where ε goes (~1e-11 of θ), and a bias
 # correction one step late (~1e-5 of θ) only where the update is large enough against θ.
 REJECTED = {
-    np.float64: {"bias correction one step late": 1.0, "eps inside the square root": 0.999,
-                 "lr * (1 + 1e-6)": 1.0, "weight decay coupled, not decoupled": 1.0,
-                 "beta1 and beta2 swapped": 1.0},
-    np.float32: {"bias correction one step late": 0.93, "eps inside the square root": 0.0,
-                 "lr * (1 + 1e-6)": 0.0, "weight decay coupled, not decoupled": 0.999,
-                 "beta1 and beta2 swapped": 1.0},
+    np.float64: {
+        "bias correction one step late": 1.0,
+        "eps inside the square root": 0.999,
+        "lr * (1 + 1e-6)": 1.0,
+        "weight decay coupled, not decoupled": 1.0,
+        "beta1 and beta2 swapped": 1.0,
+    },
+    np.float32: {
+        "bias correction one step late": 0.93,
+        "eps inside the square root": 0.0,
+        "lr * (1 + 1e-6)": 0.0,
+        "weight decay coupled, not decoupled": 0.999,
+        "beta1 and beta2 swapped": 1.0,
+    },
 }
 
 
 def rejected_share(dtype: type, bug: str) -> float:
     param, grad, m, v, _ = typical_state(dtype, 10, 1000, seed=0)
-    hp = {**TYPICAL, "step": 10, "weight_decay": 1e-2, "amsgrad": False, "maximize": False,
-          "decoupled": True}
+    hp = {
+        **TYPICAL,
+        "step": 10,
+        "weight_decay": 1e-2,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled": True,
+    }
     budget = budget_of(param, grad, m, v, None, hp)["param"]
     right = torch_step(param, grad, m, v, None, hp, "loop")["param"]
     change, knobs = BUGS[bug]
-    wrong = numpy_step(param, grad, m, v, None, {**hp, **change}, Way(update="doc"),
-                       **knobs)["param"]
+    wrong = numpy_step(param, grad, m, v, None, {**hp, **change}, Way(update="doc"), **knobs)[
+        "param"
+    ]
     mismatch = compare(right, wrong, "ulp", budget)
     return 0.0 if mismatch is None else mismatch.count / right.size
 
@@ -498,8 +615,14 @@ def test_a_different_correct_order_is_admitted_on_the_same_inputs(dtype: type) -
     """The bug test's baseline: every numpy way, without a bug, is within the budget of torch's
     loop, and some differ from it in the param's bits."""
     param, grad, m, v, _ = typical_state(dtype, 10, 1000, seed=0)
-    hp = {**TYPICAL, "step": 10, "weight_decay": 1e-2, "amsgrad": False, "maximize": False,
-          "decoupled": True}
+    hp = {
+        **TYPICAL,
+        "step": 10,
+        "weight_decay": 1e-2,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled": True,
+    }
     budget = budget_of(param, grad, m, v, None, hp)
     right = torch_step(param, grad, m, v, None, hp, "loop")
     differ = 0
@@ -526,9 +649,11 @@ def budget_ulps(dtype: type) -> dict[str, tuple[float, float]]:
     """Budget / ulp(result) over typical values: Adam, AdamW (λ = 1e-2), Adam with amsgrad, at
     t = 1, 10, 100, 1000, 500 elements each: (median, 99th percentile) per tensor."""
     ratios: dict[str, list[np.ndarray]] = {"param": [], "exp_avg": [], "exp_avg_sq": []}
-    configs = [{"weight_decay": 0.0, "decoupled": False, "amsgrad": False},
-               {"weight_decay": 1e-2, "decoupled": True, "amsgrad": False},
-               {"weight_decay": 0.0, "decoupled": False, "amsgrad": True}]
+    configs = [
+        {"weight_decay": 0.0, "decoupled": False, "amsgrad": False},
+        {"weight_decay": 1e-2, "decoupled": True, "amsgrad": False},
+        {"weight_decay": 0.0, "decoupled": False, "amsgrad": True},
+    ]
     for step, config in itertools.product([1, 10, 100, 1000], configs):
         param, grad, m, v, vmax = typical_state(dtype, step, 500, seed=step)
         first = step == 1
@@ -538,8 +663,10 @@ def budget_ulps(dtype: type) -> dict[str, tuple[float, float]]:
         result = torch_step(param, grad, *state, hp, "loop")
         for name in ratios:
             ratios[name].append(budget[name] / ulp(result[name]))
-    return {name: (float(np.median(np.concatenate(r))), float(np.percentile(np.concatenate(r), 99)))
-            for name, r in ratios.items()}
+    return {
+        name: (float(np.median(np.concatenate(r))), float(np.percentile(np.concatenate(r), 99)))
+        for name, r in ratios.items()
+    }
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -561,9 +688,23 @@ def test_torch_differentiable_path_is_outside_the_float64_budget() -> None:
     p, state = torch.tensor(param), [torch.tensor(m), torch.tensor(v)]
     step = torch.tensor(9.0)
     with torch.no_grad():
-        torch_adam.adam([p], [torch.tensor(grad)], [state[0]], [state[1]], [], [step],
-                        differentiable=True, foreach=False, amsgrad=False, beta1=0.9,
-                        beta2=0.999, lr=1e-3, weight_decay=0.0, eps=1e-8, maximize=False)
+        torch_adam.adam(
+            [p],
+            [torch.tensor(grad)],
+            [state[0]],
+            [state[1]],
+            [],
+            [step],
+            differentiable=True,
+            foreach=False,
+            amsgrad=False,
+            beta1=0.9,
+            beta2=0.999,
+            lr=1e-3,
+            weight_decay=0.0,
+            eps=1e-8,
+            maximize=False,
+        )
     assert step.dtype == torch.float32
     mismatch = compare(right, p.numpy(), "ulp", budget)
     assert mismatch is not None and mismatch.count == param.size
@@ -571,14 +712,22 @@ def test_torch_differentiable_path_is_outside_the_float64_budget() -> None:
 
 # --- where the budget is infinite, and its inputs ------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_budget_is_inf_at_non_finite_values_and_vanishing_denominators(dtype: type) -> None:
     param = np.array([1.0, np.inf, 1.0, 1.0, 1.0, 1.0], dtype)
     grad = np.array([1.0, 1.0, np.nan, 0.0, 1.0, 1.0], dtype)
     m = np.array([0.1, 0.1, 0.1, 0.1, 0.1, -np.inf], dtype)
     v = np.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0], dtype)
-    hp = {**TYPICAL, "eps": 0.0, "step": 5, "amsgrad": False, "maximize": False,
-          "decoupled": True, "weight_decay": 1e-2}
+    hp = {
+        **TYPICAL,
+        "eps": 0.0,
+        "step": 5,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled": True,
+        "weight_decay": 1e-2,
+    }
     budget = budget_of(param, grad, m, v, None, hp)
     assert not any(np.isnan(b).any() for b in budget.values())
     assert np.isfinite(budget["param"][[0, 4]]).all()
@@ -595,8 +744,14 @@ def test_float32_bias_correction_of_a_beta_within_an_ulp_of_one_is_inf() -> None
     """float32(1 − 1e-9) = 1: 1 − β1^t may be 0 in float32, so the param budget is inf; in
     float64 it is finite."""
     param, grad, m, v, _ = typical_state(np.float32, 3, 8, seed=1)
-    hp = {**TYPICAL, "beta1": 1 - 1e-9, "step": 3, "amsgrad": False, "maximize": False,
-          "decoupled": False}
+    hp = {
+        **TYPICAL,
+        "beta1": 1 - 1e-9,
+        "step": 3,
+        "amsgrad": False,
+        "maximize": False,
+        "decoupled": False,
+    }
     assert np.isinf(budget_of(param, grad, m, v, None, hp)["param"]).all()
     args = (x.astype(np.float64) for x in (param, grad, m, v))
     assert np.isfinite(budget_of(*args, None, hp)["param"]).all()
@@ -622,4 +777,3 @@ def test_budget_checks_its_inputs() -> None:
     first = adam_step_budget(x, x, None, None, None, **{**hp, "amsgrad": True})
     assert set(first) == set(NAMES)
     assert set(adam_step_budget(x, x, x, x, None, **hp)) == set(NAMES[:3])
-

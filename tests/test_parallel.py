@@ -32,8 +32,14 @@ def test_shard_zero_keeps_the_seed_and_the_others_differ() -> None:
 
 def test_two_jobs_run_the_whole_budget_of_each_dtype() -> None:
     options = RunOptions("refimpl")
-    results = parallel.run(options, dtypes=("float32", "float64"), settings=PROFILES["dev"],
-                           seed=3, max_failures=1, jobs=2)
+    results = parallel.run(
+        options,
+        dtypes=("float32", "float64"),
+        settings=PROFILES["dev"],
+        seed=3,
+        max_failures=1,
+        jobs=2,
+    )
     cases = len(canonical.cases("float32", options))
     for dtype, result in zip(("float32", "float64"), results, strict=True):
         assert result.passed and result.dtypes == (dtype,)
@@ -52,8 +58,20 @@ def _report(tmp_path: Path, name: str, *args: str) -> dict[str, Any]:
 
 def test_the_same_seed_and_jobs_give_the_same_report(tmp_path: Path) -> None:
     """A wrong derivative rule, found by drawn programs (not a canonical case) in some shard."""
-    args = ["--optimizer", "tests.outside_catalogue:DefaultsLr", "--isolation", "none",
-            "--profile", "dev", "--seed", "11", "--jobs", "2", "--max-failures", "3"]
+    args = [
+        "--optimizer",
+        "tests.outside_catalogue:DefaultsLr",
+        "--isolation",
+        "none",
+        "--profile",
+        "dev",
+        "--seed",
+        "11",
+        "--jobs",
+        "2",
+        "--max-failures",
+        "3",
+    ]
     first, second = _report(tmp_path, "a", *args), _report(tmp_path, "b", *args)
     assert first["exit"] == 1 and first["failures"]
     assert first == second
@@ -65,7 +83,13 @@ def test_an_unseeded_run_shares_one_example_database(tmp_path: Path) -> None:
     default the working directory's `.hypothesis/`), not a copy of its own."""
     database = DirectoryBasedExampleDatabase(tmp_path / "examples")
     explore = Settings(PROFILES["dev"], derandomize=False, database=database)
-    results = parallel.run(RunOptions("refimpl"), dtypes=("float32",), settings=explore,
-                           seed=None, max_failures=1, jobs=2)
+    results = parallel.run(
+        RunOptions("refimpl"),
+        dtypes=("float32",),
+        settings=explore,
+        seed=None,
+        max_failures=1,
+        jobs=2,
+    )
     assert results[0].passed
     assert any((tmp_path / "examples").iterdir())

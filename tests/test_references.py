@@ -62,8 +62,7 @@ FACTORIES: dict[str, tuple[Callable[[], type], bool]] = {
 
 def test_references_are_listed() -> None:
     module = {"CompiledStepSGD": "compiled_reference"}
-    expected = tuple(f"conformance.{module.get(name, 'references')}:{name}"
-                     for name in FACTORIES)
+    expected = tuple(f"conformance.{module.get(name, 'references')}:{name}" for name in FACTORIES)
     assert expected == tuple(references.REFERENCES)
 
 
@@ -101,8 +100,7 @@ def scaled_ulps(actual: Tensor, expected: Tensor, magnitude: np.ndarray) -> floa
 
 def test_ulp_helpers() -> None:
     x = np.array([1.0, -0.0, 0.0, -1.0], dtype=np.float32)
-    y = np.array([np.nextafter(np.float32(1), np.float32(2)), 0.0, 0.0, -1.0],
-                 dtype=np.float32)
+    y = np.array([np.nextafter(np.float32(1), np.float32(2)), 0.0, 0.0, -1.0], dtype=np.float32)
     assert ulp_distance(x, y).tolist() == [1, 1, 0, 0]
     tiny = np.array([5e-324])
     assert ulp_distance(tiny, -tiny).tolist() == [3]  # −min, −0, +0, +min
@@ -128,11 +126,15 @@ MOMENTA: list[dict[str, Any]] = [
     {"momentum": 0.8, "nesterov": True},
 ]
 CONFIGS: list[dict[str, Any]] = [
-    {**base, **({"weight_decay": 0.1} if decay else {}),
-     **({"maximize": True} if maximize else {}),
-     **({"lr": torch.tensor(0.1, dtype=torch.float64)} if tensor_lr else {})}
+    {
+        **base,
+        **({"weight_decay": 0.1} if decay else {}),
+        **({"maximize": True} if maximize else {}),
+        **({"lr": torch.tensor(0.1, dtype=torch.float64)} if tensor_lr else {}),
+    }
     for base, decay, maximize, tensor_lr in itertools.product(
-        MOMENTA, [False, True], [False, True], [False, True])
+        MOMENTA, [False, True], [False, True], [False, True]
+    )
 ]
 
 
@@ -141,8 +143,9 @@ def _config_id(config: dict[str, Any]) -> str:
     return ",".join(parts) or "plain"
 
 
-def _magnitudes(p: Tensor, grad: Tensor, buf: Tensor | None,
-                group: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+def _magnitudes(
+    p: Tensor, grad: Tensor, buf: Tensor | None, group: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray | None]:
     """The docs' recurrence on absolute values in float64: the size of the terms θ_t and b_t
     sum (b is None where momentum is 0)."""
     g = np.abs(grad.numpy()).astype(np.float64)
@@ -160,8 +163,15 @@ def _buffer(opt: torch.optim.Optimizer, p: Tensor) -> Tensor | None:
     return opt.state[p].get("momentum_buffer") if p in opt.state else None
 
 
-def _lockstep(cls: type, config: dict[str, Any], dtype: torch.dtype, *,
-              bitwise: bool, steps: int = 3, seed: int = 0) -> float:
+def _lockstep(
+    cls: type,
+    config: dict[str, Any],
+    dtype: torch.dtype,
+    *,
+    bitwise: bool,
+    steps: int = 3,
+    seed: int = 0,
+) -> float:
     """Steps torch.optim.SGD and `cls` on the same parameters and gradients; after each step
     checks every parameter and buffer (within ULP_BUDGET of the terms' magnitude, or bit for
     bit), that .grad is untouched, then copies torch's values into `cls`'s. Two groups: the
@@ -183,8 +193,11 @@ def _lockstep(cls: type, config: dict[str, Any], dtype: torch.dtype, *,
         if step == 2:
             new_lr = 0.03
             for opt in (opt_theirs, opt_mine):
-                opt.param_groups[0]["lr"] = torch.tensor(new_lr, dtype=torch.float64) \
-                    if isinstance(config.get("lr"), Tensor) else new_lr
+                opt.param_groups[0]["lr"] = (
+                    torch.tensor(new_lr, dtype=torch.float64)
+                    if isinstance(config.get("lr"), Tensor)
+                    else new_lr
+                )
         expected_magnitudes = []
         for i, (a, b) in enumerate(zip(theirs, mine, strict=True)):
             if i in NONE_GRAD[step]:
@@ -218,8 +231,9 @@ def _lockstep(cls: type, config: dict[str, Any], dtype: torch.dtype, *,
                 assert max(errors) <= ULP_BUDGET, (where, errors)
                 worst = max(worst, *errors)
             if not _foreach_writes_grad(cls, opt_theirs.param_groups[0 if i < 2 else 1]):
-                assert (b.grad is None and grads_before[i] is None) or \
-                    torch.equal(b.grad, grads_before[i]), f"{where}: .grad changed"
+                assert (b.grad is None and grads_before[i] is None) or torch.equal(
+                    b.grad, grads_before[i]
+                ), f"{where}: .grad changed"
         with torch.no_grad():  # the next step starts from torch's values
             for a, b in zip(theirs, mine, strict=True):
                 b.copy_(a)
@@ -335,8 +349,14 @@ def test_validation_raises_what_torch_raises(name: str) -> None:
 def test_minimal_sgd_stores_only_the_documented_hyperparameters() -> None:
     p = torch.zeros(2, requires_grad=True)
     opt = MinimalSGD([p], lr=0.1, momentum=0.9)
-    assert set(opt.defaults) == {"lr", "momentum", "dampening", "weight_decay", "nesterov",
-                                 "maximize"}
+    assert set(opt.defaults) == {
+        "lr",
+        "momentum",
+        "dampening",
+        "weight_decay",
+        "nesterov",
+        "maximize",
+    }
     assert set(opt.param_groups[0]) == set(opt.defaults) | {"params"}
     with pytest.raises(ValueError, match="lr must be >= 0, got -1"):
         MinimalSGD([p], lr=-1)
@@ -372,8 +392,9 @@ def test_step_with_closure(name: str) -> None:
         opt = make([w], lr=0.1, momentum=0.9, weight_decay=0.01)
         seen = []
 
-        def closure(w: Tensor = w, opt: torch.optim.Optimizer = opt,
-                    seen: list[bool] = seen) -> Tensor:
+        def closure(
+            w: Tensor = w, opt: torch.optim.Optimizer = opt, seen: list[bool] = seen
+        ) -> Tensor:
             seen.append(torch.is_grad_enabled())
             opt.zero_grad()
             loss = (w * w * torch.tensor([1.0, 2.0, 3.0], dtype=w.dtype)).sum()
@@ -385,14 +406,16 @@ def test_step_with_closure(name: str) -> None:
         results.append((w.detach().clone(), losses))
     (w_t, losses_t), (w_m, losses_m) = results
     compared = 3 if bitwise else 1  # later losses see parameters a few ULP apart
-    assert all(torch.equal(x, y) for x, y in zip(losses_t[:compared], losses_m[:compared],
-                                                    strict=True))
+    assert all(
+        torch.equal(x, y) for x, y in zip(losses_t[:compared], losses_m[:compared], strict=True)
+    )
     assert _within(w_m, w_t, bitwise)
     assert all(isinstance(loss, Tensor) and loss.dim() == 0 for loss in losses_m)
 
 
-def _trained(make: Callable[..., torch.optim.Optimizer],
-             params: list[Tensor]) -> torch.optim.Optimizer:
+def _trained(
+    make: Callable[..., torch.optim.Optimizer], params: list[Tensor]
+) -> torch.optim.Optimizer:
     opt = make(params, lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)
     for scale in (1.0, -0.5):
         for p in params:
@@ -406,13 +429,16 @@ def _continue(opt: torch.optim.Optimizer, params: list[Tensor]) -> list[Tensor]:
         for p in params:
             p.grad = torch.full_like(p, scale) - p.detach()
         opt.step()
-    return [p.detach().clone() for p in params] + \
-        [opt.state[p]["momentum_buffer"].clone() for p in params]
+    return [p.detach().clone() for p in params] + [
+        opt.state[p]["momentum_buffer"].clone() for p in params
+    ]
 
 
 def _params() -> list[Tensor]:
-    return [torch.tensor([0.5, -1.25, 2.0], requires_grad=True),
-            torch.tensor([[1.5], [-0.75]], requires_grad=True)]
+    return [
+        torch.tensor([0.5, -1.25, 2.0], requires_grad=True),
+        torch.tensor([[1.5], [-0.75]], requires_grad=True),
+    ]
 
 
 @pytest.mark.parametrize("source", ["own", "torch"])
@@ -425,8 +451,9 @@ def test_state_dict_round_trip(name: str, source: str) -> None:
     reference_params = _params()
     expected = _continue(_trained(torch.optim.SGD, reference_params), reference_params)
     params = _params()
-    saved = copy.deepcopy(_trained(cls if source == "own" else torch.optim.SGD,
-                                   params).state_dict())
+    saved = copy.deepcopy(
+        _trained(cls if source == "own" else torch.optim.SGD, params).state_dict()
+    )
     opt = cls(params, lr=0.1, momentum=0.9, dampening=0.2, weight_decay=0.01)
     opt.load_state_dict(saved)
     got = _continue(opt, params)
@@ -498,11 +525,14 @@ def test_compiled_step_never_recompiles() -> None:
     try:
         with torch.compiler.set_stance("fail_on_recompile"):
             for count, dtype, sizes in itertools.product(
-                    dict.fromkeys((threads, 1)), (torch.float32, torch.float64),
-                    ([1], [0], [2], [0, 1], [3, 1], [1000, 7, 1])):
+                dict.fromkeys((threads, 1)),
+                (torch.float32, torch.float64),
+                ([1], [0], [2], [0, 1], [3, 1], [1000, 7, 1]),
+            ):
                 torch.set_num_threads(count)
-                params = [torch.randn(n, generator=generator, dtype=dtype).requires_grad_()
-                          for n in sizes]
+                params = [
+                    torch.randn(n, generator=generator, dtype=dtype).requires_grad_() for n in sizes
+                ]
                 for config in CONFIGS[::3]:
                     opt = cls(params, **{"lr": 0.1, **config})
                     for _ in range(2):
@@ -534,8 +564,10 @@ def test_accepts_invalid_config() -> None:
     assert opt.param_groups[0]["nesterov"] is True
     for kwargs in INVALID:
         if kwargs.get("dampening", 0) == 0:  # every other invalid configuration still raises
-            assert _error_class(lambda kwargs=kwargs: AcceptsInvalidConfig([p], **kwargs)) \
-                is ValueError, kwargs
+            assert (
+                _error_class(lambda kwargs=kwargs: AcceptsInvalidConfig([p], **kwargs))
+                is ValueError
+            ), kwargs
     for kwargs in VALID:
         assert _error_class(lambda kwargs=kwargs: AcceptsInvalidConfig([p], **kwargs)) is None
 

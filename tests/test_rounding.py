@@ -37,6 +37,7 @@ _WIDTH = {np.float32: 32, np.float64: 64}
 
 # --- exact reference ------------------------------------------------------------------------------
 
+
 def round_fraction_to(dtype: type, q: Fraction) -> float:
     """q rounded to nearest, ties to even, in dtype (as a Python float): overflow gives an
     infinity, and a nonzero q that rounds to zero keeps its sign."""
@@ -57,8 +58,10 @@ def round_fraction_to(dtype: type, q: Fraction) -> float:
             with np.errstate(over="ignore"):
                 step = np.nextafter(step, direction)
             candidates.add(step)
-    best = min((v for v in candidates if np.isfinite(v)),
-               key=lambda v: (abs(Fraction(float(v)) - x), _odd(v)))
+    best = min(
+        (v for v in candidates if np.isfinite(v)),
+        key=lambda v: (abs(Fraction(float(v)) - x), _odd(v)),
+    )
     return sign * float(best)
 
 
@@ -89,16 +92,22 @@ def fma_reference(a: float, b: float, c: float, dtype: type) -> float:
 def reference(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     dtype = a.dtype.type
     a, b, c = np.broadcast_arrays(a, b, c)
-    values = [fma_reference(float(x), float(y), float(z), dtype)
-              for x, y, z in zip(a.ravel(), b.ravel(), c.ravel(), strict=True)]
+    values = [
+        fma_reference(float(x), float(y), float(z), dtype)
+        for x, y, z in zip(a.ravel(), b.ravel(), c.ravel(), strict=True)
+    ]
     return np.array(values, dtype).reshape(a.shape)
 
 
 def assert_bitwise(actual: np.ndarray, expected: np.ndarray, *inputs: np.ndarray) -> None:
     """Same bits (any NaN for NaN); else names the first differing element and its ULPs."""
     actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape, \
-        (actual.dtype, expected.dtype, actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape, (
+        actual.dtype,
+        expected.dtype,
+        actual.shape,
+        expected.shape,
+    )
     if bitwise_equal(actual, expected):
         return
     same = (actual == expected) & (np.signbit(actual) == np.signbit(expected))
@@ -109,7 +118,8 @@ def assert_bitwise(actual: np.ndarray, expected: np.ndarray, *inputs: np.ndarray
     raise AssertionError(
         f"{int((~same).sum())} of {actual.size} elements differ; first at {index}: "
         f"inputs ({shown}) gave {_show(got)}, expected {_show(want)} "
-        f"({float(ulp_distance(np.asarray(got), np.asarray(want))):g} ulp)")
+        f"({float(ulp_distance(np.asarray(got), np.asarray(want))):g} ulp)"
+    )
 
 
 def _show(v: np.floating) -> str:
@@ -129,14 +139,28 @@ def block_size(size: int | None) -> Iterator[None]:
 
 # --- strategies -----------------------------------------------------------------------------------
 
+
 def specials(dtype: type) -> list[float]:
     info = np.finfo(dtype)
-    values = [0.0, 1.0, 1.5, 3.0, 0.1, float(info.max), float(info.tiny),
-              float(info.smallest_subnormal), float(info.smallest_subnormal) * 3,
-              float(info.tiny) - float(info.smallest_subnormal),
-              float(np.nextafter(dtype(1), dtype(2))), float(np.nextafter(dtype(1), dtype(0))),
-              2.0 ** (info.maxexp - 1), 2.0 ** (info.minexp // 2), 2.0 ** (info.maxexp // 2),
-              math.inf, math.nan]
+    values = [
+        0.0,
+        1.0,
+        1.5,
+        3.0,
+        0.1,
+        float(info.max),
+        float(info.tiny),
+        float(info.smallest_subnormal),
+        float(info.smallest_subnormal) * 3,
+        float(info.tiny) - float(info.smallest_subnormal),
+        float(np.nextafter(dtype(1), dtype(2))),
+        float(np.nextafter(dtype(1), dtype(0))),
+        2.0 ** (info.maxexp - 1),
+        2.0 ** (info.minexp // 2),
+        2.0 ** (info.maxexp // 2),
+        math.inf,
+        math.nan,
+    ]
     return values + [-v for v in values]
 
 
@@ -146,8 +170,10 @@ def scaled(dtype: type) -> st.SearchStrategy[float]:
     low = info.minexp - info.nmant
     return st.builds(
         lambda m, e, s: float(dtype(s * math.ldexp(m, e))),
-        st.floats(1, 2, exclude_max=True), st.integers(low, info.maxexp - 1),
-        st.sampled_from([1.0, -1.0]))
+        st.floats(1, 2, exclude_max=True),
+        st.integers(low, info.maxexp - 1),
+        st.sampled_from([1.0, -1.0]),
+    )
 
 
 def values(dtype: type) -> st.SearchStrategy[float]:
@@ -261,12 +287,14 @@ def columns(dtype: type, rows: list[tuple[float, ...]]) -> list[np.ndarray]:
 
 # --- fma against exact arithmetic --------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("block", [None, 8])
 @settings(max_examples=100, deadline=None)
 @given(data=st.data())
-def test_fma_arrays_match_exact_arithmetic(dtype: type, block: int | None,
-                                           data: st.DataObject) -> None:
+def test_fma_arrays_match_exact_arithmetic(
+    dtype: type, block: int | None, data: st.DataObject
+) -> None:
     rows = data.draw(st.lists(triples(dtype), min_size=1, max_size=40))
     a, b, c = columns(dtype, rows)
     with block_size(block):
@@ -278,18 +306,28 @@ def test_fma_arrays_match_exact_arithmetic(dtype: type, block: int | None,
 @pytest.mark.parametrize("block", [None, 8])
 @settings(max_examples=100, deadline=None)
 @given(data=st.data())
-def test_fma_scalar_b_matches_exact_arithmetic(dtype: type, block: int | None,
-                                               data: st.DataObject) -> None:
+def test_fma_scalar_b_matches_exact_arithmetic(
+    dtype: type, block: int | None, data: st.DataObject
+) -> None:
     # a scalar b takes other paths: powers of two, the float64 test that keeps RN(c + RN(a*b)),
     # and for a b of the scale of the terms (alpha = 0.9), the full method throughout
-    b = data.draw(st.one_of(st.sampled_from([0.5, -2.0, 1.0, 0.9, -0.01, 1e-5, 0.1, 3.0]),
-                            values(dtype)), label="b")
+    b = data.draw(
+        st.one_of(st.sampled_from([0.5, -2.0, 1.0, 0.9, -0.01, 1e-5, 0.1, 3.0]), values(dtype)),
+        label="b",
+    )
     b = float(dtype(b))
-    rows = data.draw(st.lists(st.one_of(st.tuples(values(dtype), values(dtype)),
-                                        ties_for(b, dtype),
-                                        cancelling(dtype).map(lambda t: (t[0], t[2])),
-                                        small_products(b, dtype)),
-                              min_size=1, max_size=48))
+    rows = data.draw(
+        st.lists(
+            st.one_of(
+                st.tuples(values(dtype), values(dtype)),
+                ties_for(b, dtype),
+                cancelling(dtype).map(lambda t: (t[0], t[2])),
+                small_products(b, dtype),
+            ),
+            min_size=1,
+            max_size=48,
+        )
+    )
     a, c = columns(dtype, rows)
     if data.draw(st.booleans(), label="a*b + c mostly ~ c"):
         a = a * dtype(2.0**-20)  # most elements pass the float64 test; a few do not
@@ -414,10 +452,31 @@ def test_exact_path_rounding_of_fractions(q: Fraction, scale: int, dtype: type) 
 
 # --- add_scaled against torch ------------------------------------------------------------------
 
+
 def alphas(dtype: type) -> st.SearchStrategy[float]:
-    return st.one_of(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 2.0, 0.9, 0.1, -0.01, -1e-3,
-                                      1 - 0.9, 1e-30, math.inf, math.nan]),
-                     st.floats(-4, 4), st.floats(width=_WIDTH[dtype]), scaled(dtype))
+    return st.one_of(
+        st.sampled_from(
+            [
+                0.0,
+                -0.0,
+                1.0,
+                -1.0,
+                0.5,
+                2.0,
+                0.9,
+                0.1,
+                -0.01,
+                -1e-3,
+                1 - 0.9,
+                1e-30,
+                math.inf,
+                math.nan,
+            ]
+        ),
+        st.floats(-4, 4),
+        st.floats(width=_WIDTH[dtype]),
+        scaled(dtype),
+    )
 
 
 def torch_add(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
@@ -443,8 +502,10 @@ def test_add_scaled_fused_matches_torch(dtype: type, data: st.DataObject) -> Non
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_add_scaled_fused_matches_torch_foreach_and_add(dtype: type) -> None:
     rng = np.random.default_rng(3)
-    arrays = [(rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype))
-              for n in (1, 17, 1000, 4099)]
+    arrays = [
+        (rng.standard_normal(n).astype(dtype), rng.standard_normal(n).astype(dtype))
+        for n in (1, 17, 1000, 4099)
+    ]
     for alpha in (-0.01, 0.9, 1 / 3):
         params = [torch.from_numpy(a).clone() for a, _ in arrays]
         torch._foreach_add_(params, [torch.from_numpy(b) for _, b in arrays], alpha=alpha)
@@ -514,9 +575,19 @@ def test_add_scaled_separate_matches_torch_default_capability(tmp_path) -> None:
     alphas = [-0.01, 0.9, 0.1, -1e-3, 1.0, 2.0, 1 / 3, 1 - 2.0**-30, 0.0, -1e-30, math.inf]
     np.savez(tmp_path / "in.npz", **batch)
     env = dict(os.environ, ATEN_CPU_CAPABILITY="default")
-    subprocess.run([sys.executable, "-c", _DEFAULT_CAPABILITY_SCRIPT, str(tmp_path / "in.npz"),
-                    str(tmp_path / "out.npz"), json.dumps(alphas)], env=env, check=True,
-                   timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DEFAULT_CAPABILITY_SCRIPT,
+            str(tmp_path / "in.npz"),
+            str(tmp_path / "out.npz"),
+            json.dumps(alphas),
+        ],
+        env=env,
+        check=True,
+        timeout=120,
+    )
     results = np.load(tmp_path / "out.npz")
     assert str(results["capability"]) == "DEFAULT"
     for name, (a, b) in batch.items():

@@ -40,13 +40,18 @@ def _setup(dtype: str = "float32", **defaults: Any) -> Setup:
     return Setup(SPEC, dtype, options, (Group(tuple(SPEC.parameter_names())),))
 
 
-PROGRAM = (Action("backward", {"batch": 1}), Action("step"), Action("zero_grad",
-                                                                    {"set_to_none": True}),
-           Action("backward", {"batch": 2}), Action("step"), Action("save_load",
-                                                                    {"source": "reference"}),
-           Action("backward_twice", {"batch": 3}), Action("step_closure", {"batch": 4}),
-           Action("set_hyperparameter", {"group": 0, "name": "lr", "value": 0.5}),
-           Action("step"))
+PROGRAM = (
+    Action("backward", {"batch": 1}),
+    Action("step"),
+    Action("zero_grad", {"set_to_none": True}),
+    Action("backward", {"batch": 2}),
+    Action("step"),
+    Action("save_load", {"source": "reference"}),
+    Action("backward_twice", {"batch": 3}),
+    Action("step_closure", {"batch": 4}),
+    Action("set_hyperparameter", {"group": 0, "name": "lr", "value": 0.5}),
+    Action("step"),
+)
 
 
 def _mutant(name: str) -> str:
@@ -160,8 +165,9 @@ def test_constructor_arguments_are_read_once_per_class(monkeypatch: pytest.Monke
 
     calls: list[type] = []
     read = implementations._read_arguments
-    monkeypatch.setattr(implementations, "_read_arguments",
-                        lambda cls: calls.append(cls) or read(cls))
+    monkeypatch.setattr(
+        implementations, "_read_arguments", lambda cls: calls.append(cls) or read(cls)
+    )
     for _ in range(3):
         assert implementations._arguments(Fresh) == read(Fresh)
     assert calls == [Fresh]
@@ -177,8 +183,9 @@ FLOATS = st.floats(allow_nan=True, allow_infinity=True, width=32)
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(FLOATS, min_size=1, max_size=8), st.data())
-def test_judge_decides_as_the_elementwise_rules_do(values: list[float], data: st.DataObject
-                                                   ) -> None:
+def test_judge_decides_as_the_elementwise_rules_do(
+    values: list[float], data: st.DataObject
+) -> None:
     """The verdict of `judge` (and `compare`) is the elementwise rule's, bytes equal or not,
     and its ratio is 0 exactly when nothing differs by a single ULP."""
     expected = np.array(values, dtype=np.float32)
@@ -195,8 +202,9 @@ def test_judge_decides_as_the_elementwise_rules_do(values: list[float], data: st
             bits = actual.view(np.int32) != expected.view(np.int32)
             differs = nonfinite | (finite & bits)
         elif mode == "ulp":
-            differs = nonfinite | (finite & ~oracle.within(expected, actual,
-                                                           np.full(expected.shape, budget)))
+            differs = nonfinite | (
+                finite & ~oracle.within(expected, actual, np.full(expected.shape, budget))
+            )
         else:
             differs = ~oracle._isclose(expected, actual)[0]
         assert (mismatch is not None) == bool(differs.any())
@@ -231,8 +239,11 @@ def test_judge_ratio_is_the_error_over_its_budget() -> None:
 
 @pytest.mark.parametrize("target", ["torch.optim:SGD", "conformance.mutants:CorrectSGD"])
 def test_worst_is_zero_while_everything_matches_bitwise(target: str) -> None:
-    twins = Twins(_setup(), implementation(RunOptions(target, isolation="none")),
-                  RunOptions(target, isolation="none"))
+    twins = Twins(
+        _setup(),
+        implementation(RunOptions(target, isolation="none")),
+        RunOptions(target, isolation="none"),
+    )
     for action in PROGRAM:
         assert twins.run(action) is None
     assert twins.worst == 0.0
@@ -258,8 +269,11 @@ def test_torch_observed_once_per_action_is_torch_as_it_is() -> None:
     for action in PROGRAM:
         twins.run(action)
         kept, now = twins._reference_now(), twins.reference.observe()
-        tables = [(now.params, kept.params), (now.grads, kept.grads),
-                  *((now.state[key], kept.state[key]) for key in now.state)]
+        tables = [
+            (now.params, kept.params),
+            (now.grads, kept.grads),
+            *((now.state[key], kept.state[key]) for key in now.state),
+        ]
         for observed, remembered in tables:
             for name, value in observed.items():
                 other = remembered[name]
@@ -268,7 +282,8 @@ def test_torch_observed_once_per_action_is_torch_as_it_is() -> None:
 
 
 def test_synchronisation_is_skipped_only_where_the_states_are_bitwise_equal(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """torch.optim:SGD against itself is bitwise equal after every action: no action after the
     first synchronises; an SGD that rounds twice differs from torch's fused rounding after
     some step, and the action after it is synchronised."""
@@ -293,26 +308,32 @@ def test_synchronisation_is_skipped_only_where_the_states_are_bitwise_equal(
     assert sent[0] and any(sent[1:])  # the first action, and one after a step that differed
 
 
-@pytest.mark.parametrize("target", [
-    "refimpl", "conformance.mutants:CorrectSGD", *(m.target for m in OPTIMIZER_MUTANTS[:12])])
-def test_skipping_synchronisation_changes_no_divergence(target: str,
-                                                        monkeypatch: pytest.MonkeyPatch
-                                                        ) -> None:
+@pytest.mark.parametrize(
+    "target",
+    ["refimpl", "conformance.mutants:CorrectSGD", *(m.target for m in OPTIMIZER_MUTANTS[:12])],
+)
+def test_skipping_synchronisation_changes_no_divergence(
+    target: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each program, replayed with the skip and with every action synchronised, ends in the
     same divergence (or none)."""
-    cases = [Case(_setup(dampening=0.5, weight_decay=0.01), PROGRAM),
-             Case(_setup(nesterov=True, maximize=True), PROGRAM),
-             Case(_setup(momentum=0.0), PROGRAM)]
+    cases = [
+        Case(_setup(dampening=0.5, weight_decay=0.01), PROGRAM),
+        Case(_setup(nesterov=True, maximize=True), PROGRAM),
+        Case(_setup(momentum=0.0), PROGRAM),
+    ]
     options = RunOptions(target, isolation="none")
     fast = [replay(case, options) for case in cases]
     monkeypatch.setattr(machine, "_same_state", lambda expected, actual: False)
     slow = [replay(case, options) for case in cases]
-    assert [None if d is None else d.to_json() for d in fast] == \
-        [None if d is None else d.to_json() for d in slow]
+    assert [None if d is None else d.to_json() for d in fast] == [
+        None if d is None else d.to_json() for d in slow
+    ]
 
 
 def test_budgets_are_computed_only_for_values_that_are_not_bitwise_torchs(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     computed: list[str] = []
     budgets = Twins._step_budgets
 

@@ -28,12 +28,29 @@ DEV = ("--conformance-profile", "dev", "--conformance-seed", "0")
 def _pytest(cwd: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path | None]:
     """Runs `pytest --pyargs conformance ARGS` in `cwd`; returns it and the one report
     directory it wrote under cwd/reports (None for none; more than one fails the test)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))}  # when run under xdist
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
-                           "--pyargs", "conformance", "--conformance-report-dir", "reports",
-                           *args],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST", "PYTEST_ADDOPTS"))
+    }  # when run under xdist
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-rA",
+            "--pyargs",
+            "conformance",
+            "--conformance-report-dir",
+            "reports",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+    )
     reports = cwd / "reports"
     runs = sorted(p for p in reports.iterdir() if p.is_dir()) if reports.exists() else []
     assert len(runs) <= 1, (runs, done.stdout)
@@ -48,12 +65,17 @@ def _report(run_dir: Path | None) -> dict[str, Any]:
 
 
 def test_n2_passes_with_one_report_of_the_whole_budget_the_same_whoever_ran_each_shard(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     (tmp_path / "xdist").mkdir()
     done, run_dir = _pytest(tmp_path / "xdist", "-n", "2", *DEV)
     assert done.returncode == 0, done.stdout + done.stderr
-    for item in ("float32-shard1of2", "float32-shard2of2", "float64-shard1of2",
-                 "float64-shard2of2"):
+    for item in (
+        "float32-shard1of2",
+        "float32-shard2of2",
+        "float64-shard1of2",
+        "float64-shard2of2",
+    ):
         assert f"PASSED test_conformance.py::test_sgd_conformance[{item}]" in done.stdout
     assert run_dir is not None
     assert f"sgd-conformance report: reports/{run_dir.name}/report.md" in done.stdout
@@ -67,28 +89,42 @@ def test_n2_passes_with_one_report_of_the_whole_budget_the_same_whoever_ran_each
 
     # the same two shards in one process without xdist, one after the other: the same report
     (tmp_path / "sequential").mkdir()
-    done, run_dir = _pytest(tmp_path / "sequential", "-p", "no:xdist",
-                            "--conformance-shards", "2", *DEV)
+    done, run_dir = _pytest(
+        tmp_path / "sequential", "-p", "no:xdist", "--conformance-shards", "2", *DEV
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED test_conformance.py::test_sgd_conformance[float64-shard2of2]" in done.stdout
     assert report.timeless(_report(run_dir)) == report.timeless(sharded)
 
 
 def test_n2_with_a_mutant_fails_each_item_and_reports_the_failure(tmp_path: Path) -> None:
-    done, run_dir = _pytest(tmp_path, "-n", "2", "-k", "float64", "--optimizer",
-                            "conformance.mutants:LrOffByOnePpm", "--conformance-isolation",
-                            "none", "--conformance-max-failures", "1", *DEV)
+    done, run_dir = _pytest(
+        tmp_path,
+        "-n",
+        "2",
+        "-k",
+        "float64",
+        "--optimizer",
+        "conformance.mutants:LrOffByOnePpm",
+        "--conformance-isolation",
+        "none",
+        "--conformance-max-failures",
+        "1",
+        *DEV,
+    )
     assert done.returncode == 1, done.stdout + done.stderr
     assert run_dir is not None
     for item in ("float64-shard1of2", "float64-shard2of2"):
         assert f"FAILED test_conformance.py::test_sgd_conformance[{item}]" in done.stdout
-    assert f"report (written when the session ends): reports/{run_dir.name}/report.md" \
-        in done.stdout
+    assert (
+        f"report (written when the session ends): reports/{run_dir.name}/report.md" in done.stdout
+    )
     data = _report(run_dir)
     assert data["result"] == "fail" and data["settings"]["jobs"] == 2
     assert data["settings"]["dtypes"] == ["float64"]
     assert [(n["feature"], n["source"]) for n in data["not_verified"]] == [
-        ("float32", "pytest selection")]
+        ("float32", "pytest selection")
+    ]
     assert data["failures"] and data["failures"][0]["key"]["tensor"] == "param"
     assert (run_dir / "repro_1.py").exists()
 
@@ -96,6 +132,8 @@ def test_n2_with_a_mutant_fails_each_item_and_reports_the_failure(tmp_path: Path
 def test_n2_checks_the_options_before_any_program(tmp_path: Path) -> None:
     done, run_dir = _pytest(tmp_path, "-n", "2", "--conformance-shards", "0")
     assert done.returncode == 4, done.stdout + done.stderr
-    assert "conformance: error: --conformance-shards must be at least 1, got 0" in \
-        done.stdout + done.stderr
+    assert (
+        "conformance: error: --conformance-shards must be at least 1, got 0"
+        in done.stdout + done.stderr
+    )
     assert run_dir is None and not (tmp_path / "reports").exists()

@@ -19,5 +19,7 @@ def first_difference(actual: np.ndarray, expected: np.ndarray) -> str:
         return "no difference"
     if mismatch.reason.startswith(("shape", "dtype")):
         return mismatch.reason
-    return (f"at {mismatch.index}: refimpl {mismatch.actual!r} vs torch {mismatch.expected!r} "
-            f"({mismatch.ulp_error:g} ulp, {mismatch.reason})")
+    return (
+        f"at {mismatch.index}: refimpl {mismatch.actual!r} vs torch {mismatch.expected!r} "
+        f"({mismatch.ulp_error:g} ulp, {mismatch.reason})"
+    )

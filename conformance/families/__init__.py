@@ -34,12 +34,14 @@ ACTION_FEATURES: dict[str, str] = {
     "cross-load": "state dicts are never moved between torch and the implementation",
     "set-to-none-false": "zero_grad(set_to_none=False) is never called",
     "invalid-hyperparameters": "invalid hyperparameters and parameters are never passed "
-                               "(validation is not checked)",
+    "(validation is not checked)",
 }
 # What a run must reach before the verdict on each action feature means anything.
 ACTION_NEEDS: dict[str, str] = {
-    "closure": "step(closure)", "add-param-group": "add_param_group",
-    "set-hyperparameter": "a hyperparameter changed", "state-dict": "a state-dict round trip",
+    "closure": "step(closure)",
+    "add-param-group": "add_param_group",
+    "set-hyperparameter": "a hyperparameter changed",
+    "state-dict": "a state-dict round trip",
     "cross-load": "a state dict moved across",
     "set-to-none-false": "zero_grad(set_to_none=False)",
     "invalid-hyperparameters": "a construction with invalid arguments",
@@ -127,8 +129,7 @@ class OptimizerFamily:
     example: dict[str, Any] = field(default_factory=lambda: {"lr": 0.1})
     # group keys that only pick torch's code path (compared, under the semantic contract,
     # only where the implementation was given them and stores them)
-    implementation_flags: tuple[str, ...] = ("foreach", "fused", "differentiable",
-                                             "capturable")
+    implementation_flags: tuple[str, ...] = ("foreach", "fused", "differentiable", "capturable")
     # the state a step holds once a feature is on (SGD's buffer needs momentum); None: always
     state_needs: str | None = None
     # features torch rejects on a reference path, never drawn there: path -> {feature: why}
@@ -141,8 +142,13 @@ class OptimizerFamily:
     # with its budget: (grad before, state after, step budgets, group value) -> (value,
     # budget). SGD's foreach nesterov; None for families whose steps never touch `.grad`.
     writes_grad: Callable[[Callable[[str], Any]], bool] | None = None
-    written_grad: Callable[[np.ndarray, Before, Mapping[str, np.ndarray | None],
-                            Callable[[str], Any]], tuple[np.ndarray, np.ndarray]] | None = None
+    written_grad: (
+        Callable[
+            [np.ndarray, Before, Mapping[str, np.ndarray | None], Callable[[str], Any]],
+            tuple[np.ndarray, np.ndarray],
+        ]
+        | None
+    ) = None
     # The self-check, as "module:NAME" targets loaded when asked for (they import torch):
     correct: str = ""  # a tuple of torch-derived optimizers that must pass
     references: str = ""  # a dict: optimizer written from the docs -> features it lacks
@@ -163,14 +169,19 @@ class OptimizerFamily:
     @property
     def features(self) -> dict[str, str]:
         """Every feature `--without` takes for this family, with what is left unchecked."""
-        own = {h.feature: h.absent for h in self.hyperparameters
-               if h.feature is not None and h.absent is not None}
+        own = {
+            h.feature: h.absent
+            for h in self.hyperparameters
+            if h.feature is not None and h.absent is not None
+        }
         return {**own, "tensor-lr": TENSOR_LR, **ACTION_FEATURES}
 
     def argument_of(self, feature: str) -> str | None:
         """The constructor argument a declared-absent feature removes, if it is one."""
-        return next((h.name for h in self.hyperparameters
-                     if h.feature == feature and h.absent is not None), None)
+        return next(
+            (h.name for h in self.hyperparameters if h.feature == feature and h.absent is not None),
+            None,
+        )
 
     def drawn(self, without: frozenset[str]) -> list[Hyperparameter]:
         """The hyperparameters programs pass: all but those declared absent."""
@@ -179,21 +190,28 @@ class OptimizerFamily:
     def dependents(self, name: str) -> tuple[str, ...]:
         """The hyperparameters that need `name`'s feature (dropped with it)."""
         feature = self.hyperparameter(name).feature
-        return tuple(h.name for h in self.hyperparameters
-                     if feature is not None and h.needs == feature)
+        return tuple(
+            h.name for h in self.hyperparameters if feature is not None and h.needs == feature
+        )
 
     def in_play(self, value: Callable[[str], Any], tensor_lr: bool) -> list[str]:
         """The features on in a group (`value(name)`: its value, None where it has none)."""
-        on = {h.feature for h in self.hyperparameters
-              if h.feature is not None and h.is_on(value(h.name))}
+        on = {
+            h.feature
+            for h in self.hyperparameters
+            if h.feature is not None and h.is_on(value(h.name))
+        }
         on -= {h.feature for h in self.hyperparameters if h.needs and h.needs not in on}
         features = [h.feature for h in self.hyperparameters if h.feature in on]
         return [*features, *(["tensor-lr"] if tensor_lr else [])]
 
     def reach_needs(self) -> dict[str, str]:
         """What a run must reach before each feature's verdict means anything."""
-        steps = {h.feature: f"a step with {h.feature}" for h in self.hyperparameters
-                 if h.feature is not None}
+        steps = {
+            h.feature: f"a step with {h.feature}"
+            for h in self.hyperparameters
+            if h.feature is not None
+        }
         return {**steps, "tensor-lr": "a step with a tensor lr", **self.needs, **ACTION_NEEDS}
 
     def correct_optimizers(self) -> tuple[str, ...]:

@@ -23,8 +23,9 @@ class _Backend(Protocol):
 
     F: Any  # the library's functional module, as conformance.models.forward calls it
 
-    def parameter(self, array: np.ndarray,
-                  requires_grad: bool) -> torch.nn.Parameter | RefParameter: ...
+    def parameter(
+        self, array: np.ndarray, requires_grad: bool
+    ) -> torch.nn.Parameter | RefParameter: ...
 
     def tensor(self, array: np.ndarray) -> torch.Tensor | refimpl.Tensor: ...
 
@@ -123,8 +124,9 @@ class Model:
 
     def grads(self) -> dict[str, np.ndarray | None]:
         """Each parameter's .grad as a numpy copy, or None."""
-        return {name: None if p.grad is None else _numpy(p.grad)
-                for name, p in self.parameters.items()}
+        return {
+            name: None if p.grad is None else _numpy(p.grad) for name, p in self.parameters.items()
+        }
 
     def values(self) -> dict[str, np.ndarray]:
         """Each parameter's current value as a numpy copy."""

@@ -22,8 +22,7 @@ def seeded_rng(*words: int) -> np.random.Generator:
     return np.random.default_rng([w % 2**64 for w in words])
 
 
-def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None
-                   ) -> dict[str, np.ndarray]:
+def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None) -> dict[str, np.ndarray]:
     """The initial parameters: normal × 0.5 (× min(1, 2 / sqrt(fan_in)) for Linear and conv
     weights) from (seed, name), sometimes with exact zeros; biases (a graph's "b<i>") all
     zero in a quarter of the draws (a graph's: in half). `seed` defaults to spec.seed."""
@@ -39,8 +38,9 @@ def initial_values(spec: ModelSpec, dtype: str, seed: int | None = None
         draw = rng.random()
         if draw < 0.25:
             values[rng.random(shape) < 0.3] = 0.0
-        elif draw < (0.5 if spec.kind != "graph" else 0.75) and \
-                (name.endswith(".bias") if spec.kind != "graph" else name.startswith("b")):
+        elif draw < (0.5 if spec.kind != "graph" else 0.75) and (
+            name.endswith(".bias") if spec.kind != "graph" else name.startswith("b")
+        ):
             values[...] = 0.0  # zero-initialised, as biases often are
         out[name] = np.array(values, dtype=dtype)
     return out
@@ -89,9 +89,16 @@ def cached_batch(spec: ModelSpec, dtype: str, batch_seed: int) -> dict[str, np.n
         # Each sample's target is drawn from its input's bytes: tied input rows (equal outputs)
         # get tied targets, so their loss gradients add up instead of cancelling exactly.
         target_mode = int(rng.integers(3))
-        rows = [_targets(spec, seeded_rng(spec.seed, batch_seed,
-                                          zlib.crc32((row + 0).tobytes())),
-                         out[1:], target_mode, dtype) for row in x]
+        rows = [
+            _targets(
+                spec,
+                seeded_rng(spec.seed, batch_seed, zlib.crc32((row + 0).tobytes())),
+                out[1:],
+                target_mode,
+                dtype,
+            )
+            for row in x
+        ]
         y = np.stack(rows)
         if spec.loss in ("smooth_l1", "huber") and rng.random() < 0.25:
             y = _on_boundary(spec, dtype, rng, x, y)
@@ -100,8 +107,9 @@ def cached_batch(spec: ModelSpec, dtype: str, batch_seed: int) -> dict[str, np.n
     return {"x": x, "y": y}
 
 
-def _on_boundary(spec: ModelSpec, dtype: str, rng: np.random.Generator, x: np.ndarray,
-                 y: np.ndarray) -> np.ndarray:
+def _on_boundary(
+    spec: ModelSpec, dtype: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray
+) -> np.ndarray:
     """y with one target moved to where the initial model's output (torch's) minus it is
     exactly ±beta (±delta), so the first forward sits on smooth_l1's (huber's) boundary; in
     every row whose input ties with that row's, so that tied rows keep tied targets."""
@@ -119,12 +127,15 @@ def _on_boundary(spec: ModelSpec, dtype: str, rng: np.random.Generator, x: np.nd
     return y
 
 
-def _targets(spec: ModelSpec, rng: np.random.Generator, shape: Shape, mode: int, dtype: str
-             ) -> np.ndarray:
+def _targets(
+    spec: ModelSpec, rng: np.random.Generator, shape: Shape, mode: int, dtype: str
+) -> np.ndarray:
     if spec.loss in CLASS_LOSSES:
         classes = spec.output_shape()[1]
-        return np.array(rng.integers(0, classes, size=shape[:-1] if spec.kind == "graph"
-                                     else ()), dtype=np.int64)
+        return np.array(
+            rng.integers(0, classes, size=shape[:-1] if spec.kind == "graph" else ()),
+            dtype=np.int64,
+        )
     if spec.loss == "bce_with_logits":
         return np.array(rng.integers(0, 2, size=shape), dtype=dtype)
     return np.array(_floats(rng, shape, mode), dtype=dtype)

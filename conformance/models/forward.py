@@ -41,8 +41,9 @@ def _ties(a: np.ndarray, dim: int | None) -> bool:
 def _layer_kinks(spec: ModelSpec, i: int, h: Any, hits: set[str]) -> None:
     """The kinks layer i hits on its input h."""
     op = spec.layers[i].op
-    if op not in ("relu", "leaky_relu", "elu", "max_pool2d") or \
-            (op != "max_pool2d" and not adds_bias(spec, i - 1)):
+    if op not in ("relu", "leaky_relu", "elu", "max_pool2d") or (
+        op != "max_pool2d" and not adds_bias(spec, i - 1)
+    ):
         return
     a = _flowing(h)
     if a is None:
@@ -53,7 +54,7 @@ def _layer_kinks(spec: ModelSpec, i: int, h: Any, hits: set[str]) -> None:
         return
     k = spec.layers[i].kernel
     n, c, rows, cols = a.shape
-    windows = a[:, :, :rows // k * k, :cols // k * k].reshape(n, c, rows // k, k, cols // k, k)
+    windows = a[:, :, : rows // k * k, : cols // k * k].reshape(n, c, rows // k, k, cols // k, k)
     top = windows.max(axis=(3, 5), keepdims=True)
     tied = (windows == top).sum(axis=(3, 5)) > 1
     if i > 0 and spec.layers[i - 1].op == "relu":  # relu's zeros pass no gradient back
@@ -119,8 +120,9 @@ def _activation(F: Any, name: str, h: Any, alpha: float = 1.0) -> Any:
     raise ValueError(f"unknown activation {name!r}")
 
 
-def layers_forward(spec: ModelSpec, F: Any, params: dict[str, Any], h: Any,
-                   hits: set[str] | None = None) -> Any:
+def layers_forward(
+    spec: ModelSpec, F: Any, params: dict[str, Any], h: Any, hits: set[str] | None = None
+) -> Any:
     """The output of a layered model on input h, through functional API `F` (torch's,
     refimpl's or one of conformance.magnitudes'); the kinks its layers hit are added to
     `hits`."""
@@ -150,9 +152,13 @@ def layers_forward(spec: ModelSpec, F: Any, params: dict[str, Any], h: Any,
     return h
 
 
-def graph_forward(spec: ModelSpec, params: dict[str, Any], x: Any,
-                  apply: Callable[[GraphOp, list[Any]], Any] | None = None,
-                  hits: set[str] | None = None) -> Any:
+def graph_forward(
+    spec: ModelSpec,
+    params: dict[str, Any],
+    x: Any,
+    apply: Callable[[GraphOp, list[Any]], Any] | None = None,
+    hits: set[str] | None = None,
+) -> Any:
     """The graph's output; `apply(op, args)` computes each op (default `apply_graph_op`);
     the kinks its ops hit are added to `hits`."""
     values = {"x": x, **params}
@@ -181,7 +187,7 @@ def apply_graph_op(op: GraphOp, args: list[Any]) -> Any:
     if name == "matmul":
         return a @ args[1]
     if name == "pow":
-        return a ** op.exponent
+        return a**op.exponent
     if name in ("tanh", "exp", "sigmoid", "relu", "abs", "clone"):
         return getattr(a, name)()
     if name in ("sqrt", "log"):

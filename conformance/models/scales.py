@@ -50,35 +50,50 @@ def _magnitude_graph_op(op: GraphOp, args: list[Any]) -> Any:
     """Graph op `op` of `args`, its backward replaced by its magnitude rule where it has one."""
     rule = _MAGNITUDE_RULES.get(op.op)
     if rule is not None:
-        return magnitudes.with_rule(lambda *a: apply_graph_op(op, list(a)),
-                                    lambda g, i, y: rule(op, g, i, y), *args)
+        return magnitudes.with_rule(
+            lambda *a: apply_graph_op(op, list(a)), lambda g, i, y: rule(op, g, i, y), *args
+        )
     v = magnitudes.graph_op(op.op, args, op.exponent, op.alpha)
     return apply_graph_op(op, args) if v is None else v
 
 
-def gradient_magnitudes(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-                        batch_seed: int) -> dict[str, np.ndarray]:
+def gradient_magnitudes(
+    spec: ModelSpec, dtype: str, values: dict[str, np.ndarray], batch_seed: int
+) -> dict[str, np.ndarray]:
     """Per parameter, elementwise, the magnitude of the terms its gradient sums (see
     conformance.magnitudes): the backward pass with every term in absolute value, computed
     with torch at parameter `values` on the batch. Unused parameters get zeros."""
-    params = {k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
-              for k, v in values.items()}
+    params = {
+        k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
+        for k, v in values.items()
+    }
     arrays = cached_batch(spec, dtype, batch_seed)
     x = torch.from_numpy(arrays["x"].copy())
     y = torch.from_numpy(arrays["y"].copy())
     with torch.enable_grad():
-        out = (graph_forward(spec, params, x, _magnitude_graph_op) if spec.kind == "graph"
-               else layers_forward(spec, magnitudes.MagnitudeFunctional(), params, x))
+        out = (
+            graph_forward(spec, params, x, _magnitude_graph_op)
+            if spec.kind == "graph"
+            else layers_forward(spec, magnitudes.MagnitudeFunctional(), params, x)
+        )
         if not out.requires_grad:
             return {k: np.zeros_like(v) for k, v in values.items()}
         (standard,) = torch.autograd.grad(apply_loss(spec, TF, out, y), out, retain_graph=True)
-        seed = magnitudes.loss_seed(spec.loss, spec.reduction, out.detach(),
-                                    y.to(out.dtype) if y.is_floating_point() else
-                                    torch.zeros_like(out), standard, spec.loss_param)
-        grads = torch.autograd.grad(out, list(params.values()), grad_outputs=seed,
-                                    allow_unused=True)
-    return {k: np.zeros_like(values[k]) if g is None else g.detach().numpy()
-            for k, g in zip(params, grads, strict=True)}
+        seed = magnitudes.loss_seed(
+            spec.loss,
+            spec.reduction,
+            out.detach(),
+            y.to(out.dtype) if y.is_floating_point() else torch.zeros_like(out),
+            standard,
+            spec.loss_param,
+        )
+        grads = torch.autograd.grad(
+            out, list(params.values()), grad_outputs=seed, allow_unused=True
+        )
+    return {
+        k: np.zeros_like(values[k]) if g is None else g.detach().numpy()
+        for k, g in zip(params, grads, strict=True)
+    }
 
 
 # Forward rounding carried into the gradient ---------------------------------------------------
@@ -104,8 +119,9 @@ def _error_graph_op(errors: magnitudes.ForwardErrors, op: GraphOp, args: list[An
     return errors.graph_op(op.op, args, value, op.dim, op.keepdim, graph_rows(op))
 
 
-def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-                         batch_seed: int) -> dict[str, np.ndarray]:
+def forward_error_bounds(
+    spec: ModelSpec, dtype: str, values: dict[str, np.ndarray], batch_seed: int
+) -> dict[str, np.ndarray]:
     """Per parameter, elementwise, a first-order bound on how far the forward values' rounding
     moves its gradient g between two libraries (see conformance.magnitudes.ForwardErrors):
 
@@ -126,17 +142,22 @@ def forward_error_bounds(spec: ModelSpec, dtype: str, values: dict[str, np.ndarr
         flat = torch.cat([g.reshape(-1) for g in grads])
         if not flat.requires_grad:  # no gradient reads a rounded value (a linear model)
             return bounds
-        rows = torch.autograd.grad(flat, errors.perturbations,
-                                   grad_outputs=torch.eye(flat.numel(), dtype=flat.dtype),
-                                   is_grads_batched=True, allow_unused=True)
+        rows = torch.autograd.grad(
+            flat,
+            errors.perturbations,
+            grad_outputs=torch.eye(flat.numel(), dtype=flat.dtype),
+            is_grads_batched=True,
+            allow_unused=True,
+        )
     total = _reach(errors, rows, flat.numel(), dtype)
     for name, part in zip(names, total.split([g.numel() for g in grads]), strict=True):
         bounds[name] = part.numpy().reshape(bounds[name].shape)
     return bounds
 
 
-def loss_forward_error_bound(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-                             batch_seed: int) -> float:
+def loss_forward_error_bound(
+    spec: ModelSpec, dtype: str, values: dict[str, np.ndarray], batch_seed: int
+) -> float:
     """`forward_error_bounds` for the loss L itself: ε · Σ_i k_i · |∂L/∂v_i| · T_i, how far
     the rounding of the values before the loss moves it (first order; one backward pass). An
     output that cancels (large weights, an output of 2e5 from terms of 1e11) is off by far
@@ -149,29 +170,36 @@ def loss_forward_error_bound(spec: ModelSpec, dtype: str, values: dict[str, np.n
     return float(_reach(errors, [None if r is None else r[None] for r in rows], 1, dtype)[0])
 
 
-def _perturbed_loss(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-                    batch_seed: int) -> tuple[dict[str, torch.Tensor],
-                                              magnitudes.ForwardErrors, torch.Tensor]:
+def _perturbed_loss(
+    spec: ModelSpec, dtype: str, values: dict[str, np.ndarray], batch_seed: int
+) -> tuple[dict[str, torch.Tensor], magnitudes.ForwardErrors, torch.Tensor]:
     """The loss at `values` on the batch, in float64, with a zero perturbation added to every
     rounded forward value (`magnitudes.ForwardErrors`); parameters require grad."""
-    params = {k: torch.from_numpy(np.array(v, dtype=np.float64)).requires_grad_(True)
-              for k, v in values.items()}
+    params = {
+        k: torch.from_numpy(np.array(v, dtype=np.float64)).requires_grad_(True)
+        for k, v in values.items()
+    }
     arrays = cached_batch(spec, dtype, batch_seed)
-    x, y = (torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
-            for a in (arrays["x"], arrays["y"]))
+    x, y = (
+        torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a.copy())
+        for a in (arrays["x"], arrays["y"])
+    )
     errors = magnitudes.ForwardErrors()
-    out = (graph_forward(spec, params, x, lambda op, args: _error_graph_op(errors, op, args))
-           if spec.kind == "graph" else layers_forward(spec, errors, params, x))
+    out = (
+        graph_forward(spec, params, x, lambda op, args: _error_graph_op(errors, op, args))
+        if spec.kind == "graph"
+        else layers_forward(spec, errors, params, x)
+    )
     return params, errors, apply_loss(spec, errors, out, y)
 
 
-def _reach(errors: magnitudes.ForwardErrors, rows: Any, count: int, dtype: str
-           ) -> torch.Tensor:
+def _reach(errors: magnitudes.ForwardErrors, rows: Any, count: int, dtype: str) -> torch.Tensor:
     """ε · Σ_i k_i · |row_i| · T_i for `count` results, given each one's derivative row_i
     with respect to perturbation i (leading dim `count`; None: it does not reach them)."""
     total = torch.zeros(count, dtype=torch.float64)
-    for row, terms, ops, length in zip(rows, errors.terms, errors.rows, errors.lengths,
-                                       strict=True):
+    for row, terms, ops, length in zip(
+        rows, errors.terms, errors.rows, errors.lengths, strict=True
+    ):
         if row is not None:
             longer = 1 + math.log2(max(length, 1))
             k = sum(max(OPS[r].ulp, 1) * (longer if OPS[r].sums else 1) for r in ops)
@@ -192,15 +220,18 @@ def cancelling_op(spec: ModelSpec, trials: int = 2) -> int | None:
     flagged: dict[int, int] = {}
     for trial in range(trials):
         rng = seeded_rng(spec.seed, trial, 0xCA7C)
-        values: dict[str, Any] = {k: torch.from_numpy(v) for k, v in initial_values(
-            spec, "float64", seed=int(rng.integers(2**32))).items()}
+        values: dict[str, Any] = {
+            k: torch.from_numpy(v)
+            for k, v in initial_values(spec, "float64", seed=int(rng.integers(2**32))).items()
+        }
         values["x"] = torch.from_numpy(rng.standard_normal(spec.input_shape))
         for i, op in enumerate(spec.ops):
             v = apply_graph_op(op, [values[a] for a in op.args])
             values[f"v{i}"] = v
             if op.op in ("add", "sub", "sum", "mean", "matmul"):
-                size = max(float(values[a].abs().max()) if values[a].numel() else 0.0
-                           for a in op.args)
+                size = max(
+                    float(values[a].abs().max()) if values[a].numel() else 0.0 for a in op.args
+                )
                 if size > 0 and float(v.abs().max()) <= 1e-10 * size:
                     flagged[i] = flagged.get(i, 0) + 1
     hits = [i for i, count in flagged.items() if count == trials]
@@ -227,16 +258,28 @@ def zero_gradient_parameters(spec: ModelSpec, trials: int = 2) -> frozenset[str]
         arrays = cached_batch(spec, "float32", batch_seed)
         grads = {}
         for dtype in DTYPES:
-            params = {k: torch.from_numpy(v.astype(dtype)).requires_grad_(k in used)
-                      for k, v in values.items()}
-            x, y = (torch.from_numpy(a.astype(dtype) if a.dtype.kind == "f" else a.copy())
-                    for a in (arrays["x"], arrays["y"]))
-            out = (graph_forward(spec, params, x) if spec.kind == "graph"
-                   else layers_forward(spec, TF, params, x))
+            params = {
+                k: torch.from_numpy(v.astype(dtype)).requires_grad_(k in used)
+                for k, v in values.items()
+            }
+            x, y = (
+                torch.from_numpy(a.astype(dtype) if a.dtype.kind == "f" else a.copy())
+                for a in (arrays["x"], arrays["y"])
+            )
+            out = (
+                graph_forward(spec, params, x)
+                if spec.kind == "graph"
+                else layers_forward(spec, TF, params, x)
+            )
             loss = apply_loss(spec, TF, out, y)
             wanted = [k for k in params if k in used]
-            grads[dtype] = dict(zip(wanted, torch.autograd.grad(
-                loss, [params[k] for k in wanted], allow_unused=True), strict=True))
+            grads[dtype] = dict(
+                zip(
+                    wanted,
+                    torch.autograd.grad(loss, [params[k] for k in wanted], allow_unused=True),
+                    strict=True,
+                )
+            )
         terms: dict[str, np.ndarray] | None = None
         for name, g64 in grads["float64"].items():
             g32 = grads["float32"][name]
@@ -259,8 +302,13 @@ def zero_gradient_parameters(spec: ModelSpec, trials: int = 2) -> frozenset[str]
 SCALE_FLOOR = 2.0**-6
 
 
-def gradient_scales(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-                    batch_seed: int, floor: float = SCALE_FLOOR) -> dict[str, float]:
+def gradient_scales(
+    spec: ModelSpec,
+    dtype: str,
+    values: dict[str, np.ndarray],
+    batch_seed: int,
+    floor: float = SCALE_FLOOR,
+) -> dict[str, float]:
     """Per parameter, a magnitude to measure its gradient's error against, at least its terms':
     max |gradient| when the loss's gradient with respect to the output is replaced by its
     absolute value, and at least `floor` times the largest of those over the model. Computed
@@ -273,27 +321,36 @@ def gradient_scales(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
     (`grad_error_ulps(actual, expected, scale)`) bounds the error by what the terms allow.
     A wrong derivative rule still shows: its error is the size of the gradient itself.
     """
-    params = {k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
-              for k, v in values.items()}
+    params = {
+        k: torch.from_numpy(np.array(v, dtype=dtype)).requires_grad_(True)
+        for k, v in values.items()
+    }
     arrays = cached_batch(spec, dtype, batch_seed)
     x = torch.from_numpy(arrays["x"].copy())
     with torch.enable_grad():
-        out = (graph_forward(spec, params, x) if spec.kind == "graph"
-               else layers_forward(spec, TF, params, x))
+        out = (
+            graph_forward(spec, params, x)
+            if spec.kind == "graph"
+            else layers_forward(spec, TF, params, x)
+        )
         if not out.requires_grad:
             return dict.fromkeys(params, 0.0)
         loss = apply_loss(spec, TF, out, torch.from_numpy(arrays["y"].copy()))
         (seed,) = torch.autograd.grad(loss, out, retain_graph=True)
-        grads = torch.autograd.grad(out, list(params.values()), grad_outputs=seed.abs(),
-                                    allow_unused=True)
-    terms = {k: 0.0 if g is None or not g.numel() else float(g.abs().max())
-             for k, g in zip(params, grads, strict=True)}
+        grads = torch.autograd.grad(
+            out, list(params.values()), grad_outputs=seed.abs(), allow_unused=True
+        )
+    terms = {
+        k: 0.0 if g is None or not g.numel() else float(g.abs().max())
+        for k, g in zip(params, grads, strict=True)
+    }
     least = floor * max(terms.values(), default=0.0)
     return {k: max(v, least) if k in spec.used_parameters() else 0.0 for k, v in terms.items()}
 
 
-def loss_scale(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
-               batch_seed: int) -> float:
+def loss_scale(
+    spec: ModelSpec, dtype: str, values: dict[str, np.ndarray], batch_seed: int
+) -> float:
     """A magnitude to measure the loss's error against (`reduction_budget(..., scale=)`):
     max(|loss|, sum |d loss / d output * output|), the first-order effect of relative errors
     in the outputs. The second term matters where the loss is much smaller than that: mse with
@@ -304,8 +361,11 @@ def loss_scale(spec: ModelSpec, dtype: str, values: dict[str, np.ndarray],
     x = torch.from_numpy(arrays["x"].copy())
     with torch.enable_grad():
         with torch.no_grad():
-            out = (graph_forward(spec, params, x) if spec.kind == "graph"
-                   else layers_forward(spec, TF, params, x))
+            out = (
+                graph_forward(spec, params, x)
+                if spec.kind == "graph"
+                else layers_forward(spec, TF, params, x)
+            )
         out.requires_grad_(True)
         loss = apply_loss(spec, TF, out, torch.from_numpy(arrays["y"].copy()))
         (grad,) = torch.autograd.grad(loss, out)

@@ -26,10 +26,28 @@ L1_LIKE = ("l1", "smooth_l1", "huber")
 # relu as well, where their signs agree) has an exactly zero gradient there, again noise.
 GRAPH_LOSSES = ("mse", "bce_with_logits", "sum")
 REDUCTIONS = ("mean", "sum")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "gelu_tanh", "elu", "silu",
-               "softplus")
-LAYER_OPS = ("linear", "conv1d", "conv2d", "embedding", "layer_norm", "flatten", "max_pool2d",
-             "avg_pool2d", *ACTIVATIONS)
+ACTIVATIONS = (
+    "relu",
+    "leaky_relu",
+    "tanh",
+    "sigmoid",
+    "gelu",
+    "gelu_tanh",
+    "elu",
+    "silu",
+    "softplus",
+)
+LAYER_OPS = (
+    "linear",
+    "conv1d",
+    "conv2d",
+    "embedding",
+    "layer_norm",
+    "flatten",
+    "max_pool2d",
+    "avg_pool2d",
+    *ACTIVATIONS,
+)
 # sqrt, log, reciprocal: of a * a + 1 (as div divides by b * b + 1), defined and tame anywhere
 SMOOTH_OPS = ("tanh", "exp", "sigmoid", "pow", "neg", "sqrt", "log", "reciprocal")
 KINKED_OPS = ("relu", "abs", "leaky_relu", "elu", "clamp")  # see KINKS
@@ -41,14 +59,25 @@ REDUCTION_OPS = ("sum", "mean", "amax", "max")  # max: over all (row "max") or a
 # float64 and back (a no-op in float64 models); cat((a, b)) and stack((a, b)) along dim 0
 SHAPE_OPS = ("transpose", "getitem", "index", "expand", "clone", "cast")
 JOIN_OPS = ("cat", "stack")
-GRAPH_OPS = (*BINARY_OPS, "matmul", *UNARY_OPS, *SOFTMAX_OPS, *REDUCTION_OPS, *SHAPE_OPS,
-             *JOIN_OPS)
+GRAPH_OPS = (*BINARY_OPS, "matmul", *UNARY_OPS, *SOFTMAX_OPS, *REDUCTION_OPS, *SHAPE_OPS, *JOIN_OPS)
 # Where a derivative rule has a branch that differs between its two sides (or among tied
 # inputs), named "<op>@<point>" or "<op>:tie": what `kinks_of` says a model can hit and
 # `Model.kinks` counts. smooth_l1 and huber are C¹ at their boundary (both sides agree there),
 # but a rule with the wrong boundary still shows only there.
-KINKS = ("relu@0", "leaky_relu@0", "elu@0", "abs@0", "clamp@min", "clamp@max", "amax:tie",
-         "max:tie", "max_dim:tie", "max_pool2d:tie", "smooth_l1@beta", "huber@delta")
+KINKS = (
+    "relu@0",
+    "leaky_relu@0",
+    "elu@0",
+    "abs@0",
+    "clamp@min",
+    "clamp@max",
+    "amax:tie",
+    "max:tie",
+    "max_dim:tie",
+    "max_pool2d:tie",
+    "smooth_l1@beta",
+    "huber@delta",
+)
 # Every op refimpl implements, by its name there: the rows of refimpl.ops.OPS and the two
 # composites of refimpl.functional (what `ops_of` returns is a subset).
 ALL_OPS = (*OPS, "l1_loss", "cross_entropy")
@@ -161,15 +190,30 @@ class ModelSpec:
             "loss": self.loss,
             "seed": self.seed,
             "layers": [
-                {"op": x.op, "out": x.out, "kernel": x.kernel, "stride": x.stride,
-                 "padding": x.padding, "bias": x.bias, "padding_idx": x.padding_idx,
-                 "alpha": x.alpha}
+                {
+                    "op": x.op,
+                    "out": x.out,
+                    "kernel": x.kernel,
+                    "stride": x.stride,
+                    "padding": x.padding,
+                    "bias": x.bias,
+                    "padding_idx": x.padding_idx,
+                    "alpha": x.alpha,
+                }
                 for x in self.layers
             ],
             "params": [{"name": p.name, "shape": list(p.shape)} for p in self.params],
             "ops": [
-                {"op": o.op, "args": list(o.args), "dim": o.dim, "keepdim": o.keepdim,
-                 "exponent": o.exponent, "alpha": o.alpha, "low": o.low, "high": o.high}
+                {
+                    "op": o.op,
+                    "args": list(o.args),
+                    "dim": o.dim,
+                    "keepdim": o.keepdim,
+                    "exponent": o.exponent,
+                    "alpha": o.alpha,
+                    "low": o.low,
+                    "high": o.high,
+                }
                 for o in self.ops
             ],
             "vocab": self.vocab,
@@ -186,19 +230,32 @@ class ModelSpec:
             loss=str(data["loss"]),
             seed=int(data["seed"]),
             layers=tuple(
-                Layer(op=x["op"], out=int(x.get("out", 0)), kernel=int(x.get("kernel", 1)),
-                      stride=int(x.get("stride", 1)), padding=int(x.get("padding", 0)),
-                      bias=bool(x.get("bias", True)), padding_idx=x.get("padding_idx"),
-                      alpha=float(x.get("alpha", 1.0)))
+                Layer(
+                    op=x["op"],
+                    out=int(x.get("out", 0)),
+                    kernel=int(x.get("kernel", 1)),
+                    stride=int(x.get("stride", 1)),
+                    padding=int(x.get("padding", 0)),
+                    bias=bool(x.get("bias", True)),
+                    padding_idx=x.get("padding_idx"),
+                    alpha=float(x.get("alpha", 1.0)),
+                )
                 for x in data.get("layers", ())
             ),
-            params=tuple(Param(p["name"], tuple(int(n) for n in p["shape"]))
-                         for p in data.get("params", ())),
+            params=tuple(
+                Param(p["name"], tuple(int(n) for n in p["shape"])) for p in data.get("params", ())
+            ),
             ops=tuple(
-                GraphOp(op=o["op"], args=tuple(o["args"]), dim=o.get("dim"),
-                        keepdim=bool(o.get("keepdim", False)), exponent=int(o.get("exponent", 2)),
-                        alpha=float(o.get("alpha", 1.0)), low=_float_or_none(o.get("low")),
-                        high=_float_or_none(o.get("high")))
+                GraphOp(
+                    op=o["op"],
+                    args=tuple(o["args"]),
+                    dim=o.get("dim"),
+                    keepdim=bool(o.get("keepdim", False)),
+                    exponent=int(o.get("exponent", 2)),
+                    alpha=float(o.get("alpha", 1.0)),
+                    low=_float_or_none(o.get("low")),
+                    high=_float_or_none(o.get("high")),
+                )
                 for o in data.get("ops", ())
             ),
             vocab=int(data.get("vocab", 0)),
@@ -265,8 +322,10 @@ class ModelSpec:
         else:
             body = " > ".join(_layer_text(x) for x in self.layers)
         frozen = f", frozen={list(self.frozen)}" if self.frozen else ""
-        return (f"{self.kind} x{list(self.input_shape)}: {body} | {self.loss}/{self.reduction}"
-                f"({self.loss_param:g}) seed={self.seed}{frozen}")
+        return (
+            f"{self.kind} x{list(self.input_shape)}: {body} | {self.loss}/{self.reduction}"
+            f"({self.loss_param:g}) seed={self.seed}{frozen}"
+        )
 
 
 GRAD_BUDGET_SCALE = {"float32": 32.0, "float64": 256.0}
@@ -274,8 +333,11 @@ GRAD_BUDGET_CAP = {"float32": 2.0**12, "float64": 2.0**17}
 
 
 def _op_text(o: GraphOp) -> str:
-    extra = {"pow": f", {o.exponent}", "elu": f", alpha={o.alpha:g}",
-             "clamp": f", {o.low}, {o.high}"}.get(o.op, "")
+    extra = {
+        "pow": f", {o.exponent}",
+        "elu": f", alpha={o.alpha:g}",
+        "clamp": f", {o.low}, {o.high}",
+    }.get(o.op, "")
     if o.op in REDUCTION_OPS:
         extra = f", dim={o.dim}, keepdim={o.keepdim}"
     elif o.op in SOFTMAX_OPS:
@@ -292,8 +354,10 @@ def _layer_text(layer: Layer) -> str:
         extra = "" if layer.padding_idx is None else f", pad={layer.padding_idx}"
         return f"{layer.op}({layer.out}{'' if layer.bias else ', nobias'}{extra})"
     if layer.op in ("conv1d", "conv2d"):
-        return (f"{layer.op}({layer.out}, k={layer.kernel}, s={layer.stride}, p={layer.padding}"
-                f"{'' if layer.bias else ', nobias'})")
+        return (
+            f"{layer.op}({layer.out}, k={layer.kernel}, s={layer.stride}, p={layer.padding}"
+            f"{'' if layer.bias else ', nobias'})"
+        )
     if layer.op in ("max_pool2d", "avg_pool2d"):
         return f"{layer.op}({layer.kernel})"
     return f"elu({layer.alpha:g})" if layer.op == "elu" else layer.op
@@ -325,8 +389,10 @@ def _analysis(spec: ModelSpec) -> _Analysis:
     _check(spec.kind in KINDS, f"kind must be one of {KINDS}, got {spec.kind!r}")
     _check(spec.loss in LOSSES, f"loss must be one of {LOSSES}, got {spec.loss!r}")
     _check(spec.reduction in REDUCTIONS, f"reduction must be one of {REDUCTIONS}")
-    _check(all(isinstance(n, int) and n >= 1 for n in spec.input_shape)
-           and len(spec.input_shape) >= 1, f"bad input_shape {spec.input_shape}")
+    _check(
+        all(isinstance(n, int) and n >= 1 for n in spec.input_shape) and len(spec.input_shape) >= 1,
+        f"bad input_shape {spec.input_shape}",
+    )
     _check(isinstance(spec.seed, int) and spec.seed >= 0, "seed must be a non-negative int")
     if spec.kind == "graph":
         _check(spec.loss in GRAPH_LOSSES, f"graph models take a loss in {GRAPH_LOSSES}")
@@ -334,15 +400,18 @@ def _analysis(spec: ModelSpec) -> _Analysis:
     else:
         shapes, out, names, longest = _analyse_layers(spec)
         used = frozenset(shapes)
-    _check(len(set(spec.frozen)) == len(spec.frozen)
-           and all(name in shapes for name in spec.frozen),
-           f"frozen {spec.frozen} must name distinct parameters of {list(shapes)}")
+    _check(
+        len(set(spec.frozen)) == len(spec.frozen) and all(name in shapes for name in spec.frozen),
+        f"frozen {spec.frozen} must name distinct parameters of {list(shapes)}",
+    )
     names = list(names)
     n = spec.input_shape[0]
     loss = spec.loss
     if loss in CLASS_LOSSES:
-        _check(len(out) == 2 and out[0] == n and out[1] >= 2,
-               f"{loss} needs an (N, C >= 2) output, got {out}")
+        _check(
+            len(out) == 2 and out[0] == n and out[1] >= 2,
+            f"{loss} needs an (N, C >= 2) output, got {out}",
+        )
         names += ["log_softmax", "nll_loss"]
         if loss == "cross_entropy" and spec.loss_param > 0:
             _check(spec.loss_param <= 1, "label smoothing must lie in [0, 1]")
@@ -380,8 +449,10 @@ def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str]
     expected_rank = {"mlp": 2, "conv1d": 3, "conv2d": 4, "embedding": 2}[spec.kind]
     _check(len(shape) == expected_rank, f"{spec.kind} input must have {expected_rank} dims")
     if spec.kind == "embedding":
-        _check(spec.vocab >= 1 and spec.layers[0].op == "embedding",
-               "an embedding model starts with an embedding layer and has a vocab")
+        _check(
+            spec.vocab >= 1 and spec.layers[0].op == "embedding",
+            "an embedding model starts with an embedding layer and has a vocab",
+        )
     for i, layer in enumerate(spec.layers):
         op = layer.op
         _check(op in LAYER_OPS, f"unknown layer {op!r}")
@@ -397,10 +468,15 @@ def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str]
             names.append("linear")
         elif op in ("conv1d", "conv2d"):
             dims = 1 if op == "conv1d" else 2
-            _check(len(shape) == 2 + dims and layer.out >= 1 and layer.kernel >= 1
-                   and layer.stride >= 1 and layer.padding >= 0, f"bad {op} on {shape}")
-            sizes = tuple(conv_out(s, layer.kernel, layer.stride, layer.padding)
-                          for s in shape[2:])
+            _check(
+                len(shape) == 2 + dims
+                and layer.out >= 1
+                and layer.kernel >= 1
+                and layer.stride >= 1
+                and layer.padding >= 0,
+                f"bad {op} on {shape}",
+            )
+            sizes = tuple(conv_out(s, layer.kernel, layer.stride, layer.padding) for s in shape[2:])
             _check(min(sizes) >= 1, f"{op} output too small for input {shape}")
             shapes[f"{i}.weight"] = (layer.out, shape[1], *(layer.kernel,) * dims)
             if layer.bias:
@@ -410,8 +486,10 @@ def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str]
             names.append("convolution")
         elif op == "embedding":
             _check(len(shape) == 2 and layer.out >= 1, "embedding takes (N, L) indices")
-            _check(layer.padding_idx is None or 0 <= layer.padding_idx < spec.vocab,
-                   "padding_idx must lie in [0, vocab)")
+            _check(
+                layer.padding_idx is None or 0 <= layer.padding_idx < spec.vocab,
+                "padding_idx must lie in [0, vocab)",
+            )
             shapes[f"{i}.weight"] = (spec.vocab, layer.out)
             longest = max(longest, math.prod(shape))
             shape = (*shape, layer.out)
@@ -432,8 +510,10 @@ def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str]
             shape = (n, math.prod(shape[1:]))
             names.append("reshape")
         elif op in ("max_pool2d", "avg_pool2d"):
-            _check(len(shape) == 4 and layer.kernel >= 1 and min(shape[2:]) >= layer.kernel,
-                   f"{op} needs (N, C, H, W) input at least {layer.kernel} wide")
+            _check(
+                len(shape) == 4 and layer.kernel >= 1 and min(shape[2:]) >= layer.kernel,
+                f"{op} needs (N, C, H, W) input at least {layer.kernel} wide",
+            )
             shape = (*shape[:2], *(s // layer.kernel for s in shape[2:]))
             longest = max(longest, layer.kernel**2)
             names.append(op)
@@ -446,9 +526,13 @@ def _analyse_layers(spec: ModelSpec) -> tuple[dict[str, Shape], Shape, list[str]
 
 # The OPS rows of a graph op, where they are not just the op's own name.
 _GRAPH_OP_ROWS: dict[str, tuple[str, ...]] = {
-    "div": ("mul", "add", "div"), "sqrt": ("mul", "add", "sqrt"), "log": ("mul", "add", "log"),
+    "div": ("mul", "add", "div"),
+    "sqrt": ("mul", "add", "sqrt"),
+    "log": ("mul", "add", "log"),
     "reciprocal": ("mul", "add", "reciprocal", "mul"),  # 1 / t is t.reciprocal() * 1
-    "transpose": ("permute",), "getitem": ("getitem",), "cast": ("to_dtype", "to_dtype"),
+    "transpose": ("permute",),
+    "getitem": ("getitem",),
+    "cast": ("to_dtype", "to_dtype"),
 }
 
 
@@ -476,21 +560,27 @@ def graph_op_shape(op: GraphOp, shapes: list[Shape]) -> Shape:
             raise ValueError(f"{name}: shapes {shapes} do not broadcast") from None
     if name == "matmul":
         a, b = shapes
-        _check(len(a) in (1, 2) and len(b) in (1, 2) and a[-1] == b[0],
-               f"matmul: shapes {a} and {b} do not multiply")
+        _check(
+            len(a) in (1, 2) and len(b) in (1, 2) and a[-1] == b[0],
+            f"matmul: shapes {a} and {b} do not multiply",
+        )
         return a[:-1] + b[1:]
     if name in JOIN_OPS:
         a, b = shapes
-        _check(len(a) >= 1 and (a == b if name == "stack" else a[1:] == b[1:]),
-               f"{name}: shapes {a} and {b} do not join along dim 0")
+        _check(
+            len(a) >= 1 and (a == b if name == "stack" else a[1:] == b[1:]),
+            f"{name}: shapes {a} and {b} do not join along dim 0",
+        )
         return (2, *a) if name == "stack" else (a[0] + b[0], *a[1:])
     (a,) = shapes
     if name == "pow":
         _check(op.exponent in (2, 3), "pow's exponent must be 2 or 3")
     if name == "clamp":
-        _check((op.low, op.high) != (None, None)
-               and (op.low is None or op.high is None or op.low <= op.high),
-               f"clamp needs low <= high, at least one given: {op.low}, {op.high}")
+        _check(
+            (op.low, op.high) != (None, None)
+            and (op.low is None or op.high is None or op.low <= op.high),
+            f"clamp needs low <= high, at least one given: {op.low}, {op.high}",
+        )
     if name in SOFTMAX_OPS:
         _check(op.dim is not None and -len(a) <= op.dim < len(a), f"{name}: bad dim {op.dim}")
     if name == "transpose":
@@ -510,18 +600,21 @@ def graph_op_shape(op: GraphOp, shapes: list[Shape]) -> Shape:
             return (1,) * len(a) if op.keepdim else ()
         _check(-len(a) <= op.dim < len(a), f"{name}: dim {op.dim} out of range for {a}")
         d = op.dim % len(a)
-        return a[:d] + ((1,) if op.keepdim else ()) + a[d + 1:]
+        return a[:d] + ((1,) if op.keepdim else ()) + a[d + 1 :]
     return a
 
 
-def _analyse_graph(spec: ModelSpec
-                   ) -> tuple[dict[str, Shape], Shape, frozenset[str], list[str], int]:
+def _analyse_graph(
+    spec: ModelSpec,
+) -> tuple[dict[str, Shape], Shape, frozenset[str], list[str], int]:
     _check(not spec.layers, "graph models have no layers")
     _check(len(spec.ops) >= 1, "a graph model needs at least one op")
     shapes: dict[str, Shape] = {}
     for p in spec.params:
-        _check(p.name not in shapes and p.name != "x" and not p.name.startswith("v"),
-               f"bad or duplicate parameter name {p.name!r}")
+        _check(
+            p.name not in shapes and p.name != "x" and not p.name.startswith("v"),
+            f"bad or duplicate parameter name {p.name!r}",
+        )
         _check(all(isinstance(s, int) and s >= 1 for s in p.shape), f"bad shape {p.shape}")
         shapes[p.name] = p.shape
     values: dict[str, Shape] = {"x": spec.input_shape, **shapes}
@@ -578,11 +671,13 @@ def kinks_of(spec: ModelSpec) -> frozenset[str]:
             if op.op in ("relu", "abs", "leaky_relu", "elu"):
                 found.add(f"{op.op}@0")
             elif op.op == "clamp":
-                found |= {k for k, b in (("clamp@min", op.low), ("clamp@max", op.high))
-                          if b is not None}
+                found |= {
+                    k for k, b in (("clamp@min", op.low), ("clamp@max", op.high)) if b is not None
+                }
             elif op.op in ("amax", "max"):
-                found.add("max_dim:tie" if op.op == "max" and op.dim is not None
-                          else f"{op.op}:tie")
+                found.add(
+                    "max_dim:tie" if op.op == "max" and op.dim is not None else f"{op.op}:tie"
+                )
     for i, layer in enumerate(spec.layers):
         if layer.op in ("relu", "leaky_relu", "elu") and adds_bias(spec, i - 1):
             found.add(f"{layer.op}@0")
@@ -610,5 +705,4 @@ def adds_bias(spec: ModelSpec, i: int) -> bool:
     """Whether layer i adds a bias (or is an embedding): a zero it outputs has a parameter
     of its own, whose gradient is the next activation's derivative there. (Without one, the
     zero of an all-zero sample or of a relu's zeros passes nothing back.)"""
-    return i >= 0 and (spec.layers[i].op == "embedding" or
-                       f"{i}.bias" in spec.parameter_shapes())
+    return i >= 0 and (spec.layers[i].op == "embedding" or f"{i}.bias" in spec.parameter_shapes())

@@ -54,8 +54,11 @@ TARGETS = (
     Target("optimi AdamW", "optimi_adam:OptimiAdamW", "adamw"),
     Target("transformers AdamW", "transformers_adamw:TransformersAdamW", "adamw"),
     Target("torch-optimizer Lamb(adam)", "torch_optimizer_lamb:TorchOptimizerLambAsAdam", "adam"),
-    Target("pytorch-optimizer FlashAdamW", "pytorch_optimizer_flash_adamw:"
-           "PytorchOptimizerFlashAdamW", "adamw"),
+    Target(
+        "pytorch-optimizer FlashAdamW",
+        "pytorch_optimizer_flash_adamw:PytorchOptimizerFlashAdamW",
+        "adamw",
+    ),
 )
 STATE = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
@@ -82,8 +85,10 @@ def configurations(cls: type) -> dict[str, dict[str, Any]]:
         configs["foreach=False"] = {"weight_decay": WEIGHT_DECAY, "foreach": False}
         configs["foreach=True"] = {"weight_decay": WEIGHT_DECAY, "foreach": True}
     configs["tensor lr"] = {"weight_decay": 0.0, "lr": "tensor"}
-    return {name: {k: v for k, v in kw.items() if k in named or k == "lr"}
-            for name, kw in configs.items()}
+    return {
+        name: {k: v for k, v in kw.items() if k in named or k == "lr"}
+        for name, kw in configs.items()
+    }
 
 
 def ordered(a: np.ndarray) -> np.ndarray:
@@ -137,8 +142,9 @@ class Compared:
         return "bitwise" if self.bitwise else f"{self.ulp:,} ULP ({self.abs:.1e})"
 
 
-def run(target: Target, cls: type, config: dict[str, Any], dtype: torch.dtype, steps: int,
-        size: int) -> str:
+def run(
+    target: Target, cls: type, config: dict[str, Any], dtype: torch.dtype, steps: int, size: int
+) -> str:
     g = torch.Generator().manual_seed(0)
     start = torch.randn(size, generator=g, dtype=torch.float64).to(dtype)
     grads = [torch.randn(size, generator=g, dtype=torch.float64).to(dtype) for _ in range(steps)]
@@ -169,9 +175,12 @@ def run(target: Target, cls: type, config: dict[str, Any], dtype: torch.dtype, s
             if key in ref.state[theirs]:
                 states[key].add(ref.state[theirs][key], opt.state[ours].get(key))
     step = opt.state[ours].get("step", "missing")
-    cells = [param.cell(), *(states[k].cell() if k in ref.state[theirs] else "—" for k in STATE),
-             value(step) if step != "missing" else "missing",
-             "changed" if grad_written else "kept"]
+    cells = [
+        param.cell(),
+        *(states[k].cell() if k in ref.state[theirs] else "—" for k in STATE),
+        value(step) if step != "missing" else "missing",
+        "changed" if grad_written else "kept",
+    ]
     return " | ".join(cells)
 
 
@@ -191,33 +200,52 @@ def probes(target: Target, cls: type) -> list[tuple[str, str, str]]:
     p = lambda: [torch.zeros(3, requires_grad=True)]
     rows = []
     constructions: list[tuple[str, dict[str, Any]]] = [
-        ("lr=0", {"lr": 0.0}), ("lr=-1", {"lr": -1.0}), ("betas=(1.0, 0.999)",
-                                                         {"betas": (1.0, 0.999)}),
-        ("betas=(0.9, 1.0)", {"betas": (0.9, 1.0)}), ("eps=-1", {"eps": -1.0}),
+        ("lr=0", {"lr": 0.0}),
+        ("lr=-1", {"lr": -1.0}),
+        ("betas=(1.0, 0.999)", {"betas": (1.0, 0.999)}),
+        ("betas=(0.9, 1.0)", {"betas": (0.9, 1.0)}),
+        ("eps=-1", {"eps": -1.0}),
         ("2-element tensor lr", {"lr": torch.tensor([0.1, 0.2])}),
     ]
     if "weight_decay" in named:
         constructions.append(("weight_decay=-1", {"weight_decay": -1.0}))
     for name, kw in constructions:
-        rows.append((f"construct {name}", attempt(lambda kw=kw: ref_cls(p(), **kw)),
-                     attempt(lambda kw=kw: cls(p(), **kw))))
+        rows.append(
+            (
+                f"construct {name}",
+                attempt(lambda kw=kw: ref_cls(p(), **kw)),
+                attempt(lambda kw=kw: cls(p(), **kw)),
+            )
+        )
 
     with quiet():
         ours, theirs = torch.randn(4).requires_grad_(), torch.randn(4).requires_grad_()
         opt, ref = cls([ours]), ref_cls([theirs], foreach=False)
     ref_keys, our_keys = set(ref.param_groups[0]), set(opt.param_groups[0])
-    rows.append(("group keys torch has, the adapter not", "", ", ".join(
-        sorted(ref_keys - our_keys)) or "none"))
-    rows.append(("group keys the adapter adds", "", ", ".join(sorted(our_keys - ref_keys))
-                 or "none"))
+    rows.append(
+        (
+            "group keys torch has, the adapter not",
+            "",
+            ", ".join(sorted(ref_keys - our_keys)) or "none",
+        )
+    )
+    rows.append(
+        ("group keys the adapter adds", "", ", ".join(sorted(our_keys - ref_keys)) or "none")
+    )
     for x, o in ((ours, opt), (theirs, ref)):
         x.grad = torch.ones(4)
         with quiet():
             o.step()
-    rows.append(("state keys after a step", ", ".join(ref.state[theirs]),
-                 ", ".join(opt.state[ours])))
-    rows.append(("group keys after a step, new", "", ", ".join(
-        sorted(set(opt.param_groups[0]) - our_keys)) or "none"))
+    rows.append(
+        ("state keys after a step", ", ".join(ref.state[theirs]), ", ".join(opt.state[ours]))
+    )
+    rows.append(
+        (
+            "group keys after a step, new",
+            "",
+            ", ".join(sorted(set(opt.param_groups[0]) - our_keys)) or "none",
+        )
+    )
 
     def closure_step(o: torch.optim.Optimizer, x: torch.Tensor) -> None:
         def closure() -> torch.Tensor:
@@ -225,11 +253,16 @@ def probes(target: Target, cls: type) -> list[tuple[str, str, str]]:
             loss = (x * x).sum()
             loss.backward()
             return loss
+
         o.step(closure)
 
-    rows.append(("step(closure) with backward inside",
-                 attempt(lambda: closure_step(ref, theirs)),
-                 attempt(lambda: closure_step(opt, ours))))
+    rows.append(
+        (
+            "step(closure) with backward inside",
+            attempt(lambda: closure_step(ref, theirs)),
+            attempt(lambda: closure_step(opt, ours)),
+        )
+    )
 
     def into_adapter() -> None:
         x = torch.randn(4).requires_grad_()
@@ -263,8 +296,9 @@ def probes(target: Target, cls: type) -> list[tuple[str, str, str]]:
             a.step()
             b.step()
         if not torch.equal(x, y):
-            raise AssertionError(f"after the round trip the next step differs by "
-                                 f"{float((x - y).abs().max()):.1e}")
+            raise AssertionError(
+                f"after the round trip the next step differs by {float((x - y).abs().max()):.1e}"
+            )
 
     def late_parameter() -> str:
         """A parameter without a gradient at step 1, stepped from step 2: its first update
@@ -283,13 +317,13 @@ def probes(target: Target, cls: type) -> list[tuple[str, str, str]]:
                 o.step()
             r.step()
         late = float((torchs[1] - mine[1]).detach().abs().max())
-        return f"{ulp(torchs[1].detach(), mine[1].detach()):,} ULP ({late:.1e}; first " \
-               f"parameter: {ulp(torchs[0].detach(), mine[0].detach()):,} ULP)"
+        return (
+            f"{ulp(torchs[1].detach(), mine[1].detach()):,} ULP ({late:.1e}; first "
+            f"parameter: {ulp(torchs[0].detach(), mine[0].detach()):,} ULP)"
+        )
 
-    rows.append(("a parameter first stepped at step 2: its param vs torch's", "",
-                 late_parameter()))
-    rows.append(("own state dict round trip, then step() as without", "",
-                 attempt(round_trip)))
+    rows.append(("a parameter first stepped at step 2: its param vs torch's", "", late_parameter()))
+    rows.append(("own state dict round trip, then step() as without", "", attempt(round_trip)))
     rows.append(("torch's state dict loaded, then step()", "", attempt(into_adapter)))
     rows.append(("its state dict loaded into torch, then step()", attempt(into_torch), ""))
     return rows
@@ -299,13 +333,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="adam_direct_check", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--size", type=int, default=1000)
-    parser.add_argument("--only", action="append", metavar="NAME",
-                        help="a substring of an adapter's name; repeatable")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="NAME",
+        help="a substring of an adapter's name; repeatable",
+    )
     parser.add_argument("--no-probes", action="store_true")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(f"torch {torch.__version__}; {args.steps} steps, {args.size} elements, lr {LR}, "
-          f"weight_decay {WEIGHT_DECAY} where on; reference: torch.optim.Adam/AdamW, "
-          "foreach=False\n")
+    print(
+        f"torch {torch.__version__}; {args.steps} steps, {args.size} elements, lr {LR}, "
+        f"weight_decay {WEIGHT_DECAY} where on; reference: torch.optim.Adam/AdamW, "
+        "foreach=False\n"
+    )
     for target in TARGETS:
         if args.only and not any(o.lower() in target.name.lower() for o in args.only):
             continue
@@ -315,8 +355,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"## {target.name}\n\nnot loaded: {type(error).__name__}: {error}\n")
             continue
         print(f"## {target.name} ({target.family})\n")
-        print("| configuration | dtype | param | " + " | ".join(STATE) +
-              " | its step | p.grad |")
+        print("| configuration | dtype | param | " + " | ".join(STATE) + " | its step | p.grad |")
         print("| --- " * (5 + len(STATE)) + "|")
         for name, config in configurations(cls).items():
             for dtype in (torch.float32, torch.float64):

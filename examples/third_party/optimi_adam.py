@@ -31,12 +31,28 @@ class OptimiAdam(Adam):
     passed: optimi's own are (0.9, 0.99) and 1e-6.
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0, *, foreach: bool | None = None) -> None:
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps,
-                         decouple_wd=False, decouple_lr=False, kahan_sum=False,
-                         foreach=foreach, triton=False)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            eps=eps,
+            decouple_wd=False,
+            decouple_lr=False,
+            kahan_sum=False,
+            foreach=foreach,
+            triton=False,
+        )
 
 
 class OptimiAdamW(AdamW):
@@ -46,8 +62,24 @@ class OptimiAdamW(AdamW):
     `fused`, and `foreach` (see OptimiAdam).
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, foreach: bool | None = None) -> None:
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay, eps=eps,
-                         decouple_lr=False, kahan_sum=False, foreach=foreach, triton=False)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            eps=eps,
+            decouple_lr=False,
+            kahan_sum=False,
+            foreach=foreach,
+            triton=False,
+        )

@@ -30,9 +30,24 @@ class PytorchOptimizerFlashAdamW(FlashAdamW):
     implements for float32 parameters (`_step_foreach`; `None` uses it on the CPU too).
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 1e-2, *, foreach: bool | None = None) -> None:
-        super().__init__(params, lr=lr, betas=betas, weight_decay=weight_decay,
-                         decouple_lr=False, quantize=False, master_weight_bits=None,
-                         eps=eps, foreach=foreach)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            decouple_lr=False,
+            quantize=False,
+            master_weight_bits=None,
+            eps=eps,
+            foreach=foreach,
+        )

@@ -24,9 +24,24 @@ class PytorchOptimizerSGDW(SGDW):
     has it, is ignored.
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
-                 dampening: float = 0, weight_decay: float = 0, nesterov: bool = False, *,
-                 foreach: bool | None = None) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                         weight_decouple=False, dampening=dampening, nesterov=nesterov,
-                         foreach=foreach)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            weight_decouple=False,
+            dampening=dampening,
+            nesterov=nesterov,
+            foreach=foreach,
+        )

@@ -37,11 +37,16 @@ class QHMAsSGD(QHM):
     α, and the buffer is (1 − β) times SGD's.
     """
 
-    def __init__(self, params: Any, lr: float = 1e-3, momentum: float = 0,
-                 *, weight_decay: float = 0) -> None:
+    def __init__(
+        self, params: Any, lr: float = 1e-3, momentum: float = 0, *, weight_decay: float = 0
+    ) -> None:
         self._sgd_defaults = {"lr": lr, "momentum": momentum}
-        super().__init__(params, weight_decay=weight_decay, weight_decay_type="grad",
-                         **qhm_hyperparameters(lr, momentum))
+        super().__init__(
+            params,
+            weight_decay=weight_decay,
+            weight_decay_type="grad",
+            **qhm_hyperparameters(lr, momentum),
+        )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Maps a group's own SGD lr or momentum (the constructor's groups come through here)."""

@@ -53,9 +53,24 @@ class TimmSGDW(_load_sgdw()):  # type: ignore[misc]
     that a positional call written for SGD's signature cannot bind `weight_decay` to it.
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
-                 dampening: float = 0, *, nesterov: bool = False, maximize: bool = False,
-                 foreach: bool | None = None) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=0.0, nesterov=nesterov, maximize=maximize,
-                         foreach=foreach)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        *,
+        nesterov: bool = False,
+        maximize: bool = False,
+        foreach: bool | None = None,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=0.0,
+            nesterov=nesterov,
+            maximize=maximize,
+            foreach=foreach,
+        )

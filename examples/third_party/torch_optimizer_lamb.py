@@ -28,7 +28,13 @@ class TorchOptimizerLambAsAdam(Lamb):
     a trust ratio of 1 the clamped weight norm is computed and stored, never used.
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0,
-                         adam=True, debias=True)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(
+            params, lr=lr, betas=betas, eps=eps, weight_decay=0, adam=True, debias=True
+        )

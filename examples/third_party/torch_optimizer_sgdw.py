@@ -24,7 +24,20 @@ class TorchOptimizerSGDW(SGDW):
     signature cannot bind SGD's `weight_decay` to it.
     """
 
-    def __init__(self, params: Any, lr: float | torch.Tensor = 1e-3, momentum: float = 0,
-                 dampening: float = 0, *, nesterov: bool = False) -> None:
-        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening,
-                         weight_decay=0.0, nesterov=nesterov)
+    def __init__(
+        self,
+        params: Any,
+        lr: float | torch.Tensor = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        *,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__(
+            params,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=0.0,
+            nesterov=nesterov,
+        )
