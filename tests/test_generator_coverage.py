@@ -2,8 +2,11 @@
 every kink (models.KINKS) in a realistic share of their first forwards; `ops_of` is what
 refimpl's forward runs and `Model.kinks` records only what `kinks_of` allows.
 
-The specs are drawn derandomized (the same ones every run). The floors are about half the
-rates measured on them; `pytest -s tests/test_generator_coverage.py` prints the rates.
+The specs are drawn with a fixed seed (SEED: the same ones every run, whatever the test's source
+looks like; derandomizing seeded by the source, and reformatting it drew other specs). The
+rates vary from sample to sample (clamp@max from 7% to 34% over seeds 0-3), so the floors are
+about half the lowest rate of four samples; `pytest -s tests/test_generator_coverage.py`
+prints the rates.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import refimpl.functional
@@ -26,21 +29,22 @@ from conformance import spec_strategies as S
 
 GRAPHS, LAYERED = 600, 300  # specs drawn of each
 BATCHES = 4  # first forwards measured per spec
+SEED = 1  # the sample's seed
 # Of the first forwards that can hit a kink, the share that does (torch's values): floors at
-# about half of what these specs measured (in the comments).
+# about half of the lowest rate of seeds 0-3 (in the comments: lowest, and SEED's).
 FLOORS = {
-    "relu@0": 0.09,  # 113 / 612 (graphs and layers)
-    "leaky_relu@0": 0.05,  # 25 / 220
-    "elu@0": 0.12,  # 34 / 140
-    "abs@0": 0.10,  # 48 / 240 (graphs; l1 of an output equal to its target: rarely)
-    "clamp@min": 0.20,  # 56 / 140
-    "clamp@max": 0.19,  # 62 / 164
-    "amax:tie": 0.10,  # 58 / 276
-    "max:tie": 0.09,  # 15 / 84
-    "max_dim:tie": 0.11,  # 16 / 72
-    "max_pool2d:tie": 0.10,  # 34 / 160
-    "smooth_l1@beta": 0.11,  # 47 / 212
-    "huber@delta": 0.13,  # 47 / 176
+    "relu@0": 0.07,  # 0.15; 110 / 564 (graphs and layers)
+    "leaky_relu@0": 0.11,  # 0.22; 54 / 248
+    "elu@0": 0.07,  # 0.14; 50 / 256
+    "abs@0": 0.04,  # 0.08; 40 / 420 (graphs; l1 of an output equal to its target: rarely)
+    "clamp@min": 0.035,  # 0.07; 34 / 176
+    "clamp@max": 0.035,  # 0.07; 17 / 144
+    "amax:tie": 0.04,  # 0.08; 42 / 188
+    "max:tie": 0.045,  # 0.09; 25 / 56
+    "max_dim:tie": 0.05,  # 0.10; 11 / 112
+    "max_pool2d:tie": 0.07,  # 0.15; 24 / 108
+    "smooth_l1@beta": 0.12,  # 0.25; 45 / 152
+    "huber@delta": 0.11,  # 0.22; 36 / 112
 }
 
 
@@ -59,9 +63,9 @@ def _draw(
 ) -> list[tuple[M.ModelSpec, str, int]]:
     drawn: list[tuple[M.ModelSpec, str, int]] = []
 
+    @seed(SEED)
     @settings(
         max_examples=count,
-        derandomize=True,
         database=None,
         deadline=None,
         suppress_health_check=list(HealthCheck),
