@@ -331,7 +331,20 @@ class BookkeepingAdamW(BookkeepingAdam):
 # --------------------------------------------------------------------------------------------
 
 
-class ForeachAdam(torch.optim.Adam):
+class _ForeachAlways(torch.optim.Optimizer):
+    """Keeps torch's foreach implementation on for groups added or loaded later too."""
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        param_group["foreach"] = True
+        super().add_param_group(param_group)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            group["foreach"] = True
+
+
+class ForeachAdam(_ForeachAlways, torch.optim.Adam):
     """torch.optim.Adam with its foreach (multi-tensor) implementation always on.
 
     Follows: the Adam docstring's `foreach` argument ("whether foreach implementation of
@@ -363,17 +376,8 @@ class ForeachAdam(torch.optim.Adam):
             foreach=True,
         )
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group["foreach"] = True
-        super().add_param_group(param_group)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            group["foreach"] = True
-
-
-class ForeachAdamW(torch.optim.AdamW):
+class ForeachAdamW(_ForeachAlways, torch.optim.AdamW):
     """torch.optim.AdamW with its foreach implementation always on (see ForeachAdam)."""
 
     def __init__(
@@ -397,15 +401,6 @@ class ForeachAdamW(torch.optim.AdamW):
             maximize=maximize,
             foreach=True,
         )
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        param_group["foreach"] = True
-        super().add_param_group(param_group)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        for group in self.param_groups:
-            group["foreach"] = True
 
 
 # --------------------------------------------------------------------------------------------
