@@ -19,10 +19,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from hypothesis import strategies as st
+
+if TYPE_CHECKING:  # the CLI reads FAMILY_NAMES before it knows the [conformance] extra is there
+    from hypothesis import strategies as st
 
 # What an implementation may declare it does not do (`--without`) whatever its family, each
 # with what is then left unchecked.
