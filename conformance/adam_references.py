@@ -59,6 +59,7 @@ __all__ = [
     "TwiceRoundedDocAdamW",
     "adam_update",
     "check_hyperparameters",
+    "checked_defaults",
     "run_closure",
 ]
 
@@ -83,6 +84,26 @@ def check_hyperparameters(
             raise ValueError(f"betas[{index}] must be in [0, 1), got {beta}")
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
+def checked_defaults(
+    lr: float | Tensor,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    amsgrad: bool,
+    maximize: bool,
+) -> dict[str, Any]:
+    """The documented hyperparameters as a group's defaults, after `check_hyperparameters`."""
+    check_hyperparameters(lr, betas, eps, weight_decay)
+    return {
+        "lr": lr,
+        "betas": tuple(betas),
+        "eps": eps,
+        "weight_decay": weight_decay,
+        "amsgrad": amsgrad,
+        "maximize": maximize,
+    }
 
 
 def run_closure(closure: Callable[[], Any] | None) -> Any:
@@ -243,19 +264,8 @@ class BookkeepingAdam(torch.optim.Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "betas": tuple(betas),
-                "eps": eps,
-                "weight_decay": weight_decay,
-                "amsgrad": amsgrad,
-                "maximize": maximize,
-                "step_count": 0,
-            },
-        )
+        defaults = checked_defaults(lr, betas, eps, weight_decay, amsgrad, maximize)
+        super().__init__(params, {**defaults, "step_count": 0})
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Names each group after its position, unless it was given a name."""
@@ -433,18 +443,7 @@ class TwiceRoundedDocAdam(torch.optim.Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "betas": tuple(betas),
-                "eps": eps,
-                "weight_decay": weight_decay,
-                "amsgrad": amsgrad,
-                "maximize": maximize,
-            },
-        )
+        super().__init__(params, checked_defaults(lr, betas, eps, weight_decay, amsgrad, maximize))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from conformance.adam_references import check_hyperparameters, run_closure
+from conformance.adam_references import checked_defaults, run_closure
 
 Scalar = float | Tensor
 
@@ -35,18 +35,7 @@ class _Loop(torch.optim.Optimizer):
         *,
         maximize: bool = False,
     ) -> None:
-        check_hyperparameters(lr, betas, eps, weight_decay)
-        super().__init__(
-            params,
-            {
-                "lr": lr,
-                "betas": tuple(betas),
-                "eps": eps,
-                "weight_decay": weight_decay,
-                "amsgrad": amsgrad,
-                "maximize": maximize,
-            },
-        )
+        super().__init__(params, checked_defaults(lr, betas, eps, weight_decay, amsgrad, maximize))
 
     def state_of(self, p: Tensor, group: dict[str, Any], index: int) -> dict[str, Any]:
         return self.state[p]
